@@ -1,0 +1,154 @@
+"""Typed configs for every stage. Saved beside each run so a run can be reproduced from its folder.
+
+Pydantic (not loose dicts) so that a typo in a config file is an error that names the field,
+before any image is decoded.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from cxr.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Strict):
+    """Where the images are and how they are split."""
+
+    path: str = "synthetic"
+    format: Literal["auto", "folder", "nih", "chexpert", "medmnist", "synthetic"] = "auto"
+    uncertain: Literal["ignore", "ones", "zeros"] = Field(
+        "ignore", description="CheXpert -1 labels: masked out of the loss, or mapped to 1 or 0"
+    )
+    medmnist_flag: str = "pneumoniamnist"
+    val_fraction: float = Field(0.15, gt=0.0, lt=1.0)
+    test_fraction: float = Field(
+        0.0, ge=0.0, lt=1.0, description="carved only when the data has no official test split"
+    )
+    split_seed: int = 0
+    split_file: str | None = Field(None, description="reuse the split of an earlier run")
+    limit: int | None = Field(None, gt=0, description="use at most this many images (quick runs)")
+    skip_bad: bool = False
+    synthetic_count: int = Field(600, gt=0)
+
+
+class PreprocessConfig(_Strict):
+    """Deterministic preprocessing, shared by training, evaluation and serving.
+
+    Its hash keys the on-disk cache, so every field here must change the output pixels.
+    """
+
+    image_size: int = Field(224, ge=16, le=2048)
+    resize: Literal["pad", "crop", "stretch"] = "pad"
+    clahe: bool = True
+    clahe_clip_limit: float = Field(2.0, gt=0.0)
+    clahe_tile_grid: int = Field(8, ge=1, le=64)
+    filter: Literal["none", "median", "gaussian", "bilateral", "unsharp"] = "none"
+    filter_size: int = Field(3, ge=1, le=31, description="kernel size (odd) or sigma scale")
+
+
+class AugmentConfig(_Strict):
+    """Training-only augmentation; `strength` scales every magnitude at once (for tuning)."""
+
+    enabled: bool = True
+    strength: float = Field(1.0, ge=0.0, le=3.0)
+    rotation_deg: float = Field(7.0, ge=0.0)
+    translate: float = Field(0.05, ge=0.0, lt=0.5)
+    scale_min: float = Field(0.85, gt=0.0, le=1.0, description="random resized crop: min area")
+    brightness: float = Field(0.1, ge=0.0)
+    contrast: float = Field(0.1, ge=0.0)
+    gamma: float = Field(0.15, ge=0.0)
+    noise_std: float = Field(0.02, ge=0.0)
+    blur_prob: float = Field(0.1, ge=0.0, le=1.0)
+    hflip: bool = Field(False, description="off by default: the heart is on one side")
+
+
+class ModelConfig(_Strict):
+    arch: Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"] = "resnet18"
+    pretrained: str = Field(
+        "none", description="'none' (from scratch), 'imagenet' (torchvision download) or a file"
+    )
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(32, ge=1)
+    optimizer: Literal["sgd", "adam", "adamw"] = "adamw"
+    lr: float = Field(1e-3, gt=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    nesterov: bool = True
+    weight_decay: float = Field(1e-4, ge=0.0)
+    loss: Literal["auto", "bce", "weighted_bce", "focal", "ce"] = "auto"
+    focal_gamma: float = Field(2.0, ge=0.0)
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    scheduler: Literal["cosine", "onecycle", "step", "plateau", "none"] = "cosine"
+    warmup_epochs: float = Field(1.0, ge=0.0)
+    step_size: int = Field(5, ge=1)
+    step_gamma: float = Field(0.1, gt=0.0, le=1.0)
+    early_stopping_patience: int = Field(5, ge=0, description="0 turns early stopping off")
+    amp: Literal["auto", "bf16", "off"] = "auto"
+    channels_last: Literal["auto", "on", "off"] = "auto"
+    device: str = "auto"
+    seed: int = 0
+    deterministic: bool = False
+    threads: int | None = Field(None, ge=1)
+    cache_dir: str = ".cache/cxr"
+
+
+class RunConfig(_Strict):
+    data: DataConfig = DataConfig()
+    preprocess: PreprocessConfig = PreprocessConfig()
+    augment: AugmentConfig = AugmentConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    out_dir: str = "runs/latest"
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read a run config from JSON or YAML; unknown or invalid fields are named in the error."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    text = path.read_text()
+    try:
+        if path.suffix in {".yaml", ".yml"}:
+            import yaml
+
+            raw = yaml.safe_load(text) or {}
+        else:
+            raw = json.loads(text)
+    except Exception as exc:  # noqa: BLE001 - any parse error becomes a named error
+        raise ConfigError(f"{path}: cannot parse: {exc}") from exc
+    return config_from_dict(raw, source=str(path))
+
+
+def config_from_dict(raw: dict, source: str = "config") -> RunConfig:
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {_describe(exc)}") from None
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"])
+        parts.append(f"field '{field}': {err['msg']}")
+    return "; ".join(parts)
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    Path(path).write_text(cfg.model_dump_json(indent=2))
+
+
+def config_hash(cfg: BaseModel) -> str:
+    import hashlib
+
+    return hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:16]

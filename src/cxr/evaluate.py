@@ -1,0 +1,105 @@
+"""Evaluate a trained run on any data: metrics at the run's validation thresholds, plus plots."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cxr.checkpoint import load_weights, write_json
+from cxr.config import DataConfig, RunConfig, load_config
+from cxr.data.cache import build_cache
+from cxr.data.prepare import resolve_table
+from cxr.data.splits import keys_in_split
+from cxr.errors import CxrError, DataError
+from cxr.metrics import compute_metrics
+from cxr.models import build_model
+from cxr.plots import plot_confusion, plot_pr, plot_roc
+from cxr.train import predict_cached, select_runtime
+
+
+@dataclass
+class LoadedRun:
+    """A trained model with everything needed to use it: config, findings, thresholds."""
+
+    run_dir: Path
+    config: RunConfig
+    model: torch.nn.Module
+    findings: list[str]
+    task: str
+    thresholds: np.ndarray
+    info: dict
+
+
+def load_run(run_dir: str | Path, device: str = "cpu") -> LoadedRun:
+    """Load config.json, model.json and model.safetensors from a finished run folder."""
+    run_dir = Path(run_dir)
+    for name in ("config.json", "model.json", "model.safetensors"):
+        if not (run_dir / name).is_file():
+            raise CxrError(
+                f"{run_dir} is not a finished run: {name} is missing "
+                "(train one with `cxr train`, or finish it with `cxr train --resume`)"
+            )
+    cfg = load_config(run_dir / "config.json")
+    info = json.loads((run_dir / "model.json").read_text())
+    model = build_model(cfg.model.model_copy(update={"pretrained": "none"}), len(info["findings"]))
+    load_weights(model, run_dir / "model.safetensors")
+    model.to(device).eval()
+    thresholds = np.array([info["thresholds"][f] for f in info["findings"]], dtype=np.float64)
+    return LoadedRun(run_dir, cfg, model, info["findings"], info["task"], thresholds, info)
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    data: DataConfig,
+    out_json: str | Path | None = None,
+    plots_dir: str | Path | None = None,
+    split: str | None = None,
+    progress: bool = True,
+) -> dict:
+    """Metrics of the run on every image of `data`, thresholds from the run's validation split.
+
+    With `split` ("test", say), only the images the run's split.csv puts in that split are used.
+    """
+    run = load_run(run_dir)
+    rt = select_runtime(run.config.train.device)
+    run.model.to(rt.device)
+    table = resolve_table(data, run.config.train.cache_dir, progress)
+    if table.findings != run.findings or table.task != run.task:
+        raise DataError(
+            f"the data's {table.task} labels {table.findings} do not match the model's "
+            f"{run.task} labels {run.findings}",
+            path=data.path,
+        )
+    if split is not None:
+        wanted = keys_in_split(Path(run_dir) / "split.csv", split)
+        table = table.subset([i for i, key in enumerate(table.keys) if key in wanted])
+        if len(table) == 0:
+            raise DataError(f"the run's split.csv has no {split!r} images", path=data.path)
+    images = build_cache(
+        table, run.config.preprocess, run.config.train.cache_dir, data.skip_bad, progress=progress
+    )
+    scores = predict_cached(run.model, images, run.task, rt)
+    y = images.table.labels
+    metrics = compute_metrics(y, scores, run.findings, run.task, run.thresholds)
+    metrics["model"] = str(run_dir)
+    metrics["data"] = data.path
+    metrics["split"] = split or "all"
+    metrics["skipped"] = [{"file": k, "reason": r} for k, r in images.skipped]
+    if out_json is not None:
+        out_json = Path(out_json)
+        out_json.parent.mkdir(parents=True, exist_ok=True)
+        write_json(out_json, metrics)
+        plots_dir = plots_dir or out_json.parent
+    if plots_dir is not None:
+        # Named after the JSON so that two evaluations in one folder never overwrite each other.
+        stem = Path(out_json).stem if out_json is not None else "eval"
+        plots_dir = Path(plots_dir)
+        plots_dir.mkdir(parents=True, exist_ok=True)
+        plot_roc(y, scores, run.findings, run.thresholds, plots_dir / f"{stem}_roc.png")
+        plot_pr(y, scores, run.findings, run.thresholds, plots_dir / f"{stem}_pr.png")
+        plot_confusion(metrics, plots_dir / f"{stem}_confusion.png")
+    return metrics

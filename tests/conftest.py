@@ -1,0 +1,30 @@
+"""Shared fixtures: the real chest X-rays in ../shared/data (skipped with a message if absent)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+
+
+def _require(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"real data not found at {path.resolve()} (see ../shared/data/README.md)")
+    return path.resolve()
+
+
+@pytest.fixture(scope="session")
+def kermany_train() -> Path:
+    return _require(SHARED_DATA / "kermany-pneumonia" / "chest_xray" / "train")
+
+
+@pytest.fixture(scope="session")
+def nih_1000() -> Path:
+    return _require(SHARED_DATA / "nih-chestxray14-1000")
+
+
+@pytest.fixture(scope="session")
+def nih_samples() -> Path:
+    return _require(SHARED_DATA / "nih-chestxray14-samples")

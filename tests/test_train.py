@@ -1,0 +1,101 @@
+"""Real training runs on Kermany images: the loss falls, checkpoints resume exactly, CLI works."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from safetensors.torch import load_file
+
+from cxr.cli import main
+from cxr.config import config_from_dict
+from cxr.train import train
+
+pytestmark = pytest.mark.slow
+
+
+def _cfg(data, tmp_path, out="run", **train):
+    return config_from_dict(
+        {
+            "data": {"path": str(data), "limit": 160, "val_fraction": 0.25},
+            "preprocess": {"image_size": 48},
+            "train": {"epochs": 3, "batch_size": 16, "lr": 2e-3, "seed": 0,
+                      "deterministic": True, "cache_dir": str(tmp_path / "cache"),
+                      "early_stopping_patience": 0} | train,
+            "out_dir": str(tmp_path / out),
+        }
+    )  # fmt: skip
+
+
+def test_short_real_training_run_loss_falls(kermany_train, tmp_path):
+    result = train(_cfg(kermany_train, tmp_path, epochs=4), progress=False)
+    losses = [row["train_loss"] for row in result.history]
+    assert losses[-1] < losses[0] * 0.9, losses
+    run = result.run_dir
+    for name in ("config.json", "model.json", "model.safetensors", "split.csv",
+                 "history.jsonl", "val_metrics.json", "val_roc.png", "training_curves.png"):
+        assert (run / name).is_file(), name  # fmt: skip
+    info = json.loads((run / "model.json").read_text())
+    assert info["findings"] == ["NORMAL", "PNEUMONIA"]
+    assert len((run / "history.jsonl").read_text().splitlines()) == 4
+    assert result.val_metrics["mean_auroc"] > 0.5  # learnt something on real images
+
+
+def test_resume_after_interrupt_gives_the_same_weights(kermany_train, tmp_path, monkeypatch):
+    whole = train(_cfg(kermany_train, tmp_path, out="whole"), progress=False)
+
+    import cxr.train as train_module
+
+    real_epoch = train_module.train_one_epoch
+    calls = {"n": 0}
+
+    def killed_in_epoch_3(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # the process dies in the middle of epoch 3
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_one_epoch", killed_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(kermany_train, tmp_path, out="cut"), progress=False)
+    monkeypatch.setattr(train_module, "train_one_epoch", real_epoch)
+    cut = tmp_path / "cut"
+    assert sorted(p.name for p in (cut / "checkpoints").iterdir()) == ["epoch_0001", "epoch_0002"]
+    resumed = train(config_from_dict({"out_dir": str(cut)}), resume=True, progress=False)
+
+    a = load_file(str(whole.run_dir / "checkpoints" / "epoch_0003" / "model.safetensors"))
+    b = load_file(str(resumed.run_dir / "checkpoints" / "epoch_0003" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for name in a:
+        assert (a[name] == b[name]).all(), name
+    assert [r["train_loss"] for r in whole.history] == [r["train_loss"] for r in resumed.history]
+
+
+def test_cli_train_then_evaluate_on_a_folder(kermany_train, tmp_path, capsys):
+    out = tmp_path / "cli-run"
+    code = main(["train", "--data", str(kermany_train), "--limit", "96", "--image-size", "32",
+                 "--epochs", "1", "--batch-size", "16", "--out", str(out),
+                 "--set", f"train.cache_dir={json.dumps(str(tmp_path / 'cache'))}"])  # fmt: skip
+    assert code == 0
+    result = tmp_path / "eval" / "metrics.json"
+    code = main(["evaluate", "--model", str(out), "--data", str(kermany_train),
+                 "--json", str(result), "--split", "val"])  # fmt: skip
+    assert code == 0
+    metrics = json.loads(result.read_text())
+    assert set(metrics["auroc"]) == {"NORMAL", "PNEUMONIA"}
+    assert 0.0 <= metrics["accuracy"] <= 1.0
+    assert metrics["n_images"] == sum(
+        1 for line in (out / "split.csv").read_text().splitlines() if line.endswith(",val")
+    )
+    assert (tmp_path / "eval" / "metrics_roc.png").is_file()
+    assert "not a medical device" in capsys.readouterr().out
+
+
+def test_existing_run_is_not_overwritten(kermany_train, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    code = main(["train", "--data", str(kermany_train), "--out", str(out), "--epochs", "1"])
+    assert code == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (out / "config.json").read_text() == "{}"
