@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: install demo test lint clean-cache
+.PHONY: install demo test web lint clean-cache
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,7 +18,11 @@ install: $(STAMP)
 demo: install
 	$(BIN)/cxr demo --out runs/demo-$(shell date +%Y%m%d-%H%M%S)
 
-test: install
+# The front end is built and unit-tested (Vitest) first: the browser end-to-end test serves it.
+web:
+	cd web && npm ci --no-audit --no-fund && npm run build && npm test
+
+test: install web
 	$(BIN)/pytest -q
 
 lint: install

@@ -12,6 +12,18 @@ from cxr.config import AugmentConfig, PreprocessConfig
 from cxr.data.image_io import decode_image
 from cxr.preprocess import preprocess, to_unit
 
+# Every magnitude at zero: the augmentation should then change nothing.
+_ALL_OFF = dict(
+    rotation_deg=0.0,
+    translate=0.0,
+    scale_min=1.0,
+    brightness=0.0,
+    contrast=0.0,
+    gamma=0.0,
+    noise_std=0.0,
+    blur_prob=0.0,
+)
+
 
 def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
@@ -123,20 +135,15 @@ def test_strength_scales_the_change(xray_batch):
     ],
 )
 def test_each_component_alone_changes_the_images(xray_batch, only):
-    off = dict(
-        rotation_deg=0.0, translate=0.0, scale_min=1.0, brightness=0.0, contrast=0.0,
-        gamma=0.0, noise_std=0.0, blur_prob=0.0,
-    )  # fmt: skip
-    assert torch.allclose(augment_batch(xray_batch, AugmentConfig(**off), _gen(0)), xray_batch,
-                          atol=1e-5)  # fmt: skip
-    out = augment_batch(xray_batch, AugmentConfig(**{**off, **only}), _gen(0))
+    off = AugmentConfig(**_ALL_OFF)
+    assert torch.allclose(augment_batch(xray_batch, off, _gen(0)), xray_batch, atol=1e-5)
+    out = augment_batch(xray_batch, AugmentConfig(**{**_ALL_OFF, **only}), _gen(0))
     assert (out - xray_batch).abs().mean() > 2e-3
 
 
 def test_blur_removes_fine_detail(xray_batch):
-    off = dict(rotation_deg=0.0, translate=0.0, scale_min=1.0, brightness=0.0, contrast=0.0,
-               gamma=0.0, noise_std=0.0)  # fmt: skip
-    blurred = augment_batch(xray_batch, AugmentConfig(**off, blur_prob=1.0), _gen(0))
+    cfg = AugmentConfig(**{**_ALL_OFF, "blur_prob": 1.0})
+    blurred = augment_batch(xray_batch, cfg, _gen(0))
     detail = lambda t: (t[..., 1:] - t[..., :-1]).abs().mean()  # noqa: E731
     assert detail(blurred) < 0.8 * detail(xray_batch)
 

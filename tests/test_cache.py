@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
@@ -95,8 +96,15 @@ def test_cache_is_a_read_only_uint8_memory_map_with_metadata(tmp_path, copied_fi
     )
 
 
-def test_training_and_serving_preprocess_byte_identically(tmp_path, real_files):
-    """The same file through build_cache (training) and decode + preprocess (serving)."""
+@pytest.fixture
+def small_pool(monkeypatch):
+    """Use the worker pool even for the few files a test decodes."""
+    monkeypatch.setattr(cache_module, "_POOL_MIN_IMAGES", 8)
+
+
+def test_training_and_serving_preprocess_byte_identically(tmp_path, real_files, small_pool):
+    """The same file through build_cache (training, worker pool) and decode + preprocess
+    (serving)."""
     cfg = PreprocessConfig(image_size=224, filter="unsharp")
     cached = build_cache(_table(real_files), cfg, tmp_path, workers=2, progress=False)
     for i, path in enumerate(real_files):
@@ -106,11 +114,32 @@ def test_training_and_serving_preprocess_byte_identically(tmp_path, real_files):
         assert torch.equal(model_input(batch), model_input(torch.from_numpy(served)[None]))
 
 
-def test_parallel_and_serial_builds_agree(tmp_path, real_files):
+def test_parallel_and_serial_builds_agree(tmp_path, real_files, small_pool, monkeypatch, capsys):
     table = _table(real_files)
     serial = build_cache(table, CFG, tmp_path / "serial", workers=1, progress=False)
+    in_parent = _Counter(cache_module._preprocess_one)
+    monkeypatch.setattr(cache_module, "_preprocess_one", in_parent)
     parallel = build_cache(table, CFG, tmp_path / "parallel", workers=2, progress=False)
+    assert in_parent.calls == 0  # the workers did the decoding
+    assert "failed" not in capsys.readouterr().err
     assert np.array_equal(serial.pixels, parallel.pixels)
+
+
+def test_a_broken_pool_falls_back_to_this_process_without_losing_images(
+    copied_files, small_pool, monkeypatch, capsys
+):
+    table = _table(copied_files)
+
+    def dies_after_two(table, cfg, workers):
+        for i in range(2):
+            yield cache_module._preprocess_one(table, cfg, i)
+        raise BrokenProcessPool("a worker was killed")
+
+    monkeypatch.setattr(cache_module, "_POOL_MIN_IMAGES", 2)
+    monkeypatch.setattr(cache_module, "_preprocess_in_pool", dies_after_two)
+    results = list(cache_module._preprocess_all(table, CFG, workers=2))
+    assert [i for i, _, _ in results] == list(range(len(table)))
+    assert "continuing in this process from image 3 of 6" in capsys.readouterr().err
 
 
 def test_key_changes_with_config_files_and_arrays(copied_files):
@@ -150,7 +179,9 @@ def with_corrupt_file(copied_files: list[str]) -> tuple[list[str], str]:
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_corrupt_file_raises_naming_it_and_leaves_no_cache(tmp_path, real_files, workers):
+def test_corrupt_file_raises_naming_it_and_leaves_no_cache(
+    tmp_path, real_files, small_pool, workers
+):
     files = _copy(real_files, tmp_path / "images")  # 20 files: enough for a worker pool
     bad = files[12]
     Path(bad).write_bytes(Path(bad).read_bytes()[:500])  # a truncated download
@@ -178,6 +209,14 @@ def test_skip_bad_lists_the_file_and_shrinks_the_table(tmp_path, with_corrupt_fi
     # ...and without skip_bad the cached result is an error naming the file, as a fresh build.
     with pytest.raises(DataError, match=bad):
         build_cache(table, CFG, tmp_path, progress=False)
+
+
+def test_a_table_of_only_bad_files_is_an_error_even_with_skip_bad(tmp_path):
+    bad = tmp_path / "not-an-image.png"
+    bad.write_text("hello")
+    with pytest.raises(DataError, match="none of the 1 images"):
+        build_cache(_table([str(bad)]), CFG, tmp_path / "cache", skip_bad=True, progress=False)
+    assert list((tmp_path / "cache").iterdir()) == []
 
 
 def test_a_build_that_fails_midway_leaves_no_final_file(tmp_path, copied_files, monkeypatch):

@@ -136,6 +136,19 @@ def test_clahe_keeps_precision_of_float_input():
     assert len(np.unique(ours)) > 2 * len(np.unique(eight_bit))
 
 
+def test_clahe_does_not_depend_on_how_many_grey_levels_the_source_has(xray):
+    """The same picture as ~10,000 resampled levels or as 256 8-bit levels: the same output.
+
+    (OpenCV's 16-bit CLAHE fails this: nearly a no-op on the 8-bit copy, near-full
+    equalisation on the float one.)"""
+    resampled = cv2.resize(xray, (224, 224), interpolation=cv2.INTER_AREA)
+    eight_bit = np.rint(resampled * 255).astype(np.float32) / 255
+    assert len(np.unique(resampled)) > 5000 and len(np.unique(eight_bit)) <= 256
+    a, b = clahe(resampled, 2.0, 8), clahe(eight_bit, 2.0, 8)
+    assert np.abs(a.astype(int) - b).mean() < 1.0
+    assert _local_std(a) == pytest.approx(_local_std(b), rel=0.02)
+
+
 def test_resize_first_makes_output_independent_of_source_resolution(xray):
     big = cv2.resize(xray, (2048, 2048), interpolation=cv2.INTER_LINEAR)
     cfg = PreprocessConfig(image_size=224)

@@ -65,8 +65,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         cfg = build_config(args)
     result = train(cfg, resume=args.resume)
+    if result.rank != 0:  # under torchrun, rank 0 alone reports (and wrote the run folder)
+        return 0
     print(format_table(result.val_metrics))
     print(f"run folder: {result.run_dir} (best epoch {result.best_epoch})")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from cxr.export import export_run
+
+    result = export_run(args.model, out=args.out, opset=args.opset)
+    print(f"wrote {result.onnx_path} and its preprocessing contract {result.contract_path}")
+    print(f"onnxruntime vs PyTorch: max |logit difference| {result.max_abs_diff:.2e} on "
+          f"{result.verified_on} ({result.seconds:.1f} s)")  # fmt: skip
+    print(NOT_A_MEDICAL_DEVICE)
     return 0
 
 
@@ -125,6 +138,173 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from cxr.serve.engine import serve_config
+    from cxr.serve.server import run_server
+
+    cfg = serve_config(
+        {
+            "model": args.model, "device": args.device, "max_upload_mb": args.max_upload_mb,
+            "max_batch_mb": args.max_batch_mb, "max_pixels": args.max_pixels,
+            "save_uploads": args.save_uploads, "web_dir": args.web_dir,
+            "ood_gate": not args.no_ood_gate,
+        }
+    )  # fmt: skip
+    run_server(cfg, host=args.host, port=args.port, threads=args.threads)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from cxr.predict_folder import predict_folder
+
+    result = predict_folder(args.model, args.folder, args.out, force=args.force,
+                            max_pixels=args.max_pixels, ood_gate=not args.no_ood_gate)  # fmt: skip
+    print(f"{result.n_ok} image(s) predicted, {result.n_failed} could not be used "
+          f"(see the error column); written to {result.out}")  # fmt: skip
+    print(NOT_A_MEDICAL_DEVICE)
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from cxr.config import DataConfig
+    from cxr.metrics import format_table
+    from cxr.search_space import load_search_space
+    from cxr.tune import run_study
+
+    args.out = args.out or f"runs/tune-{args.study}"
+    base = build_config(args)
+    space = load_search_space(args.space).override(args.epochs, args.sampler, args.pruner)
+    test = DataConfig(path=args.test_data, format=args.test_format) if args.test_data else None
+    try:
+        result = run_study(base, space, args.study, args.storage, args.n_trials, args.timeout,
+                           resume=args.resume, test_data=test)  # fmt: skip
+    except KeyboardInterrupt:
+        print("interrupted: the running trial is marked failed; run the same command again to "
+              "resume the study", file=sys.stderr)  # fmt: skip
+        return 130
+    c = result.counts
+    print(f"study {result.study_name}: {c['complete']} complete, {c['pruned']} pruned, "
+          f"{c['failed']} failed trials, {result.epochs} epochs in all")  # fmt: skip
+    if result.best_trial is not None:
+        print(f"best: trial {result.best_trial}, validation mean AUROC {result.best_value:.4f}, "
+              f"{json.dumps(result.best_params)}")  # fmt: skip
+        print(f"best config: {result.best_config} (cxr train --config {result.best_config})")
+    if result.best_run is not None:
+        print(f"best run (kept): {result.best_run}")
+    if result.test_metrics is not None:
+        print("best run on held-out test images (after the search):")
+        print(format_table(result.test_metrics))
+        print(NOT_A_MEDICAL_DEVICE)
+    print(f"trials.csv, plots and summary.json in {result.study_dir}")
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from cxr.calibration import CALIBRATION_FILE, calibrate_run
+
+    cal = calibrate_run(args.model)
+    print(f"temperature {cal.temperature:.4f} fitted on {cal.n_images} validation images: "
+          f"NLL {cal.nll_before:.4f} -> {cal.nll_after:.4f}, ECE "
+          f"{cal.ece_before or 0:.4f} -> {cal.ece_after or 0:.4f}")  # fmt: skip
+    print(f"written to {Path(args.model) / CALIBRATION_FILE}: predict, serve and report now "
+          "give calibrated probabilities, compared with thresholds chosen on them")  # fmt: skip
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from cxr.config import DataConfig
+    from cxr.report import build_report
+
+    data = DataConfig(path=args.data, format=args.format, skip_bad=args.skip_bad)
+    report = build_report(args.model, data, out_dir=args.out, split=args.split, tta=args.tta,
+                          n_boot=args.bootstrap, seed=args.seed,
+                          gallery=not args.no_gallery)  # fmt: skip
+    res = report["results"]
+    mean = res["mean_auroc"]
+    print(f"{res['n_images']} images ({report['data']['split']}), mean AUROC "
+          + ("not estimable" if mean is None else f"{mean:.3f}"))  # fmt: skip
+    for warning in report["warnings"]:
+        print(f"warning: {warning}")
+    print(f"report: {report['paths']['html']} (and {report['paths']['json']})")
+    print(NOT_A_MEDICAL_DEVICE)
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    """Prediction table plus one Grad-CAM overlay PNG per finding; the run's OOD gate first."""
+    from cxr.data.image_io import decode_bytes
+    from cxr.explain import heatmaps, save_overlay
+    from cxr.inference import Predictor
+    from cxr.ood import GATE_FILE, OodGate, OutOfDistributionError, raw_pixels
+
+    path = Path(args.image)
+    if not path.is_file():
+        raise CxrError(f"image file not found: {path}")
+    data = path.read_bytes()
+    image = decode_bytes(data, name=str(path))
+    predictor = Predictor.from_run_dir(args.model)
+    if (Path(args.model) / GATE_FILE).is_file() and not args.no_ood_gate:
+        gate = OodGate.load(args.model, run=predictor.run)
+        result = gate.check(image, raw=raw_pixels(data))
+        if result.refused:
+            raise OutOfDistributionError(f"{path}: refused: {result.reason}")
+        if not result.ok:
+            print(f"warning: {result.reason}; the output below is probably meaningless")
+    prediction = predictor.predict(image)
+    print(f"{'finding':<22}{'probability':>12}{'threshold':>11}  call")
+    for row in prediction.as_dict()["findings"]:
+        call = "positive" if row["positive"] else "-"
+        print(f"{row['finding']:<22}{row['probability']:>12.3f}{row['threshold']:>11.3f}  {call}")
+    findings = args.finding or _explained_findings(prediction)
+    maps = heatmaps(predictor, image, findings, args.method, layer=args.layer)
+    for finding, heat in maps.items():
+        out = _overlay_path(path, args.out, finding, args.method, several=len(maps) > 1)
+        save_overlay(out, image, heat)
+        empty = " (empty: no evidence for it in this image)" if not heat.any() else ""
+        print(f"{args.method} heatmap for {finding}: {out}{empty}")
+    print(NOT_A_MEDICAL_DEVICE)
+    return 0
+
+
+def _explained_findings(prediction) -> list[str]:
+    """The findings called positive, or the most probable one when none is."""
+    positive = [f for f, p in zip(prediction.findings, prediction.positive, strict=True) if p]
+    return positive or [prediction.findings[int(prediction.probabilities.argmax())]]
+
+
+def _overlay_path(image: Path, out: str | None, finding: str, method: str, several: bool) -> Path:
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in finding)
+    if out is None:
+        return Path(f"{image.stem}_{method.replace('+', 'p')}_{safe}.png")
+    out_path = Path(out)
+    return out_path.with_name(f"{out_path.stem}_{safe}{out_path.suffix}") if several else out_path
+
+
+def cmd_ood_fit(args: argparse.Namespace) -> int:
+    from cxr.errors import ConfigError
+    from cxr.evaluate import load_run
+    from cxr.ood import GATE_FILE, OodConfig, fit_ood_gate_for_run, flag_rate, iter_split_images
+
+    try:
+        config = OodConfig(action=args.action, percentile=args.percentile)
+    except ValueError as exc:
+        raise ConfigError(f"ood-fit: {exc}") from None
+    gate = fit_ood_gate_for_run(args.model, config, limit=args.limit)
+    lim, info = gate.limits, gate.info
+    print(f"OOD gate fitted on {info['n_fit']} training images, thresholds at the "
+          f"{config.percentile}th percentile of {info['n_calibration']} held-out ones: "
+          f"feature distance <= {lim['feature_max']:.3g}, layout distance <= "
+          f"{lim['layout_max']:.3g}, midline >= {lim['midline_min']:.3g}")  # fmt: skip
+    run = load_run(args.model)
+    val = flag_rate(gate, iter_split_images(run, "val", limit=args.check_limit))
+    if val["n"]:
+        print(f"validation images flagged (false refusals if set to refuse): {val['flagged']} of "
+              f"{val['n']} ({100 * val['rate']:.1f}%), by check {val['by_check']}")  # fmt: skip
+    print(f"written to {Path(args.model) / GATE_FILE}; inputs that fail will be "
+          f"{'refused' if config.action == 'refuse' else 'flagged with a warning'}")  # fmt: skip
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cxr", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -161,6 +341,109 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--size", type=int, default=256)
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_synth)
+
+    v = sub.add_parser("serve", help="the web app and JSON API for a trained run (waitress)")
+    v.add_argument("--model", required=True, help="run folder written by `cxr train`")
+    v.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to listen on every interface")
+    v.add_argument("--port", type=int, default=8000)
+    v.add_argument("--threads", type=int, default=4, help="waitress worker threads")
+    v.add_argument("--device", default="cpu", help="cpu|cuda|cuda:N")
+    v.add_argument("--max-upload-mb", type=float, default=32.0, help="largest image file")
+    v.add_argument("--max-batch-mb", type=float, default=128.0, help="largest batch request")
+    v.add_argument("--max-pixels", type=int, default=40_000_000,
+                   help="larger images are refused before decoding")  # fmt: skip
+    v.add_argument("--save-uploads", metavar="DIR",
+                   help="keep a copy of each upload here (default: memory only)")  # fmt: skip
+    v.add_argument("--web-dir", help="built front end to serve (default: web/dist)")
+    v.add_argument("--no-ood-gate", action="store_true",
+                   help="skip the run's out-of-distribution gate")  # fmt: skip
+    v.set_defaults(func=cmd_serve)
+
+    r = sub.add_parser("predict", help="predict every image in a folder into a CSV")
+    r.add_argument("folder", help="a folder (searched recursively) or one image file")
+    r.add_argument("--model", required=True, help="run folder written by `cxr train`")
+    r.add_argument("--out", default="predictions.csv", help="CSV to write")
+    r.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    r.add_argument("--max-pixels", type=int, default=40_000_000)
+    r.add_argument("--no-ood-gate", action="store_true",
+                   help="skip the run's out-of-distribution gate")  # fmt: skip
+    r.set_defaults(func=cmd_predict)
+
+    u = sub.add_parser("tune", help="hyperparameter search with Optuna (one or many workers)")
+    u.add_argument("--config", help="base run config (JSON or YAML); the space overrides it")
+    for flag, (_, _, typ, help_) in TRAIN_FLAGS.items():
+        u.add_argument("--" + flag.replace("_", "-"), dest=flag, type=typ, help=help_)
+    u.add_argument("--skip-bad", action="store_true", help="skip unreadable images, and say which")
+    u.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
+                   help="any base config field, e.g. --set preprocess.image_size=64")  # fmt: skip
+    u.add_argument("--space", help="search space YAML (default: configs/search_space.yaml)")
+    u.add_argument("--study", default="cxr", help="study name: workers with one name share it")
+    u.add_argument("--storage", help="sqlite:///FILE (default OUT/study.db), postgresql://..., "
+                   "mysql+pymysql://... or journal:FILE")  # fmt: skip
+    u.add_argument("--n-trials", type=int, default=20,
+                   help="finished trials the study should hold (all workers together)")  # fmt: skip
+    u.add_argument("--timeout", type=float, help="seconds after which no new trial starts")
+    u.add_argument("--sampler", help="tpe|random (overrides the space)")
+    u.add_argument("--pruner", help="hyperband|median|asha|none (overrides the space)")
+    u.add_argument("--resume", action="store_true",
+                   help="continue a study even if its search space changed")  # fmt: skip
+    u.add_argument("--test-data", help="after the search, evaluate the best run on these images")
+    u.add_argument("--test-format", default="auto", help="format of --test-data")
+    u.set_defaults(func=cmd_tune)
+
+    x = sub.add_parser("export", help="write the run's model as ONNX + its preprocessing contract")
+    x.add_argument("--model", required=True, help="run folder written by `cxr train`")
+    x.add_argument("--out", help="ONNX file to write (default RUN/model.onnx; contract beside it)")
+    x.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    x.set_defaults(func=cmd_export)
+
+    c = sub.add_parser("calibrate", help="fit temperature scaling on a run's validation split")
+    c.add_argument("--model", required=True, help="run folder written by `cxr train`")
+    c.set_defaults(func=cmd_calibrate)
+
+    rp = sub.add_parser("report", help="HTML + JSON evaluation report with intervals, "
+                        "calibration, subgroups, Grad-CAM and a model card")  # fmt: skip
+    rp.add_argument("--model", required=True, help="run folder written by `cxr train`")
+    rp.add_argument("--data", required=True, help="images to evaluate")
+    rp.add_argument("--format", default="auto", help="auto|folder|nih|chexpert|medmnist|synthetic")
+    rp.add_argument("--split", default="auto", choices=["auto", "test", "val", "all"],
+                    help="auto: the run's test split if DATA holds it, all images if DATA is "
+                    "external")  # fmt: skip
+    rp.add_argument("--out", help="folder for report.html, report.json, PNGs (default RUN/report)")
+    rp.add_argument("--tta", action="store_true", help="also measure test-time augmentation")
+    rp.add_argument("--bootstrap", type=int, default=1000, help="patient resamples for the CIs")
+    rp.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    rp.add_argument("--no-gallery", action="store_true", help="leave out the Grad-CAM gallery")
+    rp.add_argument("--skip-bad", action="store_true", help="skip unreadable images, say which")
+    rp.set_defaults(func=cmd_report)
+
+    ex = sub.add_parser("explain", help="predict one image and write Grad-CAM overlay PNGs")
+    ex.add_argument("image", help="a PNG, JPEG or DICOM file")
+    ex.add_argument("--model", required=True, help="run folder written by `cxr train`")
+    ex.add_argument("--finding", action="append",
+                    help="finding to explain (repeatable; default: those called positive, or "
+                    "the most probable)")  # fmt: skip
+    ex.add_argument("--method", default="gradcam", choices=["gradcam", "gradcam++"])
+    ex.add_argument("--layer", default="layer4", choices=["layer4", "layer3"],
+                    help="target block: layer4 (usual) or layer3 (twice as fine; better on "
+                    "inputs under ~160 px, see README)")  # fmt: skip
+    ex.add_argument("--out", help="overlay PNG (with several findings: OUT_<finding>.png; "
+                    "default ./<image>_<method>_<finding>.png)")  # fmt: skip
+    ex.add_argument("--no-ood-gate", action="store_true",
+                    help="skip the run's out-of-distribution gate")  # fmt: skip
+    ex.set_defaults(func=cmd_explain)
+
+    of = sub.add_parser("ood-fit", help="fit the out-of-distribution gate on a run's training "
+                        "images (written into the run folder)")  # fmt: skip
+    of.add_argument("--model", required=True, help="run folder written by `cxr train`")
+    of.add_argument("--action", default="warn", choices=["warn", "refuse"],
+                    help="what predictions do with an input that fails the gate")  # fmt: skip
+    of.add_argument("--percentile", type=float, default=99.5,
+                    help="of held-out training distances, for the thresholds")  # fmt: skip
+    of.add_argument("--limit", type=int, default=2000, help="at most this many training images")
+    of.add_argument("--check-limit", type=int, default=500,
+                    help="validation images checked after fitting (false refusals)")  # fmt: skip
+    of.set_defaults(func=cmd_ood_fit)
     return p
 
 

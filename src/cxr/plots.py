@@ -254,3 +254,168 @@ def plot_training_curves(history: list[dict], path: str | Path) -> Path:
         ax.grid(alpha=0.3)
     fig.suptitle("Training curves", fontsize=10)
     return _save(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Report figures: curves with several operating points, reliability diagrams, subgroup AUROC
+# ---------------------------------------------------------------------------------------------
+
+_POINT_MARKERS = ("o", "^", "s", "D", "v", "P")
+
+
+def _grid(k: int, ncols: int = 4) -> tuple[int, int]:
+    ncols = max(1, min(ncols, k))
+    return math.ceil(k / ncols), ncols
+
+
+def plot_operating_points(
+    y_true: np.ndarray,
+    y_score: np.ndarray,
+    findings: list[str],
+    points: dict[str, np.ndarray],
+    path: str | Path,
+    kind: str = "roc",
+) -> Path:
+    """ROC (or PR, kind="pr") per finding, one panel each, with every operating point marked.
+
+    points: {label: thresholds (K,)}, e.g. {"youden (val)": t1, "sens 0.95 (val)": t2}.
+    """
+    if kind not in ("roc", "pr"):
+        raise ValueError(f"kind must be 'roc' or 'pr', got {kind!r}")
+    y_true, y_score = _check_labels_scores(y_true, y_score, "multilabel")
+    findings = [str(f) for f in findings]
+    if len(findings) != y_true.shape[1]:
+        raise ValueError(f"findings has {len(findings)} names for {y_true.shape[1]} columns")
+    points = {label: _check_thresholds(t, len(findings)) for label, t in points.items()}
+    nrows, ncols = _grid(len(findings))
+    fig = _new_figure(3.3 * ncols, 3.1 * nrows + 0.4)
+    handles = {}
+    for j, name in enumerate(findings):
+        ax = fig.add_subplot(nrows, ncols, j + 1)
+        ax.set_title(name, fontsize=9)
+        labels, scores = _column(y_true, y_score, j)
+        if not _is_estimable(labels):
+            ax.text(0.5, 0.5, "not estimable", ha="center", va="center", transform=ax.transAxes)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            continue
+        pos = labels == 1
+        if kind == "roc":
+            fpr, tpr, _ = roc_curve(labels, scores)
+            ax.plot(fpr, tpr, color="C0", lw=1.4)
+            ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
+            ax.text(0.97, 0.05, f"AUROC {roc_auc_score(labels, scores):.3f}", ha="right",
+                    fontsize=8, transform=ax.transAxes)  # fmt: skip
+            ax.set_xlabel("1 - specificity", fontsize=8)
+            ax.set_ylabel("sensitivity", fontsize=8)
+        else:
+            precision, recall, _ = precision_recall_curve(labels, scores)
+            ax.step(recall, precision, where="post", color="C0", lw=1.4)
+            ax.axhline(pos.mean(), color="grey", lw=0.8, ls=":")
+            ax.text(0.03, 0.05, f"AUPRC {average_precision_score(labels, scores):.3f}",
+                    fontsize=8, transform=ax.transAxes)  # fmt: skip
+            ax.set_xlabel("recall (sensitivity)", fontsize=8)
+            ax.set_ylabel("precision (PPV)", fontsize=8)
+        for m, (label, thresholds) in enumerate(points.items()):
+            pred = scores >= thresholds[j]
+            sens = np.sum(pred & pos) / np.sum(pos)
+            if kind == "roc":
+                x, y = np.sum(pred & ~pos) / np.sum(~pos), sens
+            else:
+                x, y = sens, (np.sum(pred & pos) / np.sum(pred) if pred.any() else np.nan)
+            if np.isfinite(y):
+                (handle,) = ax.plot(x, y, _POINT_MARKERS[m % len(_POINT_MARKERS)],
+                                    color=f"C{m + 1}", mec="black", ms=6)  # fmt: skip
+                handles.setdefault(label, handle)
+        ax.set_xlim(-0.01, 1.01)
+        ax.set_ylim(-0.01, 1.01)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    if handles:
+        fig.legend(list(handles.values()), list(handles), loc="outside lower center",
+                   ncols=len(handles), fontsize=8)  # fmt: skip
+    title = "ROC curves" if kind == "roc" else "Precision-recall curves (dotted: prevalence)"
+    fig.suptitle(title + ", operating points chosen on validation", fontsize=10)
+    return _save(fig, path)
+
+
+def plot_reliability(panels: dict[str, dict], path: str | Path) -> Path:
+    """Reliability diagrams side by side, e.g. {"before (T = 1)": bins, "after": bins}.
+
+    bins: `cxr.calibration.reliability_bins` output, optionally with an "ece" entry. Top: observed
+    frequency against mean predicted probability per bin (the diagonal is perfect calibration);
+    bottom: how many cases fall in each bin.
+    """
+    if not panels:
+        raise ValueError("panels must hold at least one reliability diagram")
+    fig = _new_figure(4.2 * len(panels), 5.2)
+    grid = fig.add_gridspec(2, len(panels), height_ratios=[3, 1])
+    for p, (title, bins) in enumerate(panels.items()):
+        for key in ("edges", "confidence", "frequency", "count"):
+            if key not in bins:
+                raise ValueError(f"panel {title!r} lacks {key!r} (use reliability_bins)")
+        edges = np.asarray(bins["edges"], dtype=float)
+        centres = (edges[:-1] + edges[1:]) / 2
+        width = np.diff(edges)
+        filled = [i for i, c in enumerate(bins["count"]) if c]
+        freq = np.array([bins["frequency"][i] for i in filled], dtype=float)
+        conf = np.array([bins["confidence"][i] for i in filled], dtype=float)
+        ax = fig.add_subplot(grid[0, p])
+        ax.bar(centres[filled], freq, width=width[filled], color="C0", alpha=0.35,
+               edgecolor="C0", label="observed frequency")  # fmt: skip
+        ax.plot(conf, freq, "o-", color="C3", ms=4, lw=1, label="(mean predicted, observed)")
+        ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=0.8, label="perfect calibration")
+        ece = bins.get("ece")
+        ax.set_title(title + ("" if ece is None else f"\nECE {ece:.3f}"), fontsize=9)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("observed frequency", fontsize=8)
+        ax.grid(alpha=0.3)
+        if p == 0:
+            ax.legend(fontsize=7, loc="upper left")
+        hist = fig.add_subplot(grid[1, p], sharex=ax)
+        hist.bar(centres, bins["count"], width=width, color="grey")
+        hist.set_xlabel("predicted probability", fontsize=8)
+        hist.set_ylabel("cases", fontsize=8)
+    fig.suptitle("Reliability diagrams", fontsize=10)
+    return _save(fig, path)
+
+
+def plot_subgroup_auroc(
+    rows: list[dict], overall: dict[str, float | None], path: str | Path
+) -> Path:
+    """AUROC with its interval per subgroup, one panel per finding (a forest plot).
+
+    rows: {"finding", "subgroup" (label such as "sex=F"), "estimate", "low", "high", "n"};
+    estimate None = not estimable (drawn as a note). overall: AUROC per finding (vertical line).
+    """
+    findings = list(dict.fromkeys(r["finding"] for r in rows))
+    if not findings:
+        raise ValueError("rows must hold at least one subgroup result")
+    nrows, ncols = _grid(len(findings))
+    groups = list(dict.fromkeys(r["subgroup"] for r in rows))
+    fig = _new_figure(3.4 * ncols, (0.28 * len(groups) + 1.3) * nrows)
+    for f, name in enumerate(findings):
+        ax = fig.add_subplot(nrows, ncols, f + 1)
+        mine = {r["subgroup"]: r for r in rows if r["finding"] == name}
+        for y, group in enumerate(groups):
+            r = mine.get(group)
+            if r is None or r["estimate"] is None:
+                ax.text(0.52, y, "not estimable", fontsize=6, va="center", color="grey")
+                continue
+            low = r["low"] if r["low"] is not None else r["estimate"]
+            high = r["high"] if r["high"] is not None else r["estimate"]
+            ax.errorbar(r["estimate"], y, xerr=[[r["estimate"] - low], [high - r["estimate"]]],
+                        fmt="o", color="C0", ms=4, capsize=2, lw=1)  # fmt: skip
+        if overall.get(name) is not None:
+            ax.axvline(overall[name], color="C3", lw=0.8, ls="--")
+        ax.axvline(0.5, color="grey", lw=0.6, ls=":")
+        ax.set_yticks(range(len(groups)), groups if f % ncols == 0 else [], fontsize=7)
+        ax.set_ylim(len(groups) - 0.5, -0.5)
+        ax.set_xlim(0.0, 1.0)
+        ax.set_title(name, fontsize=9)
+        ax.tick_params(axis="x", labelsize=7)
+        ax.grid(alpha=0.3, axis="x")
+    fig.suptitle("AUROC by subgroup, 95% patient-bootstrap intervals (dashed: all images)",
+                 fontsize=10)  # fmt: skip
+    return _save(fig, path)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from cxr import distributed
 from cxr.augment import augment_batch
 from cxr.checkpoint import (
     latest_checkpoint,
@@ -98,8 +99,13 @@ def train_one_epoch(
     rt: Runtime,
     desc: str = "train",
     progress: bool = True,
+    world: distributed.World | None = None,
 ) -> dict:
     """One pass over the training images; returns mean loss and measured images/s."""
+    if world is not None and world.distributed:
+        return _train_one_epoch_sharded(
+            model, images, loss_fn, optimizer, schedule, cfg, generator, rt, world, desc, progress
+        )
     model.train()
     total_loss, seen, start = 0.0, 0, time.perf_counter()
     bar = tqdm(total=len(images.table), desc=desc, unit="img", disable=not progress, leave=False)
@@ -123,6 +129,39 @@ def train_one_epoch(
     return {"train_loss": total_loss / max(seen, 1), "images_per_s": seen / max(elapsed, 1e-9)}
 
 
+def _train_one_epoch_sharded(
+    model, images, loss_fn, optimizer, schedule, cfg, generator, rt, world, desc, progress
+) -> dict:
+    """train_one_epoch as one of W processes (see cxr.distributed): the global batches and
+    augmentations of a single process, this rank's rows of each; loss and images/s of all."""
+    model.train()
+    total_loss, seen, start = 0.0, 0, time.perf_counter()
+    bar = tqdm(total=len(images.table), desc=desc, unit="img",
+               disable=not (progress and world.is_main), leave=False)  # fmt: skip
+    for x, y, rows in distributed.sharded_batches(images, cfg.train.batch_size, generator, world):
+        n_batch = len(x)
+        x = normalize(augment_batch(to_model(x, rt), cfg.augment, generator)[rows])
+        y = y.to(rt.device, non_blocking=True)
+        with _autocast(rt):
+            logits = model(x)
+        # A last batch smaller than W leaves a rank without images: its loss is a zero that
+        # still takes part in DDP's gradient all-reduce.
+        loss = loss_fn(logits.float(), y) if len(y) else logits.float().sum()
+        optimizer.zero_grad(set_to_none=True)
+        # DDP averages gradients over the W ranks; weighing each rank's mean loss by its share
+        # of the batch makes that average the gradient of the mean over the whole batch.
+        (loss * (len(y) * world.size / n_batch)).backward()
+        optimizer.step()
+        schedule.after_step()
+        total_loss += loss.item() * len(y)
+        seen += len(y)
+        bar.update(n_batch)
+    bar.close()
+    total_loss, seen = distributed.all_reduce_sum(world, [total_loss, float(seen)])
+    elapsed = time.perf_counter() - start
+    return {"train_loss": total_loss / max(seen, 1), "images_per_s": seen / max(elapsed, 1e-9)}
+
+
 @torch.no_grad()
 def predict_cached(
     model: nn.Module, images: CachedImages, task: str, rt: Runtime, batch_size: int = 64
@@ -138,13 +177,34 @@ def predict_cached(
 
 
 def validation_metrics(
-    model: nn.Module, images: CachedImages, task: str, rt: Runtime
+    model: nn.Module,
+    images: CachedImages,
+    task: str,
+    rt: Runtime,
+    world: distributed.World | None = None,
 ) -> tuple[dict, np.ndarray]:
-    """Metrics on validation at thresholds chosen on the same validation scores."""
-    scores = predict_cached(model, images, task, rt)
+    """Metrics on validation at thresholds chosen on the same validation scores.
+
+    Under torchrun each process predicts its share of the images and all gather every score.
+    """
+    if world is not None and world.distributed:
+        scores = _predict_sharded(model, images, task, rt, world)
+    else:
+        scores = predict_cached(model, images, task, rt)
     y = images.table.labels
     thresholds = choose_thresholds(y, scores, task)
     return compute_metrics(y, scores, images.table.findings, task, thresholds), scores
+
+
+def _predict_sharded(model, images: CachedImages, task: str, rt: Runtime, world) -> np.ndarray:
+    rows = distributed.share(len(images.table), world)
+    index = np.arange(rows.start, rows.stop)
+    if len(index):
+        part = CachedImages(images.pixels[rows], images.table.subset(index), [], images.path)
+        scores = predict_cached(model, part, task, rt)
+    else:
+        scores = np.zeros((0, len(images.table.findings)))
+    return distributed.gather_rows(world, scores)
 
 
 def _seed_everything(cfg: RunConfig) -> None:
@@ -164,10 +224,20 @@ class TrainResult:
     best_val_auroc: float | None
     history: list[dict]
     val_metrics: dict
+    rank: int = 0  # under torchrun: only rank 0 wrote the run folder and holds final metrics
 
 
-def train(cfg: RunConfig, resume: bool = False, progress: bool = True) -> TrainResult:
-    """Train per cfg into cfg.out_dir; with resume, continue the run found there exactly."""
+def train(
+    cfg: RunConfig,
+    resume: bool = False,
+    progress: bool = True,
+    on_epoch: Callable[[int, dict], None] | None = None,
+) -> TrainResult:
+    """Train per cfg into cfg.out_dir; with resume, continue the run found there exactly.
+
+    on_epoch(epoch, row) is called after each epoch's checkpoint with that epoch's history row
+    (val_mean_auroc among it); tuning uses it to report to Optuna and to prune by raising.
+    """
     run_dir = Path(cfg.out_dir)
     if resume:
         saved = run_dir / "config.json"
@@ -178,12 +248,28 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True) -> TrainR
         raise CxrError(
             f"{run_dir} already holds a run; pass --resume to continue it or choose another --out"
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.json")
+    # Under torchrun: refuse a bad launch before any work, meet the other processes, check
+    # that all run the same config; rank 0 alone writes the run folder (cxr.distributed).
+    world = distributed.world_from_env()
+    distributed.check_launch(world, cfg.train.batch_size, cfg.train.device)
+    device = distributed.device_for(world, cfg.train.device)
+    created = distributed.setup(
+        world, device, {"config": cfg.model_dump_json(), "torch": torch.__version__}
+    )
+    if world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.json")
     _seed_everything(cfg)
-    rt = select_runtime(cfg.train.device, cfg.train.amp, cfg.train.channels_last)
+    rt = select_runtime(device, cfg.train.amp, cfg.train.channels_last)
 
-    data = prepare_data(cfg.data, cfg.preprocess, cfg.train.cache_dir, run_dir, progress)
+    data = distributed.prepare_in_turn(
+        world,
+        run_dir,
+        lambda folder: prepare_data(
+            cfg.data, cfg.preprocess, cfg.train.cache_dir, folder, progress and world.is_main
+        ),
+    )
+    distributed.agree(world, _data_identity(data), "data")
     model = build_model(cfg.model, len(data.findings)).to(rt.device)
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -201,45 +287,76 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True) -> TrainR
         schedule.load_state_dict(saved_state["scheduler"])
         generator.set_state(saved_state["generator"])
         state = json.loads(saved_state["loop"])
-        print(f"resuming {run_dir} after epoch {state['epoch']}")
+        if world.is_main:
+            print(f"resuming {run_dir} after epoch {state['epoch']}")
 
-    _print_data_summary(data)
+    net = distributed.wrap_model(model, world, rt.device)  # `model` itself for one process
+    best_metrics: dict = {}
+    if world.is_main:
+        _print_data_summary(data)
     for epoch in range(state["epoch"] + 1, cfg.train.epochs + 1):
         row = {"epoch": epoch}
         row |= train_one_epoch(
-            model, data.train, loss_fn, optimizer, schedule, cfg, generator, rt,
-            desc=f"epoch {epoch}/{cfg.train.epochs}", progress=progress,
+            net, data.train, loss_fn, optimizer, schedule, cfg, generator, rt,
+            desc=f"epoch {epoch}/{cfg.train.epochs}", progress=progress, world=world,
         )  # fmt: skip
-        metrics, _ = validation_metrics(model, data.val, data.task, rt)
+        distributed.sync_buffers(model, world)
+        metrics, _ = validation_metrics(model, data.val, data.task, rt, world)
         row |= {"val_mean_auroc": metrics["mean_auroc"], "val_accuracy": metrics["accuracy"]}
         row["lr"] = optimizer.param_groups[0]["lr"]
         schedule.after_epoch(metrics["mean_auroc"] or 0.0)
         improved = state["best"] is None or (metrics["mean_auroc"] or 0.0) > state["best"]
         if improved:
             state |= {"best": metrics["mean_auroc"] or 0.0, "best_epoch": epoch, "stale": 0}
-            save_weights(model, run_dir / "model.safetensors")
+            best_metrics = metrics
+            if world.is_main:
+                save_weights(model, run_dir / "model.safetensors")
         else:
             state["stale"] += 1
         state["epoch"] = epoch
         state["history"].append(row)
-        save_checkpoint(
-            run_dir,
-            epoch,
-            model,
-            {
-                "optimizer": optimizer.state_dict(),
-                "scheduler": schedule.state_dict(),
-                "generator": generator.get_state(),
-                "loop": json.dumps(state),
-            },
-        )
-        _log_epoch(run_dir, state["history"])
+        if world.is_main:
+            save_checkpoint(
+                run_dir,
+                epoch,
+                model,
+                {
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": schedule.state_dict(),
+                    "generator": generator.get_state(),
+                    "loop": json.dumps(state),
+                },
+            )
+            _log_epoch(run_dir, state["history"])
+        if on_epoch is not None:
+            on_epoch(epoch, row)
         patience = cfg.train.early_stopping_patience
         if patience and state["stale"] >= patience:
-            print(f"early stopping: validation AUROC has not improved for {patience} epochs")
+            if world.is_main:
+                print(f"early stopping: validation AUROC has not improved for {patience} epochs")
             break
 
-    return finish_run(run_dir, cfg, data, state, rt)
+    result = None
+    if world.is_main:
+        result = finish_run(run_dir, cfg, data, state, rt)
+    distributed.barrier(world)  # every rank returns once the run folder is complete
+    distributed.teardown(created)
+    if result is None:
+        result = TrainResult(
+            run_dir, state["best_epoch"], state["best"], state["history"], best_metrics, world.rank
+        )
+    return result
+
+
+def _data_identity(data: PreparedData) -> dict[str, str]:
+    """What every rank must have read identically: the caches' keys (hashes of the files and
+    the preprocessing) and the labels."""
+    return {
+        "train cache": data.train.path.name,
+        "val cache": data.val.path.name,
+        "findings": json.dumps(data.findings),
+        "train/val images": f"{len(data.train)}/{len(data.val)}",
+    }
 
 
 def finish_run(run_dir: Path, cfg: RunConfig, data: PreparedData, state: dict, rt: Runtime):

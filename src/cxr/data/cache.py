@@ -14,9 +14,9 @@ import json
 import multiprocessing
 import os
 import sys
-import warnings
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +30,10 @@ from cxr.errors import DataError
 from cxr.preprocess import PIPELINE_VERSION, check_config, preprocess
 
 CACHE_FORMAT = 1  # bump when the files' layout or meaning changes
-_MIN_IMAGES_PER_WORKER = 8  # below this a pool's start-up costs more than it saves
+# Below this many files, decode in this process: starting workers costs ~1-3 s (each imports
+# numpy, OpenCV, pandas and re-imports the caller's script), more than a 2-core pool saves on a
+# few hundred 224 px images at ~10 ms each.
+_POOL_MIN_IMAGES = 256
 _SHOWN_SKIPPED = 3  # bad files named in the one-line summary
 
 
@@ -173,6 +176,11 @@ def _build(
             bar.close()
         out.flush()
         del out
+        if kept == 0:
+            raise DataError(
+                f"none of the {n} images could be decoded; the first: {skipped[0][1]}",
+                path=skipped[0][0],
+            )
         if skipped:
             _shrink(tmp, kept)
         meta = {
@@ -216,28 +224,46 @@ Result = tuple[int, "np.ndarray | None", str]
 def _preprocess_all(table: ImageTable, cfg: PreprocessConfig, workers: int) -> Iterator[Result]:
     """(index, uint8 pixels or None, reason) per image, in table order."""
     n = len(table)
-    workers = min(workers, n // _MIN_IMAGES_PER_WORKER)
-    if table.arrays is not None or workers < 2:  # in-memory arrays are tiny: no pool
-        for i in range(n):
-            yield _preprocess_one(table, cfg, i)
-        return
-    # A process pool (map keeps table order): ProcessPoolExecutor rather than multiprocessing.Pool
-    # because a worker killed mid-build (out of memory, a decoder crash) raises
-    # BrokenProcessPool here, where Pool would wait forever. Started by fork, as torch's
-    # DataLoader does: no pickling of the table, and no re-import of the caller's script
-    # (spawn/forkserver would re-run an unguarded script and hang). Fork is safe here because
-    # workers never touch torch and run OpenCV single-threaded (see _init_worker).
-    # (Linux only: on macOS fork is unsafe for system libraries, and Windows has no fork.)
-    context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
-    chunk = max(1, min(32, n // (workers * 8)))
+    done = 0
+    # In-memory arrays (MedMNIST, 28-224 px) are cheap: no pool.
+    if table.arrays is None and workers >= 2 and n >= _POOL_MIN_IMAGES:
+        try:
+            for result in _preprocess_in_pool(table, cfg, workers):
+                yield result
+                done += 1
+        except BrokenProcessPool as exc:
+            print(
+                f"preprocessing workers failed ({exc}); continuing in this process from image "
+                f"{done + 1} of {n}",
+                file=sys.stderr,
+            )
+    for i in range(done, n):
+        yield _preprocess_one(table, cfg, i)
+
+
+def _preprocess_in_pool(table: ImageTable, cfg: PreprocessConfig, workers: int) -> Iterator[Result]:
+    """The same results from a process pool; executor.map keeps table order.
+
+    ProcessPoolExecutor, not multiprocessing.Pool: a worker that dies (out of memory, a decoder
+    crash, a caller's script without an `if __name__ == "__main__":` guard) raises
+    BrokenProcessPool, where Pool would wait forever. forkserver, not fork: forking a parent
+    that has threads (torch, tqdm, an earlier pool's queue feeder) deadlocked a worker in our
+    tests. The server imports this module once and each worker is a fork of that
+    single-threaded server; Python still re-imports the caller's main script in each worker
+    (preloading "__main__" only takes effect on newer Pythons), which is why this module
+    imports no torch.
+    """
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["__main__", __name__])
+    else:
+        context = multiprocessing.get_context("spawn")
+    chunk = max(1, min(32, len(table) // (workers * 8)))
     executor = ProcessPoolExecutor(
         workers, mp_context=context, initializer=_init_worker, initargs=(table, cfg)
     )
     try:
-        with warnings.catch_warnings():  # Python >= 3.12 warns about any fork with threads
-            warnings.filterwarnings("ignore", message=r".*fork\(\)", category=DeprecationWarning)
-            results = executor.map(_worker_preprocess, range(n), chunksize=chunk)
-        yield from results
+        yield from executor.map(_worker_preprocess, range(len(table)), chunksize=chunk)
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
 
@@ -256,9 +282,7 @@ _worker_state: dict = {}
 def _init_worker(table: ImageTable, cfg: PreprocessConfig) -> None:
     import cv2
 
-    # One thread: the pool already uses every core, and a forked child must not use the
-    # parent's OpenCV thread pool (its threads do not exist in the child).
-    cv2.setNumThreads(1)
+    cv2.setNumThreads(1)  # the pool already uses every core; nested threads only contend
     _worker_state["table"], _worker_state["cfg"] = table, cfg
 
 

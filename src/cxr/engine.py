@@ -1,0 +1,472 @@
+"""One inference interface, two backends: PyTorch eager and ONNX Runtime, chosen by name.
+
+    engine = make_engine("runs/kermany", backend="onnx")      # or "torch"
+    probs = engine.predict_batch(pixels)   # uint8 (N, S, S) from cxr.preprocess -> (N, K)
+
+Both backends take the preprocessed uint8 images the training cache holds, normalise them the
+same way in float32, and return probabilities after the run's temperature (calibration.json,
+when there is one), with the thresholds to compare them against; so a served prediction does
+not depend on the backend beyond float rounding (~1e-6).
+
+The ONNX backend checks the export's contract (model.onnx.json, written by `cxr export`)
+against the run's config.json and model.json before it builds a session: a different
+preprocessing, input size, findings list, or weights raise a CxrError naming what differs.
+
+`predict_files` is the batched path for folders: a thread pool decodes and preprocesses the
+next images while the model runs on the current batch (OpenCV and numpy release the GIL).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from cxr.config import PreprocessConfig, RunConfig, load_config
+from cxr.errors import ConfigError, CxrError
+from cxr.preprocess import MEAN, PIPELINE_VERSION, STD
+
+BACKENDS = ("torch", "onnx")
+
+
+@runtime_checkable
+class InferenceEngine(Protocol):
+    """What `cxr serve`, `cxr predict` and the benchmarks need from a model."""
+
+    backend: str
+    info: EngineInfo
+
+    def predict_logits(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 (N, S, S) preprocessed images -> raw float32 logits (N, K)."""
+        ...
+
+    def predict_batch(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 (N, S, S) preprocessed images -> float64 probabilities (N, K), calibrated."""
+        ...
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """Everything about a run that is needed to use its model, read once from its folder."""
+
+    run_dir: Path
+    config: RunConfig
+    findings: list[str]
+    task: str
+    thresholds: np.ndarray  # (K,): calibrated thresholds when calibration.json applies
+    temperature: float  # logits are divided by this before sigmoid/softmax (1: uncalibrated)
+    model_info: dict = field(default_factory=dict)  # model.json (plus calibration fields)
+
+    @property
+    def preprocess(self) -> PreprocessConfig:
+        return self.config.preprocess
+
+    @property
+    def image_size(self) -> int:
+        return self.config.preprocess.image_size
+
+
+def read_engine_info(run_dir: str | Path) -> EngineInfo:
+    """config.json, model.json and calibration.json (when it fits these weights) of a run."""
+    from cxr.calibration import load_calibration
+
+    run_dir = Path(run_dir)
+    for name in ("config.json", "model.json", "model.safetensors"):
+        if not (run_dir / name).is_file():
+            raise CxrError(
+                f"{run_dir} is not a finished run: {name} is missing "
+                "(train one with `cxr train`, or finish it with `cxr train --resume`)"
+            )
+    cfg = load_config(run_dir / "config.json")
+    info = json.loads((run_dir / "model.json").read_text())
+    findings = list(info["findings"])
+    thresholds = np.array([info["thresholds"][f] for f in findings], dtype=np.float64)
+    temperature = 1.0
+    calibration = load_calibration(run_dir)
+    if calibration is not None:  # the same rule as cxr.inference.Predictor
+        temperature = float(calibration.temperature)
+        thresholds = calibration.threshold_array(findings)
+        info = info | {
+            "calibration": calibration.method,
+            "temperature": temperature,
+            "threshold_method": calibration.threshold_method,
+        }
+    return EngineInfo(run_dir, cfg, findings, info["task"], thresholds, temperature, info)
+
+
+def normalise_numpy(pixels: np.ndarray) -> np.ndarray:
+    """uint8 (N, S, S) -> float32 (N, 1, S, S), (x / 255 - MEAN) / STD: bit for bit what
+    cxr.preprocess.model_input computes in torch (the same float32 operations, same order)."""
+    x = pixels.astype(np.float32)[:, None]
+    x /= np.float32(255.0)
+    x -= np.float32(MEAN)
+    x /= np.float32(STD)
+    return x
+
+
+def probabilities_numpy(logits: np.ndarray, task: str, temperature: float = 1.0) -> np.ndarray:
+    """float64 probabilities from logits: sigmoid per finding or softmax over classes."""
+    z = np.asarray(logits, dtype=np.float64) / float(temperature)
+    if task == "multilabel":
+        return 0.5 * (1.0 + np.tanh(0.5 * z))  # = sigmoid, without overflow for large |z|
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+class _Engine:
+    """Shared input checks and the logits -> probabilities step."""
+
+    backend = "?"
+
+    def __init__(self, info: EngineInfo):
+        self.info = info
+
+    @property
+    def findings(self) -> list[str]:
+        return self.info.findings
+
+    @property
+    def thresholds(self) -> np.ndarray:
+        return self.info.thresholds
+
+    def check_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        s = self.info.image_size
+        if not isinstance(pixels, np.ndarray):
+            raise ValueError(f"pixels must be a numpy uint8 array, got {type(pixels).__name__}")
+        if pixels.ndim == 4 and pixels.shape[1] == 1:
+            pixels = pixels[:, 0]
+        if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[1:] != (s, s):
+            raise ValueError(
+                f"pixels must be uint8 (N, {s}, {s}) from cxr.preprocess.preprocess with the "
+                f"run's config, got {pixels.dtype} {pixels.shape}"
+            )
+        return np.ascontiguousarray(pixels)
+
+    def predict_logits(self, pixels: np.ndarray) -> np.ndarray:
+        pixels = self.check_pixels(pixels)
+        if len(pixels) == 0:
+            return np.zeros((0, len(self.findings)), dtype=np.float32)
+        return self._logits(pixels)
+
+    def predict_batch(self, pixels: np.ndarray) -> np.ndarray:
+        logits = self.predict_logits(pixels)
+        return probabilities_numpy(logits, self.info.task, self.info.temperature)
+
+    def _logits(self, pixels: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class TorchEngine(_Engine):
+    """PyTorch eager, channels-last on the CPU (oneDNN's fastest layout), no autograd."""
+
+    backend = "torch"
+
+    def __init__(self, info: EngineInfo, model, device: str = "cpu"):
+        import torch
+
+        super().__init__(info)
+        self.device = torch.device(device)
+        self.channels_last = True
+        self.model = model.to(self.device).eval()
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+
+    def _logits(self, pixels: np.ndarray) -> np.ndarray:
+        import torch
+
+        from cxr.preprocess import model_input
+
+        with torch.inference_mode():
+            x = model_input(torch.from_numpy(pixels)).to(self.device)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            return self.model(x).float().cpu().numpy()
+
+
+class OnnxEngine(_Engine):
+    """ONNX Runtime: all graph optimisations, one intra-op thread per core, sequential."""
+
+    backend = "onnx"
+
+    def __init__(self, info: EngineInfo, onnx_path: str | Path, device: str = "cpu",
+                 threads: int | None = None):  # fmt: skip
+        import onnxruntime as ort
+
+        super().__init__(info)
+        self.onnx_path = Path(onnx_path)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.intra_op_num_threads = threads or cpu_cores()
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(
+            str(self.onnx_path), options, providers=_providers(device, ort)
+        )
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_name = self.session.get_outputs()[0].name
+
+    def _logits(self, pixels: np.ndarray) -> np.ndarray:
+        x = normalise_numpy(pixels)
+        return self.session.run([self.output_name], {self.input_name: x})[0]
+
+
+def cpu_cores() -> int:
+    """Cores this process may use (the affinity mask: a container or taskset may allow fewer)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def _providers(device: str, ort) -> list[str]:
+    if device.startswith("cuda"):
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise ConfigError(
+                f"device {device!r}: this onnxruntime has no CUDA provider "
+                "(pip install onnxruntime-gpu), or use backend='torch' on the GPU"
+            )
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if device != "cpu":
+        raise ConfigError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}")
+    return ["CPUExecutionProvider"]
+
+
+def make_engine(
+    run,
+    backend: str = "torch",
+    device: str = "cpu",
+    onnx_path: str | Path | None = None,
+    threads: int | None = None,
+) -> InferenceEngine:
+    """An engine for a finished run folder (or a cxr.evaluate.LoadedRun, reusing its model).
+
+    backend: "torch" or "onnx". For "onnx", onnx_path defaults to RUN/model.onnx and its
+    contract (model.onnx.json beside it) is checked against the run before anything loads.
+    """
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    loaded = None if isinstance(run, (str, Path)) else run
+    run_dir = Path(loaded.run_dir if loaded is not None else run)
+    info = read_engine_info(run_dir)
+    if backend == "onnx":
+        from cxr.export import ONNX_FILE
+
+        onnx_path = Path(onnx_path) if onnx_path is not None else run_dir / ONNX_FILE
+        check_contract(info, onnx_path)
+        return OnnxEngine(info, onnx_path, device, threads)
+    if loaded is None:
+        from cxr.evaluate import load_run
+
+        loaded = load_run(run_dir, device="cpu")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    return TorchEngine(info, loaded.model, device)
+
+
+def check_contract(info: EngineInfo, onnx_path: Path) -> dict:
+    """Refuse an ONNX file that does not fit the run: names each field that differs."""
+    from cxr.export import CONTRACT_FORMAT, CONTRACT_VERSION, file_sha256
+
+    contract_path = onnx_path.with_name(onnx_path.name + ".json")
+    hint = f"re-export with `cxr export --model {info.run_dir}`"
+    if not onnx_path.is_file():
+        raise CxrError(f"{onnx_path}: no ONNX model; create it with `cxr export --model "
+                       f"{info.run_dir}`")  # fmt: skip
+    if not contract_path.is_file():
+        raise CxrError(f"{contract_path}: the ONNX model has no preprocessing contract; {hint}")
+    try:
+        contract = json.loads(contract_path.read_text())
+        if contract.get("format") != CONTRACT_FORMAT:
+            raise ValueError(f"format is {contract.get('format')!r}, not {CONTRACT_FORMAT!r}")
+        if contract.get("version") != CONTRACT_VERSION:
+            raise ValueError(f"version {contract.get('version')!r}, expected {CONTRACT_VERSION}")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise CxrError(f"{contract_path}: not a cxr ONNX contract ({exc}); {hint}") from None
+
+    problems = []
+    wanted_pre = info.preprocess.model_dump()
+    got_pre = contract.get("preprocess") or {}
+    for key in sorted(set(wanted_pre) | set(got_pre)):
+        if got_pre.get(key) != wanted_pre.get(key):
+            problems.append(
+                f"preprocess.{key} is {got_pre.get(key)!r} in the contract but "
+                f"{wanted_pre.get(key)!r} in the run's config.json"
+            )
+    norm = contract.get("normalization") or {}
+    for key, value in (("mean", MEAN), ("std", STD)):
+        if norm.get(key) != value:
+            problems.append(f"normalization.{key} is {norm.get(key)!r}, this cxr uses {value}")
+    if contract.get("pipeline_version") != PIPELINE_VERSION:
+        problems.append(
+            f"pipeline_version is {contract.get('pipeline_version')!r}, this cxr preprocesses "
+            f"with version {PIPELINE_VERSION}"
+        )
+    for key, value in (("findings", info.findings), ("task", info.task)):
+        if contract.get(key) != value:
+            problems.append(f"{key} is {contract.get(key)!r} in the contract, {value!r} here")
+    if contract.get("model_sha256") != file_sha256(info.run_dir / "model.safetensors"):
+        problems.append("it was exported from other weights than the run's model.safetensors")
+    if contract.get("onnx_sha256") != file_sha256(onnx_path):
+        problems.append(f"{onnx_path.name} was changed after export (sha256 differs)")
+    problems += _graph_problems(onnx_path, info)
+    if problems:
+        raise CxrError(f"{onnx_path} does not match the run {info.run_dir}: "
+                       + "; ".join(problems) + f"; {hint}")  # fmt: skip
+    return contract
+
+
+def _graph_problems(onnx_path: Path, info: EngineInfo) -> list[str]:
+    """The graph's own input and output shapes against the run's image size and findings."""
+    import onnx
+
+    try:
+        graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    except Exception as exc:  # noqa: BLE001 - any protobuf error means "not a readable model"
+        return [f"{onnx_path.name} cannot be read as ONNX ({exc.__class__.__name__})"]
+
+    def dims(value) -> list:
+        return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+
+    if len(graph.input) != 1 or len(graph.output) != 1:
+        return [f"the graph has {len(graph.input)} inputs and {len(graph.output)} outputs, "
+                "expected one image input and one logits output"]  # fmt: skip
+    s, k = info.image_size, len(info.findings)
+    problems = []
+    shape = dims(graph.input[0])
+    if len(shape) != 4 or shape[1:] != [1, s, s]:
+        problems.append(
+            f"its input shape is {_show(shape)} but the run's preprocess.image_size {s} "
+            f"needs (batch, 1, {s}, {s})"
+        )
+    out = dims(graph.output[0])
+    if len(out) != 2 or out[1] != k:
+        problems.append(f"its output shape is {_show(out)} but the run has {k} findings")
+    return problems
+
+
+def _show(shape: list) -> str:
+    return "(" + ", ".join(str(d) for d in shape) + ")"
+
+
+# ---------------------------------------------------------------------------------------------
+# Many files: decode and preprocess in a thread pool, overlapped with batched inference
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Prepared:
+    """What a worker hands the model: the preprocessed pixels and anything else to keep."""
+
+    pixels: np.ndarray  # uint8 (S, S)
+    extra: dict = field(default_factory=dict)  # e.g. the geometry, an OOD score
+    decode_s: float = 0.0
+    preprocess_s: float = 0.0
+
+
+@dataclass
+class FileResult:
+    path: Path
+    probabilities: np.ndarray | None  # (K,) calibrated; None when the file failed
+    positive: np.ndarray | None  # (K,) probabilities >= thresholds
+    error: str | None
+    extra: dict
+    decode_s: float = 0.0
+    preprocess_s: float = 0.0
+    model_s: float = 0.0  # this image's share of its batch's model time
+
+
+def default_preparer(cfg: PreprocessConfig, max_pixels: int = 40_000_000):
+    """path -> Prepared: decode (intensity contract, size limits) then cxr.preprocess."""
+    from cxr.data.image_io import decode_image
+    from cxr.preprocess import preprocess
+
+    def prepare(path: Path) -> Prepared:
+        tick = time.perf_counter()
+        image = decode_image(path, max_pixels=max_pixels)
+        tock = time.perf_counter()
+        pixels = preprocess(image, cfg)
+        return Prepared(pixels, {}, tock - tick, time.perf_counter() - tock)
+
+    return prepare
+
+
+def predict_files(
+    engine: InferenceEngine,
+    files: Iterable[str | Path],
+    batch_size: int = 32,
+    workers: int | None = None,
+    prepare: Callable[[Path], Prepared] | None = None,
+    progress: bool = True,
+) -> Iterator[FileResult]:
+    """Predict every file, in order, batch_size images per model call.
+
+    `workers` threads run `prepare` (default: decode + preprocess) ahead of the model, at most
+    2 batches ahead so memory stays bounded. A file whose `prepare` raises CxrError, OSError or
+    ValueError yields a FileResult with its error, and the others go on.
+    """
+    from tqdm.auto import tqdm
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    files = [Path(f) for f in files]
+    prepare = prepare or default_preparer(engine.info.preprocess)
+    workers = workers or cpu_cores()
+    ahead = 2 * batch_size + workers
+    bar = tqdm(total=len(files), desc=f"predict ({engine.backend})", unit="img",
+               disable=not progress)  # fmt: skip
+
+    def safe(path: Path) -> Prepared | str:
+        try:
+            return prepare(path)
+        except (CxrError, OSError, ValueError) as exc:
+            return str(exc) or exc.__class__.__name__
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="cxr-prepare") as pool:
+        pending = deque()
+        todo = iter(files)
+        for path in todo:
+            pending.append((path, pool.submit(safe, path)))
+            if len(pending) >= ahead:
+                break
+        batch: list[tuple[Path, Prepared | str]] = []
+        while pending:
+            path, future = pending.popleft()
+            nxt = next(todo, None)
+            if nxt is not None:
+                pending.append((nxt, pool.submit(safe, nxt)))
+            batch.append((path, future.result()))
+            if len(batch) == batch_size or not pending:
+                yield from _run_batch(engine, batch)
+                bar.update(len(batch))
+                batch = []
+    bar.close()
+
+
+def _run_batch(engine: InferenceEngine, batch: list) -> Iterator[FileResult]:
+    ok = [(p, r) for p, r in batch if isinstance(r, Prepared)]
+    probs, model_s = None, 0.0
+    if ok:
+        tick = time.perf_counter()
+        probs = engine.predict_batch(np.stack([r.pixels for _, r in ok]))
+        model_s = (time.perf_counter() - tick) / len(ok)
+    row = 0
+    thresholds = engine.info.thresholds
+    for path, result in batch:
+        if isinstance(result, str):
+            yield FileResult(path, None, None, result, {})
+            continue
+        p = probs[row]
+        row += 1
+        yield FileResult(path, p, p >= thresholds, None, result.extra,
+                         result.decode_s, result.preprocess_s, model_s)  # fmt: skip

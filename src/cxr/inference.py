@@ -1,0 +1,103 @@
+"""One image in, probabilities out: the path shared by `cxr predict`, the web API and reports.
+
+It runs exactly the training-time preprocessing (`cxr.preprocess.preprocess`) on the decoded
+image, so a served prediction sees the same pixels the model was validated on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cxr import NOT_A_MEDICAL_DEVICE
+from cxr.calibration import load_calibration
+from cxr.evaluate import LoadedRun, load_run
+from cxr.models import probabilities
+from cxr.preprocess import Geometry, model_input, preprocess_with_geometry
+
+
+@dataclass
+class Prediction:
+    """Per-finding probabilities and calls at the run's validation thresholds."""
+
+    findings: list[str]
+    probabilities: np.ndarray  # (K,)
+    thresholds: np.ndarray  # (K,)
+    preprocessed: np.ndarray  # (S, S) uint8: what the model saw
+    geometry: Geometry  # to map model-space heatmaps back onto the original image
+    seconds: float
+
+    @property
+    def positive(self) -> np.ndarray:
+        return self.probabilities >= self.thresholds
+
+    def as_dict(self) -> dict:
+        order = np.argsort(-self.probabilities)
+        return {
+            "findings": [
+                {
+                    "finding": self.findings[i],
+                    "probability": float(self.probabilities[i]),
+                    "threshold": float(self.thresholds[i]),
+                    "positive": bool(self.positive[i]),
+                }
+                for i in order
+            ],
+            "seconds": self.seconds,
+            "notice": NOT_A_MEDICAL_DEVICE,
+        }
+
+
+class Predictor:
+    """A loaded run, ready to answer single images quickly (model loaded once)."""
+
+    def __init__(self, run: LoadedRun, device: str = "cpu"):
+        # With calibration.json (fitted on validation), logits are divided by its temperature and
+        # the calibrated probabilities compared with thresholds chosen on that same scale.
+        calibration = load_calibration(run.run_dir)
+        self.temperature = 1.0 if calibration is None else calibration.temperature
+        if calibration is not None:
+            run = dataclasses.replace(
+                run,
+                thresholds=calibration.threshold_array(run.findings),
+                info=run.info
+                | {
+                    "calibration": calibration.method,
+                    "temperature": calibration.temperature,
+                    "threshold_method": calibration.threshold_method,
+                },
+            )
+        self.run = run
+        self.device = torch.device(device)
+        self.model = run.model.to(self.device).eval()
+
+    @classmethod
+    def from_run_dir(cls, run_dir: str | Path, device: str = "cpu") -> Predictor:
+        return cls(load_run(run_dir, device=device), device)
+
+    @property
+    def findings(self) -> list[str]:
+        return self.run.findings
+
+    def prepare(self, image: np.ndarray) -> tuple[np.ndarray, Geometry]:
+        """Decoded image (intensity contract) -> the model's uint8 input and its geometry."""
+        return preprocess_with_geometry(image, self.run.config.preprocess)
+
+    def input_tensor(self, preprocessed: np.ndarray) -> torch.Tensor:
+        return model_input(torch.from_numpy(preprocessed)[None]).to(self.device)
+
+    @torch.no_grad()
+    def predict(self, image: np.ndarray) -> Prediction:
+        start = time.perf_counter()
+        pixels, geometry = self.prepare(image)
+        logits = self.model(self.input_tensor(pixels)).float() / self.temperature
+        probs = probabilities(logits, self.run.task)[0].cpu().numpy().astype(np.float64)
+        return Prediction(
+            self.findings, probs, self.run.thresholds, pixels, geometry,
+            time.perf_counter() - start,
+        )  # fmt: skip

@@ -1,0 +1,589 @@
+"""Out-of-distribution gate: is this input plausibly a frontal chest X-ray like the training set?
+
+A model answers every input with probabilities, a photograph of a cat included. The gate looks
+at the input before the prediction is shown and warns, or refuses, as `OodConfig.action` says.
+It runs these checks in order; the first that fails gives the reason:
+
+1. colour: a radiograph is grey. Colourfulness (Hasler & Suesstrunk 2003) of the raw decoded
+   pixels, measured before the grey conversion of the intensity contract (which would hide it).
+   Above `colour_max` (0.06, i.e. 15 of 255: "not colourful" on their scale) it is a photograph.
+2. blank: the grey range p99 - p1 of the original image. A radiograph spans most of its range;
+   below `min_contrast` the frame is blank or near-constant.
+3. inverted: a frontal chest X-ray has a bright mediastinum between dark lungs. The mean of a
+   central strip minus that of the two lung fields (on the preprocessed image) is positive for
+   nearly every training image and negative once the image is inverted (air bright, bone dark).
+   The lower limit is a low percentile of training values less a margin.
+4. layout: Mahalanobis distance of a 16 x 16 thumbnail of the preprocessed image from the
+   training thumbnails (a PCA-like reconstruction check that does not depend on the model).
+5. features: Mahalanobis distance of the model's penultimate features (global-average-pooled
+   layer4) from the training features, the method of Lee et al. (NeurIPS 2018), one class.
+
+Distances use a Ledoit-Wolf shrunk covariance (scikit-learn): with a few hundred images and 512
+features the sample covariance is singular. Their thresholds are the `percentile` (99.5th) of
+distances on held-out training images: the training split is cut in two, the mean and covariance
+come from one part and the thresholds from the other, so the run's validation split stays free
+for an honest false-refusal rate.
+
+Saved in the run folder: ood.json (config, thresholds, numbers) and ood.safetensors (means and
+precision matrices).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+import cv2
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from cxr import NOT_A_MEDICAL_DEVICE
+from cxr.errors import ConfigError, CxrError
+from cxr.evaluate import LoadedRun, load_run
+from cxr.preprocess import model_input, preprocess
+
+GATE_FILE = "ood.json"
+TENSORS_FILE = "ood.safetensors"
+GATE_VERSION = 1
+_MIDLINE_MARGIN = 0.05  # grey levels (of 1) below the training percentile before we call it
+_REASONS = {
+    "colour": "a colour image (a photograph?), not a grey radiograph",
+    "blank": "a blank or near-constant image",
+    "inverted": "no bright mediastinum between dark lungs: inverted, or not a frontal chest view",
+    "layout": "its layout is unlike the training chest X-rays",
+    "features": "far from the training images in the model's feature space",
+}
+
+
+class OutOfDistributionError(CxrError):
+    """The gate refused an input (action "refuse"); the message says which check and why."""
+
+
+class OodConfig(BaseModel):
+    """How the gate is fitted and what it does with an input that fails."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    action: Literal["warn", "refuse"] = "warn"
+    percentile: float = Field(99.5, gt=50.0, le=100.0, description="of held-out distances")
+    midline_percentile: float = Field(0.5, ge=0.0, lt=50.0)
+    calibration_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="training images held out")
+    colour_max: float = Field(0.06, gt=0.0, description="colourfulness, 0-1 scale")
+    min_contrast: float = Field(0.1, ge=0.0, lt=1.0, description="p99 - p1 of the grey image")
+    thumbnail: int = Field(16, ge=4, le=64)
+    seed: int = 0
+
+
+@dataclass
+class OodResult:
+    """The gate's verdict on one input.
+
+    ok: passed every check. score / threshold: of the check that failed (of the feature
+    distance when all passed). reason: one sentence for a person. checks: every check's score,
+    limit and verdict. action: what the gate's config says to do when not ok.
+    """
+
+    ok: bool
+    score: float
+    threshold: float
+    reason: str
+    action: str = "warn"
+    checks: dict[str, dict] = field(default_factory=dict)
+
+    @property
+    def refused(self) -> bool:
+        return not self.ok and self.action == "refuse"
+
+    def as_dict(self) -> dict:
+        return {
+            "ok": self.ok,
+            "score": self.score,
+            "threshold": self.threshold,
+            "reason": self.reason,
+            "action": self.action,
+            "refused": self.refused,
+            "checks": self.checks,
+        }
+
+
+# ---------------------------------------------------------------- statistics of one image
+
+
+def colourfulness(raw: np.ndarray) -> float:
+    """Hasler & Suesstrunk colourfulness of RGB(A) pixels on a 0-1 scale; 0 for grey input."""
+    arr = np.asarray(raw)
+    if arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (1, 2)):
+        return 0.0
+    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
+        raise ValueError(f"raw must be (H, W) or (H, W, 3/4) pixels, got shape {arr.shape}")
+    scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(arr.dtype, 1.0)
+    rgb = arr[..., :3].astype(np.float64) / scale
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    rg, yb = r - g, 0.5 * (r + g) - b
+    spread = np.hypot(rg.std(), yb.std())
+    offset = np.hypot(rg.mean(), yb.mean())
+    return float(spread + 0.3 * offset)
+
+
+def contrast(image: np.ndarray) -> float:
+    """Grey range between the 1st and 99th percentile of the image (intensity contract)."""
+    lo, hi = np.percentile(np.asarray(image, dtype=np.float32), [1, 99])
+    return float(hi - lo)
+
+
+def midline_score(pixels: np.ndarray) -> float:
+    """Mean of the central strip minus mean of both lung fields, preprocessed (S, S) uint8 / 255.
+
+    Regions in units of the side: centre columns 0.45-0.55, lungs 0.15-0.35 and 0.65-0.85,
+    rows 0.25-0.7: where the mediastinum and the lungs lie on a frontal view, padded or not.
+    """
+    unit = np.asarray(pixels, dtype=np.float32) / 255.0
+    s = unit.shape[0]
+
+    def cut(a: float, b: float) -> slice:
+        return slice(round(a * s), max(round(b * s), round(a * s) + 1))
+
+    rows = cut(0.25, 0.7)
+    centre = unit[rows, cut(0.45, 0.55)].mean()
+    lungs = np.concatenate(
+        [unit[rows, cut(0.15, 0.35)].ravel(), unit[rows, cut(0.65, 0.85)].ravel()]
+    ).mean()
+    return float(centre - lungs)
+
+
+def thumbnails(pixels: np.ndarray, side: int) -> np.ndarray:
+    """(N, S, S) or (S, S) uint8 -> (N, side * side) float64 thumbnails in [0, 1] (area means)."""
+    batch = np.asarray(pixels)
+    if batch.ndim == 2:
+        batch = batch[None]
+    out = [
+        cv2.resize(p, (side, side), interpolation=cv2.INTER_AREA).astype(np.float64).ravel()
+        for p in batch
+    ]
+    return np.stack(out) / 255.0
+
+
+@torch.no_grad()
+def penultimate_features(model: torch.nn.Module, pixels: np.ndarray, batch_size=64) -> np.ndarray:
+    """(N, S, S) uint8 preprocessed -> (N, F) float64: a torchvision ResNet's pooled layer4.
+
+    A plain forward pass (no hooks), so it is safe beside predictions in other threads.
+    """
+    batch = np.asarray(pixels)
+    if batch.ndim == 2:
+        batch = batch[None]
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = []
+    for start in range(0, len(batch), batch_size):
+        chunk = np.array(batch[start : start + batch_size], dtype=np.uint8)  # a writable copy
+        x = model_input(torch.from_numpy(chunk)).to(device)
+        x = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+        x = model.layer4(model.layer3(model.layer2(model.layer1(x))))
+        out.append(torch.flatten(model.avgpool(x), 1).float().cpu().numpy())
+    model.train(was_training)
+    return np.concatenate(out).astype(np.float64)
+
+
+# ---------------------------------------------------------------- a Mahalanobis distance
+
+
+@dataclass
+class _Mahalanobis:
+    mean: np.ndarray  # (F,)
+    precision: np.ndarray  # (F, F), inverse of the shrunk covariance
+
+    @classmethod
+    def fit(cls, x: np.ndarray) -> _Mahalanobis:
+        from sklearn.covariance import LedoitWolf
+
+        lw = LedoitWolf().fit(x)
+        return cls(lw.location_.astype(np.float64), lw.precision_.astype(np.float64))
+
+    def distance(self, x: np.ndarray) -> np.ndarray:
+        d = np.atleast_2d(x) - self.mean
+        return np.sqrt(np.maximum(np.einsum("nf,fg,ng->n", d, self.precision, d), 0.0))
+
+
+# ---------------------------------------------------------------- the gate
+
+
+class OodGate:
+    """A fitted gate for one run. `check(image, raw)` judges one decoded image."""
+
+    def __init__(
+        self,
+        run: LoadedRun,
+        config: OodConfig,
+        features: _Mahalanobis,
+        layout: _Mahalanobis,
+        limits: dict[str, float],
+        info: dict,
+    ):
+        self.run = run
+        self.config = config
+        self.features = features
+        self.layout = layout
+        self.limits = limits  # feature_max, layout_max, midline_min, contrast_min, colour_max
+        self.info = info
+
+    # -- verdicts
+
+    def check(self, image: np.ndarray, raw: np.ndarray | None = None) -> OodResult:
+        """Judge a decoded image (float32 [0, 1] 2-D); raw: its pixels before the grey
+        conversion (for the colour check), e.g. from `raw_pixels(bytes)`; None skips that check.
+        """
+        pixels = preprocess(image, self.run.config.preprocess)
+        return self.check_preprocessed(pixels, image=image, raw=raw)
+
+    def check_preprocessed(
+        self, pixels: np.ndarray, image: np.ndarray | None = None, raw: np.ndarray | None = None
+    ) -> OodResult:
+        """As `check`, when the preprocessed (S, S) uint8 pixels are already at hand."""
+        lim = self.limits
+        checks: dict[str, dict] = {}
+
+        def record(name: str, score: float, limit: float, passed: bool) -> None:
+            checks[name] = {"score": score, "limit": limit, "ok": passed, "reason": _REASONS[name]}
+
+        if raw is not None:
+            c = colourfulness(raw)
+            record("colour", c, lim["colour_max"], c <= lim["colour_max"])
+        if image is not None:
+            c = contrast(image)
+            record("blank", c, lim["contrast_min"], c >= lim["contrast_min"])
+        m = midline_score(pixels)
+        record("inverted", m, lim["midline_min"], m >= lim["midline_min"])
+        d = float(self.layout.distance(thumbnails(pixels, self.config.thumbnail))[0])
+        record("layout", d, lim["layout_max"], d <= lim["layout_max"])
+        f = float(self.features.distance(penultimate_features(self.run.model, pixels))[0])
+        record("features", f, lim["feature_max"], f <= lim["feature_max"])
+
+        failed = [name for name, c in checks.items() if not c["ok"]]
+        decisive = checks[failed[0]] if failed else checks["features"]
+        reason = (
+            "plausibly a frontal chest X-ray like the training images"
+            if not failed
+            else f"not like the training images: {decisive['reason']} ({failed[0]} score "
+            f"{decisive['score']:.3g}, limit {decisive['limit']:.3g})"
+        )
+        return OodResult(
+            ok=not failed,
+            score=float(decisive["score"]),
+            threshold=float(decisive["limit"]),
+            reason=reason,
+            action=self.config.action,
+            checks=checks,
+        )
+
+    def enforce(self, image: np.ndarray, raw: np.ndarray | None = None) -> OodResult:
+        """`check`, raising OutOfDistributionError when the config says "refuse"."""
+        result = self.check(image, raw)
+        if result.refused:
+            raise OutOfDistributionError(
+                f"input refused by the out-of-distribution gate: {result.reason}. "
+                + NOT_A_MEDICAL_DEVICE
+            )
+        return result
+
+    # -- persistence
+
+    def save(self, run_dir: str | Path | None = None) -> Path:
+        """Write ood.json and ood.safetensors into the run folder; returns the JSON's path."""
+        from safetensors.numpy import save_file
+
+        run_dir = Path(run_dir or self.run.run_dir)
+        tensors = {
+            "feature_mean": self.features.mean,
+            "feature_precision": self.features.precision,
+            "layout_mean": self.layout.mean,
+            "layout_precision": self.layout.precision,
+        }
+        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()},
+                  str(run_dir / TENSORS_FILE))  # fmt: skip
+        payload = {
+            "version": GATE_VERSION,
+            "config": self.config.model_dump(),
+            "limits": self.limits,
+            "info": self.info,
+        }
+        path = run_dir / GATE_FILE
+        path.write_text(json.dumps(payload, indent=2))
+        return path
+
+    @classmethod
+    def load(
+        cls, run_dir: str | Path, run: LoadedRun | None = None, action: str | None = None
+    ) -> OodGate:
+        """The gate saved in a run folder (`cxr ood-fit`); pass `run` to share a loaded model.
+
+        action overrides the saved "warn"/"refuse".
+        """
+        from safetensors.numpy import load_file
+
+        run_dir = Path(run_dir)
+        path, tensors_path = run_dir / GATE_FILE, run_dir / TENSORS_FILE
+        if not path.is_file() or not tensors_path.is_file():
+            raise CxrError(
+                f"{run_dir} has no out-of-distribution gate ({GATE_FILE} / {TENSORS_FILE} "
+                f"missing): fit one with `cxr ood-fit --model {run_dir}`"
+            )
+        try:
+            payload = json.loads(path.read_text())
+            config = OodConfig.model_validate(payload["config"])
+            if action is not None:
+                config = config.model_copy(update={"action": action})
+                OodConfig.model_validate(config.model_dump())
+            limits = {k: float(v) for k, v in payload["limits"].items()}
+            tensors = load_file(str(tensors_path))
+        except (ValueError, KeyError, TypeError, ValidationError) as exc:
+            raise ConfigError(f"{path}: not a valid gate file: {exc}") from None
+        if payload.get("version") != GATE_VERSION:
+            raise ConfigError(f"{path}: gate version {payload.get('version')}, expected "
+                              f"{GATE_VERSION}: refit with `cxr ood-fit`")  # fmt: skip
+        run = run or load_run(run_dir)
+        features = _Mahalanobis(tensors["feature_mean"], tensors["feature_precision"])
+        layout = _Mahalanobis(tensors["layout_mean"], tensors["layout_precision"])
+        return cls(run, config, features, layout, limits, payload.get("info", {}))
+
+
+def fit_ood_gate(
+    run: str | Path | LoadedRun,
+    images: np.ndarray | Sequence[np.ndarray],
+    config: OodConfig | None = None,
+    progress: bool = True,
+) -> OodGate:
+    """Fit the gate on a run's TRAINING images.
+
+    images: preprocessed uint8 (N, S, S) pixels (e.g. `CachedImages.pixels`), or decoded
+    originals (a sequence of float [0, 1] 2-D arrays), which are preprocessed here.
+    """
+    config = config or OodConfig()
+    run = run if isinstance(run, LoadedRun) else load_run(run)
+    pixels = _as_preprocessed(images, run, progress)
+    n = len(pixels)
+    n_cal = int(round(config.calibration_fraction * n))
+    if n - n_cal < 20 or n_cal < 10:
+        raise CxrError(
+            f"the gate needs at least 30 training images (20 to fit, 10 to calibrate), got {n}"
+        )
+    order = np.random.default_rng(config.seed).permutation(n)
+    fit_idx, cal_idx = np.sort(order[n_cal:]), np.sort(order[:n_cal])
+
+    feats = penultimate_features(run.model, pixels)
+    thumbs = thumbnails(pixels, config.thumbnail)
+    midline = np.array([midline_score(p) for p in pixels])
+    features = _Mahalanobis.fit(feats[fit_idx])
+    layout = _Mahalanobis.fit(thumbs[fit_idx])
+    q = config.percentile
+    limits = {
+        "feature_max": float(np.percentile(features.distance(feats[cal_idx]), q)),
+        "layout_max": float(np.percentile(layout.distance(thumbs[cal_idx]), q)),
+        "midline_min": float(np.percentile(midline, config.midline_percentile) - _MIDLINE_MARGIN),
+        "contrast_min": config.min_contrast,
+        "colour_max": config.colour_max,
+    }
+    info = {
+        "n_fit": len(fit_idx),
+        "n_calibration": len(cal_idx),
+        "feature_dim": int(feats.shape[1]),
+        "midline_median": float(np.median(midline)),
+        "fitted": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "note": "thresholds: percentile of held-out training distances",
+    }
+    return OodGate(run, config, features, layout, limits, info)
+
+
+def fit_ood_gate_for_run(
+    run_dir: str | Path,
+    config: OodConfig | None = None,
+    limit: int | None = 2000,
+    progress: bool = True,
+) -> OodGate:
+    """Fit on the training split of a finished run (its split.csv), from the preprocessing cache
+    where training left it; at most `limit` images (a seeded sample), then save into the run."""
+    from cxr.data.cache import build_cache
+    from cxr.data.prepare import resolve_table
+    from cxr.data.splits import keys_in_split
+
+    run = load_run(run_dir)
+    config = config or OodConfig()
+    cfg = run.config
+    table = resolve_table(cfg.data, cfg.train.cache_dir, progress)
+    wanted = keys_in_split(Path(run_dir) / "split.csv", "train")
+    index = [i for i, key in enumerate(table.keys) if key in wanted]
+    if not index:
+        raise CxrError(f"{run_dir}/split.csv lists no training image that the data still has")
+    cached = build_cache(
+        table.subset(index), cfg.preprocess, cfg.train.cache_dir, skip_bad=True, progress=progress
+    )
+    pixels = cached.pixels
+    if limit is not None and len(pixels) > limit:
+        keep = np.sort(np.random.default_rng(config.seed).permutation(len(pixels))[:limit])
+        pixels = pixels[keep]
+    gate = fit_ood_gate(run, np.asarray(pixels), config, progress)
+    gate.save(run_dir)
+    return gate
+
+
+def iter_split_images(
+    run: LoadedRun, split: str, limit: int | None = None, seed: int = 0
+) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+    """(decoded image, raw pixels) of the images the run's split.csv puts in `split`.
+
+    At most `limit`, a seeded sample. Unreadable files are left out (they are not the gate's
+    business: decoding refuses them before the gate sees them).
+    """
+    from cxr.data.prepare import resolve_table
+    from cxr.data.splits import keys_in_split
+    from cxr.data.table import load_image
+
+    table = resolve_table(run.config.data, run.config.train.cache_dir, progress=False)
+    wanted = keys_in_split(run.run_dir / "split.csv", split)
+    index = [i for i, key in enumerate(table.keys) if key in wanted]
+    if limit is not None and len(index) > limit:
+        index = sorted(np.random.default_rng(seed).permutation(index)[:limit].tolist())
+    for i in index:
+        try:
+            image = load_image(table, i)
+            if table.arrays is not None:
+                raw = np.asarray(table.arrays[i])
+            else:
+                raw = raw_pixels(Path(table.keys[i]).read_bytes())
+        except (CxrError, OSError):
+            continue
+        yield image, raw
+
+
+def flag_rate(
+    gate: OodGate, inputs: Iterable[tuple[np.ndarray, np.ndarray | None]], progress: bool = True
+) -> dict:
+    """How many (image, raw) inputs the gate flags, and which check flagged them first."""
+    from tqdm.auto import tqdm
+
+    n, flagged, by_check = 0, 0, {}
+    for image, raw in tqdm(inputs, desc="ood gate", unit="img", disable=not progress, leave=False):
+        result = gate.check(image, raw)
+        n += 1
+        if not result.ok:
+            flagged += 1
+            first = next(name for name, c in result.checks.items() if not c["ok"])
+            by_check[first] = by_check.get(first, 0) + 1
+    return {"n": n, "flagged": flagged, "rate": flagged / n if n else None, "by_check": by_check}
+
+
+# ---------------------------------------------------------------- probes: inputs that are not CXRs
+
+
+def colour_photo(rng: np.random.Generator, h: int = 240, w: int = 320) -> np.ndarray:
+    """A natural-looking colour scene (RGB uint8): sky gradient, hills, sun, a house."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    sky = np.stack([90 + 80 * yy / h, 150 + 60 * yy / h, 235 - 20 * yy / h], axis=-1)
+    img = sky.copy()
+    horizon = h * rng.uniform(0.5, 0.65) + 15 * np.sin(xx / w * rng.uniform(4, 9))
+    ground = yy > horizon
+    img[ground] = np.stack([60 + 40 * xx / w, 140 - 30 * yy / h, 50 + 0 * xx], axis=-1)[ground]
+    img = img.astype(np.uint8).copy()
+    sun = (int(rng.uniform(0.6, 0.9) * w), int(rng.uniform(0.1, 0.3) * h))
+    cv2.circle(img, sun, int(0.07 * w), (250, 220, 60), -1, cv2.LINE_AA)
+    x0, y0 = int(rng.uniform(0.1, 0.5) * w), int(0.45 * h)
+    cv2.rectangle(img, (x0, y0), (x0 + w // 5, y0 + h // 4), (180, 40, 40), -1)
+    cv2.fillPoly(img, [np.array([(x0 - 10, y0), (x0 + w // 10, y0 - h // 8),
+                                 (x0 + w // 5 + 10, y0)])], (120, 60, 30))  # fmt: skip
+    img = cv2.GaussianBlur(img, (0, 0), 1.0)
+    return np.clip(img + rng.normal(0, 4, img.shape), 0, 255).astype(np.uint8)
+
+
+def hand_xray(rng: np.random.Generator, h: int = 256, w: int = 208) -> np.ndarray:
+    """A grey hand radiograph: finger bones as bright bars (with joint gaps) over a palm."""
+    img = np.full((h, w), 0.06, np.float32)
+    soft = np.zeros_like(img)
+    bone = np.zeros_like(img)
+    palm = (w // 2 + int(rng.integers(-10, 10)), int(0.78 * h))
+    cv2.ellipse(soft, palm, (int(0.32 * w), int(0.2 * h)), 0, 0, 360, 1.0, -1)
+    for k, angle in enumerate(np.linspace(-35, 35, 5) + rng.normal(0, 3, 5)):
+        a = np.deg2rad(angle)
+        base = np.array([palm[0] + (k - 2) * 0.12 * w, palm[1] - 0.1 * h])
+        length = h * (0.45 if k not in (0, 4) else 0.33)
+        direction = np.array([np.sin(a), -np.cos(a)])
+        tip = base + length * direction
+        cv2.line(soft, tuple(base.astype(int)), tuple(tip.astype(int)), 1.0, 22)
+        for j in range(3):  # three phalanges with joint gaps
+            p0 = base + length * (j / 3 + 0.02) * direction
+            p1 = base + length * ((j + 1) / 3 - 0.03) * direction
+            cv2.line(bone, tuple(p0.astype(int)), tuple(p1.astype(int)), 1.0, 10)
+    img += 0.3 * cv2.GaussianBlur(soft, (0, 0), 3) + 0.5 * cv2.GaussianBlur(bone, (0, 0), 1.5)
+    return np.clip(img + rng.normal(0, 0.015, img.shape), 0, 1).astype(np.float32)
+
+
+def probe_inputs(
+    in_distribution: Sequence[np.ndarray] = (), seed: int = 0, per_kind: int = 4
+) -> dict[str, list[tuple[np.ndarray, np.ndarray | None]]]:
+    """(image, raw) pairs, per kind, of inputs a chest X-ray gate must flag: colour photographs,
+    hand X-rays, blank frames and (from `in_distribution` decoded X-rays) inverted X-rays.
+
+    SYNTHETIC probes drawn by code, to check a fitted gate (`cxr ood-fit`, tests, benchmarks).
+    """
+    from cxr.data.image_io import to_unit_grey
+
+    rng = np.random.default_rng(seed)
+    photos = [colour_photo(rng) for _ in range(per_kind)]
+    blanks = [
+        np.zeros((256, 256), np.float32),
+        np.full((300, 240), 0.5, np.float32),
+        np.ones((200, 200), np.float32),
+        np.clip(0.4 + rng.normal(0, 0.01, (256, 256)), 0, 1).astype(np.float32),
+    ]
+    probes: dict[str, list[tuple[np.ndarray, np.ndarray | None]]] = {
+        "colour photograph": [(to_unit_grey(p, "photo"), p) for p in photos],
+        "hand X-ray": [(hand_xray(rng), None) for _ in range(per_kind)],
+        "blank": [(b, None) for b in blanks[: max(per_kind, 1)]],
+    }
+    if len(in_distribution):
+        probes["inverted X-ray"] = [
+            (1.0 - np.asarray(image, np.float32), None) for image in in_distribution
+        ]
+    return probes
+
+
+def raw_pixels(data: bytes) -> np.ndarray | None:
+    """The undecoded-to-grey pixels of raster bytes (RGB order), for the colour check.
+
+    None for DICOM or anything OpenCV cannot read (decode errors are `decode_bytes`'s job).
+    """
+    if len(data) > 132 and data[128:132] == b"DICM":
+        return None
+    try:
+        arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        return None
+    if arr is None:
+        return None
+    if arr.ndim == 3 and arr.shape[2] in (3, 4):
+        arr = arr[..., 2::-1]
+    return arr
+
+
+def _as_preprocessed(images, run: LoadedRun, progress: bool) -> np.ndarray:
+    s = run.config.preprocess.image_size
+    if isinstance(images, np.ndarray) and images.dtype == np.uint8:
+        if images.ndim != 3 or images.shape[1:] != (s, s):
+            raise ValueError(
+                f"preprocessed images must be uint8 (N, {s}, {s}) for this run, got {images.shape}"
+            )
+        return images
+    from tqdm.auto import tqdm
+
+    out = [
+        preprocess(np.asarray(img, dtype=np.float32), run.config.preprocess)
+        for img in tqdm(images, desc="ood gate: preprocessing", disable=not progress, leave=False)
+    ]
+    if not out:
+        raise ValueError("no images to fit the gate on")
+    return np.stack(out)

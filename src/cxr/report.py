@@ -1,0 +1,991 @@
+"""The evaluation report a careful reviewer asks for, in one self-contained HTML file (and JSON).
+
+`build_report(run_dir, data)`:
+1. rebuilds the run's VALIDATION split from its config.json and split.csv, predicts it, fits (or
+   reuses) the temperature there and chooses every operating point there (Youden's J,
+   sensitivity >= 0.95, specificity >= 0.95) on calibrated probabilities;
+2. predicts the evaluation images (the run's test split, or external data) and measures, per
+   finding, AUROC and AUPRC and each operating point's sensitivity, specificity, PPV, NPV and F1
+   with 95% patient-level bootstrap intervals; calibration (ECE, reliability) before and after
+   temperature scaling; AUROC per subgroup (sex, age band, view) where the data has them;
+   optionally the effect of test-time augmentation; a Grad-CAM gallery when `cxr.explain` exists;
+3. writes report.json, the PNG figures, and report.html with the figures inlined as base64, inline
+   CSS and no script or external resource, so it opens offline in any browser.
+
+Nothing measured on the evaluation data feeds back into a threshold or the temperature:
+`analyse` receives validation and evaluation scores separately and takes every fitted number
+from the validation ones.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cxr import NOT_A_MEDICAL_DEVICE, __version__
+from cxr.bootstrap import Interval, binary_statistics, bootstrap_intervals
+from cxr.calibration import (
+    apply_temperature,
+    calibration_summary,
+    load_calibration,
+    predict_logits,
+    save_calibration,
+    validation_images,
+)
+from cxr.config import DataConfig
+from cxr.errors import CxrError, DataError
+from cxr.metrics import choose_thresholds, compute_metrics
+
+OPERATING_POINTS = {
+    "youden": "Youden's J (max sensitivity + specificity - 1)",
+    "sensitivity:0.95": "sensitivity >= 0.95 on validation",
+    "specificity:0.95": "specificity >= 0.95 on validation",
+}
+RATES = ("sensitivity", "specificity", "ppv", "npv", "f1")
+AGE_BANDS = ((0, 40, "<40"), (40, 60, "40-59"), (60, 80, "60-79"), (80, 125, "80+"))
+SUBGROUPS = {"sex": "sex", "age": "age band", "view": "view position"}
+GALLERY_PER_KIND = 3  # most confident true and false positives shown per finding...
+GALLERY_MAX = 36  # ...fewer per finding when there are many findings (Grad-CAM costs ~1 s each)
+SUBGROUP_NOTES_MAX = 6  # weaker-subgroup lines in the model card's limitations
+TTA_VIEWS = (
+    ("identity", 0.0, 1.0),
+    ("rotate +5 deg", 5.0, 1.0),
+    ("rotate -5 deg", -5.0, 1.0),
+    ("zoom 1.08", 0.0, 1.08),
+)
+
+
+@dataclass
+class ScoredImages:
+    """Labels (N, K) with NaN = unknown, logits (N, K), and who each image belongs to."""
+
+    labels: np.ndarray
+    logits: np.ndarray
+    patients: list[str]
+    meta: dict[str, list]
+    keys: list[str]
+
+
+# ---------------------------------------------------------------------------------------------
+# Analysis: pure functions of validation and evaluation scores
+# ---------------------------------------------------------------------------------------------
+
+
+def _known(labels: np.ndarray, j: int) -> np.ndarray:
+    return ~np.isnan(labels[:, j])
+
+
+def analyse(
+    findings: list[str],
+    task: str,
+    val: ScoredImages,
+    test: ScoredImages,
+    temperature: float,
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+    progress: bool = False,
+) -> tuple[dict, dict]:
+    """Metrics of `test` at operating points chosen on `val` (calibrated by `temperature`).
+
+    Returns (results, arrays): JSON-ready results, and the arrays the figures need.
+    """
+    val_probs = apply_temperature(val.logits, task, temperature)
+    thresholds, from_val = {}, {}
+    for m in OPERATING_POINTS:
+        thresholds[m], from_val[m] = choose_thresholds(
+            val.labels, val_probs, task, m, return_estimable=True
+        )
+    probs = apply_temperature(test.logits, task, temperature)
+    raw = apply_temperature(test.logits, task, 1.0)
+
+    statistics = {}
+    for j, name in enumerate(findings):
+        known = _known(test.labels, j)
+        per_method = {m: float(t[j]) for m, t in thresholds.items()}
+        statistics[name] = binary_statistics(
+            test.labels[known, j], probs[known, j], per_method, known
+        )
+    intervals = bootstrap_intervals(
+        statistics, len(test.labels), test.patients, n_boot, alpha, seed, progress, "bootstrap"
+    )
+
+    before = calibration_summary(test.labels, raw, task, findings)
+    after = calibration_summary(test.labels, probs, task, findings)
+    per_finding = {}
+    for j, name in enumerate(findings):
+        labels = test.labels[_known(test.labels, j), j]
+        n_pos, n_neg = int(np.sum(labels == 1)), int(np.sum(labels == 0))
+        points = {}
+        for method in OPERATING_POINTS:
+            threshold = float(thresholds[method][j])
+            pred = probs[_known(test.labels, j), j] >= threshold
+            points[method] = {
+                "threshold": threshold,
+                # False: validation had no positives or no negatives; 0.5 is a fallback
+                "threshold_from_validation": bool(from_val[method][j]),
+                "confusion": {
+                    "tp": int(np.sum(pred & (labels == 1))),
+                    "fp": int(np.sum(pred & (labels == 0))),
+                    "tn": int(np.sum(~pred & (labels == 0))),
+                    "fn": int(np.sum(~pred & (labels == 1))),
+                },
+            } | {rate: intervals[f"{name}|{method}|{rate}"].as_dict() for rate in RATES}
+        per_finding[name] = {
+            "n_positive": n_pos,
+            "n_negative": n_neg,
+            "prevalence": n_pos / (n_pos + n_neg) if n_pos + n_neg else None,
+            "estimable": bool(n_pos and n_neg),
+            "auroc": intervals[f"{name}|auroc"].as_dict(),
+            "auprc": intervals[f"{name}|auprc"].as_dict(),
+            "ece_before": before["per_finding"][name],
+            "ece_after": after["per_finding"][name],
+            "operating_points": points,
+        }
+    aurocs = [v["auroc"]["estimate"] for v in per_finding.values() if v["estimable"]]
+    results = {
+        "findings": per_finding,
+        "mean_auroc": float(np.mean(aurocs)) if aurocs else None,
+        "n_images": int(len(test.labels)),
+        "n_patients": len(set(test.patients)),
+        "thresholds": {
+            m: dict(zip(findings, map(float, t), strict=True)) for m, t in thresholds.items()
+        },
+        "calibration": {
+            "temperature": float(temperature),
+            "ece_before": before["ece"],
+            "ece_after": after["ece"],
+            "ece_kind": after["kind"],
+            "reliability_before": before["reliability"],
+            "reliability_after": after["reliability"],
+        },
+        "validation": {"n_images": int(len(val.labels)), "n_patients": len(set(val.patients))},
+    }
+    arrays = {"probs": probs, "raw": raw, "thresholds": thresholds}
+    return results, arrays
+
+
+def age_band(age) -> str | None:
+    """The band of an age in whole years; None for missing or implausible ages (> 124)."""
+    if age is None or (isinstance(age, float) and math.isnan(age)):
+        return None
+    for low, high, label in AGE_BANDS:
+        if low <= age < high:
+            return label
+    return None
+
+
+def _subgroup_levels(meta: dict[str, list]) -> dict[str, list]:
+    """{variable: level per image (None = unknown)} for the subgroup variables the data has."""
+    out = {}
+    for key in SUBGROUPS:
+        values = meta.get(key)
+        if not values:
+            continue
+        if key == "age":
+            levels = [age_band(v) for v in values]
+        else:
+            levels = [
+                None if v is None or str(v).strip() in ("", "nan") else str(v).strip()
+                for v in values
+            ]
+        if any(level is not None for level in levels):
+            out[key] = levels
+    return out
+
+
+def subgroup_analysis(
+    findings: list[str],
+    test: ScoredImages,
+    probs: np.ndarray,
+    n_boot: int = 1000,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict:
+    """Per subgroup (sex, age band, view): images, and per finding counts and AUROC interval."""
+    out: dict = {}
+    for key, levels in _subgroup_levels(test.meta).items():
+        order = [b[2] for b in AGE_BANDS] if key == "age" else sorted({v for v in levels if v})
+        out[key] = {"label": SUBGROUPS[key], "levels": {}}
+        for level in order:
+            index = np.array([i for i, v in enumerate(levels) if v == level], dtype=np.int64)
+            if index.size == 0:
+                continue
+            labels = test.labels[index]
+            stats, counts = {}, {}
+            for j, name in enumerate(findings):
+                known = _known(labels, j)
+                y = labels[known, j].astype(np.int64)
+                counts[name] = {"n_positive": int(y.sum()), "n_negative": int((1 - y).sum())}
+                scores = probs[index][known, j]
+                stats[name] = binary_statistics(y, scores, mask=known)
+            intervals = bootstrap_intervals(
+                stats,
+                index.size,
+                [test.patients[i] for i in index],
+                n_boot,
+                0.05,
+                seed,
+                progress,
+                f"bootstrap {key}={level}",
+            )
+            out[key]["levels"][level] = {
+                "n_images": int(index.size),
+                "n_patients": len({test.patients[i] for i in index}),
+                "findings": {
+                    name: counts[name] | {"auroc": intervals[f"{name}|auroc"].as_dict()}
+                    for name in findings
+                },
+            }
+    return out
+
+
+def _paired_auroc(plain, tta):
+    """AUROC of both from the same resamples, and their difference (paired)."""
+
+    def statistic(weights: np.ndarray) -> dict[str, np.ndarray]:
+        a, b = plain(weights)["auroc"], tta(weights)["auroc"]
+        return {"plain": a, "tta": b, "delta": b - a}
+
+    return statistic
+
+
+def tta_analysis(
+    findings: list[str],
+    task: str,
+    test: ScoredImages,
+    tta_logits: np.ndarray,
+    temperature: float,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict:
+    """AUROC without and with test-time augmentation, and the paired difference's interval."""
+    plain = apply_temperature(test.logits, task, temperature)
+    tta = apply_temperature(tta_logits, task, temperature)
+    stats = {}
+    for j, name in enumerate(findings):
+        known = _known(test.labels, j)
+        y = test.labels[known, j].astype(np.int64)
+        a, b = plain[known, j], tta[known, j]
+        stats[name] = _paired_auroc(
+            binary_statistics(y, a, mask=known), binary_statistics(y, b, mask=known)
+        )
+    intervals = bootstrap_intervals(stats, len(test.labels), test.patients, n_boot, 0.05, seed)
+    return {
+        "views": [name for name, _, _ in TTA_VIEWS],
+        "combine": "mean of logits over the views",
+        "findings": {
+            name: {
+                part: intervals[f"{name}|{part}"].as_dict() for part in ("plain", "tta", "delta")
+            }
+            for name in findings
+        },
+    }
+
+
+def tta_transform(angle_deg: float, zoom: float):
+    """A deterministic view of a float (B, 1, S, S) batch: rotation and zoom about the centre."""
+    import torch
+    import torch.nn.functional as F
+
+    def view(x: torch.Tensor) -> torch.Tensor:
+        if angle_deg == 0.0 and zoom == 1.0:
+            return x
+        a = math.radians(angle_deg)
+        theta = torch.tensor(
+            [
+                [math.cos(a) / zoom, -math.sin(a) / zoom, 0.0],
+                [math.sin(a) / zoom, math.cos(a) / zoom, 0.0],
+            ],
+            dtype=x.dtype,
+            device=x.device,
+        ).expand(len(x), 2, 3)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        return F.grid_sample(x, grid, padding_mode="zeros", align_corners=False)
+
+    return view
+
+
+# ---------------------------------------------------------------------------------------------
+# Building the report from a run and data
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_findings(table, run, data_path: str) -> None:
+    if table.findings == run.findings and table.task == run.task:
+        return
+    missing = [f for f in run.findings if f not in table.findings]
+    extra = [f for f in table.findings if f not in run.findings]
+    parts = []
+    if missing:
+        parts.append(f"the model's {missing} are not in the data")
+    if extra:
+        parts.append(f"the data's {extra} are not in the model")
+    if not parts and table.findings != run.findings:
+        parts.append(f"same names in another order ({table.findings} vs {run.findings})")
+    if table.task != run.task:
+        parts.append(f"the data is {table.task}, the model {run.task}")
+    raise DataError(
+        "the evaluation data's findings differ from the model's: " + "; ".join(parts),
+        path=data_path,
+    )
+
+
+def _norm(key: str) -> str:
+    return os.path.realpath(key)
+
+
+def select_split(table, run_dir: Path, split: str, data_path: str):
+    """The evaluation images for `split` ("auto", "test", "val" or "all"), and warnings.
+
+    "auto": the run's test split when the data holds it; all images when the data is external
+    (no image in the run's split.csv); an error when the data is the run's own training data
+    without a test split (every image would have been seen while training or validating).
+    """
+    from cxr.data.splits import SPLITS, keys_in_split
+
+    if split not in ("auto", "test", "val", "all"):
+        raise CxrError(f"--split must be auto, test, val or all, got {split!r}")
+    split_file = run_dir / "split.csv"
+    run_keys = {s: {_norm(k) for k in keys_in_split(split_file, s)} for s in SPLITS}
+    where = [next((s for s, ks in run_keys.items() if _norm(k) in ks), None) for k in table.keys]
+    counts = {s: where.count(s) for s in SPLITS}
+    if split == "auto":
+        if counts["test"]:
+            split = "test"
+        elif not any(counts.values()):
+            split = "all"
+        else:
+            raise DataError(
+                f"this is the run's own data ({counts['train']} training and {counts['val']} "
+                "validation images) and the run has no test split: evaluate held-out data, or "
+                "pass --split val or --split all knowing the figures will be optimistic",
+                path=data_path,
+            )
+    warnings = []
+    if split in ("test", "val"):
+        index = [i for i, s in enumerate(where) if s == split]
+        if not index:
+            raise DataError(
+                f"none of these images are in the run's {split!r} split (split.csv); for "
+                "external data pass --split all",
+                path=data_path,
+            )
+        table = table.subset(index)
+        counts = {s: (len(index) if s == split else 0) for s in counts}
+    if counts["val"]:
+        warnings.append(
+            f"{counts['val']} evaluated image(s) are the validation images on which the operating "
+            "points and the temperature were chosen: their figures are optimistic."
+        )
+    if counts["train"]:
+        warnings.append(
+            f"{counts['train']} evaluated image(s) were used to train this model: their figures "
+            "are optimistic."
+        )
+    return table, split, warnings
+
+
+def _source_kind(cfg_data) -> str:
+    from cxr.data import detect_format
+
+    if cfg_data.format != "auto":
+        return cfg_data.format
+    try:
+        return detect_format(cfg_data.path)
+    except CxrError:
+        return "unknown"
+
+
+def _label_quality(kind: str, path: str, uncertain: str) -> str:
+    text = {
+        "nih": "NIH ChestX-ray14: labels text-mined from the radiology reports by NLP (Wang et "
+        "al., CVPR 2017), estimated about 90% accurate and noisier for some findings; 'No "
+        "Finding' images can carry unlabelled disease.",
+        "chexpert": "CheXpert: labels extracted from reports by the CheXpert labeler; uncertain "
+        f"(-1) labels were handled as '{uncertain}'.",
+        "medmnist": "MedMNIST: a downsampled public release; labels as in its source data set.",
+        "synthetic": "Synthetic phantoms, not patients: the labels are exact by construction and "
+        "the figures say nothing about real radiographs.",
+        "folder": "Labels from the class-folder names.",
+    }.get(kind, "Label source unknown.")
+    if kind == "folder" and "chest_xray" in path:
+        text += (
+            " For the Kermany et al. (Cell 2018) pneumonia set: graded by expert physicians; "
+            "paediatric patients aged 1 to 5 from one centre in Guangzhou."
+        )
+    return text
+
+
+def _limitations(report: dict) -> list[str]:
+    out = []
+    res = report["results"]
+    estimable = {n: v for n, v in res["findings"].items() if v["estimable"]}
+    not_estimable = [n for n, v in res["findings"].items() if not v["estimable"]]
+    out.append(
+        f"Evaluated on {res['n_images']} images of {res['n_patients']} patients; operating points "
+        f"and the temperature come from {res['validation']['n_images']} validation images."
+    )
+    widths = {
+        n: v["auroc"]["high"] - v["auroc"]["low"]
+        for n, v in estimable.items()
+        if v["auroc"]["high"] is not None
+    }
+    if widths:
+        widest = max(widths, key=widths.get)
+        out.append(
+            f"The widest AUROC interval is {widest}'s ({widths[widest]:.2f} wide): small counts "
+            "give wide intervals; read them before the point estimates."
+        )
+    if not_estimable:
+        out.append(
+            f"Not estimable here (no positives or no negatives): {', '.join(not_estimable)}."
+        )
+    sens = [
+        f"{n} {v['operating_points']['sensitivity:0.95']['sensitivity']['estimate']:.2f}"
+        for n, v in estimable.items()
+        if v["operating_points"]["sensitivity:0.95"]["sensitivity"]["estimate"] is not None
+    ]
+    if sens:
+        out.append(
+            "The 'sensitivity >= 0.95' threshold was set on validation; on these images its "
+            f"sensitivity was {', '.join(sens)}: a target met on validation is not a guarantee."
+        )
+    weaker = []
+    for group in report.get("subgroups", {}).values():
+        for level, entry in group["levels"].items():
+            for name, f in entry["findings"].items():
+                overall = res["findings"][name]["auroc"]["estimate"]
+                high = f["auroc"]["high"]
+                if overall is not None and high is not None and high < overall:
+                    weaker.append(
+                        f"{name}: weaker for {group['label']} {level} (AUROC "
+                        f"{f['auroc']['estimate']:.3f}, interval up to {high:.3f}, vs "
+                        f"{overall:.3f} overall)."
+                    )
+    out += weaker[:SUBGROUP_NOTES_MAX]
+    if len(weaker) > SUBGROUP_NOTES_MAX:
+        out.append(
+            f"... and {len(weaker) - SUBGROUP_NOTES_MAX} more weaker subgroups (see Subgroups)."
+        )
+    out.append(report["model_card"]["label_quality"])
+    out.append(
+        "Calibration was fitted on this run's validation split; probabilities need re-calibrating "
+        "on local data before they are read as risks at another site or scanner."
+    )
+    out.append(
+        "A single retrospective data set: no prospective or multi-site validation, no comparison "
+        "with radiologists, no assessment of clinical benefit."
+    )
+    return out
+
+
+def _model_card(run, data: DataConfig, kind: str) -> dict:
+    training = run.info.get("training_data", {})
+    return {
+        "intended_use": (
+            "Research and teaching: studying how chest X-ray classifiers behave, comparing "
+            "methods, and showing how such a model should be evaluated. Outputs are for "
+            "researchers, with the uncertainty shown in this report."
+        ),
+        "out_of_scope": (
+            "Diagnosis, triage, screening or any treatment decision; use on patients, equipment, "
+            "views (lateral, portable if unseen) or populations unlike the training data; "
+            "findings the model was not trained on; use without re-validation on local data."
+        ),
+        "training_data": {
+            "path": training.get("path", run.config.data.path),
+            "source": kind,
+            "n_train": training.get("n_train"),
+            "n_val": training.get("n_val"),
+            "findings": run.findings,
+            "task": run.task,
+            "split": "by patient, seeded (split.csv in the run folder)",
+        },
+        "label_quality": _label_quality(kind, run.config.data.path, run.config.data.uncertain),
+        "preprocessing": run.config.preprocess.model_dump(),
+        "model": {
+            "arch": run.config.model.arch,
+            "image_size": run.config.preprocess.image_size,
+            "pretrained": run.config.model.pretrained,
+            "best_epoch": run.info.get("best_epoch"),
+        },
+        "evaluation_data": data.path,
+        "not_a_medical_device": NOT_A_MEDICAL_DEVICE,
+    }
+
+
+def _scored(images, logits: np.ndarray) -> ScoredImages:
+    table = images.table
+    return ScoredImages(
+        table.labels.astype(np.float64),
+        logits,
+        list(table.patient_ids),
+        dict(table.meta),
+        list(table.keys),
+    )
+
+
+def _calibration(run, val: ScoredImages):
+    """The run's saved calibration, or a fresh fit on validation (saved for predict and serve)."""
+    from cxr.calibration import fit_calibration
+
+    saved = load_calibration(run.run_dir)
+    if saved is not None:
+        return saved, "loaded from calibration.json"
+    fitted = fit_calibration(run.run_dir, val.logits, val.labels, run.task, run.findings)
+    save_calibration(run.run_dir, fitted)
+    return fitted, "fitted now on the validation split and saved as calibration.json"
+
+
+def _method(calibration, origin: str, n_boot: int, seed: int) -> dict:
+    """How the numbers were made: bootstrap, operating points, threshold scale, calibration."""
+    return {
+        "bootstrap": {"n_boot": n_boot, "alpha": 0.05, "seed": seed, "unit": "patient",
+                      "interval": "percentile"},
+        "operating_points": OPERATING_POINTS,
+        "thresholds_scale": "calibrated: thresholds chosen on temperature-scaled validation "
+        "probabilities and compared with temperature-scaled probabilities, as cxr predict "
+        "and cxr serve do",
+        "calibration": {
+            "temperature": calibration.temperature,
+            "origin": origin,
+            "validation_n_images": calibration.n_images,
+            "validation_nll_before": calibration.nll_before,
+            "validation_nll_after": calibration.nll_after,
+            "validation_ece_before": calibration.ece_before,
+            "validation_ece_after": calibration.ece_after,
+        },
+    }  # fmt: skip
+
+
+def _measure_tta(run, images, test, rt, temperature, n_boot, seed, progress) -> dict:
+    views = [
+        predict_logits(run.model, images, rt, tta_transform(angle, zoom), progress=progress,
+                       desc=f"TTA {name}")
+        for name, angle, zoom in TTA_VIEWS
+    ]  # fmt: skip
+    return tta_analysis(run.findings, run.task, test, np.mean(views, axis=0), temperature,
+                        n_boot, seed)  # fmt: skip
+
+
+def build_report(
+    run_dir: str | Path,
+    data: DataConfig,
+    out_dir: str | Path | None = None,
+    split: str = "auto",
+    tta: bool = False,
+    n_boot: int = 1000,
+    seed: int = 0,
+    gallery: bool = True,
+    progress: bool = True,
+) -> dict:
+    """Write report.html, report.json and the figures to out_dir (default RUN/report)."""
+    from cxr.data.cache import build_cache
+    from cxr.data.prepare import resolve_table
+    from cxr.evaluate import load_run
+    from cxr.train import select_runtime
+
+    if n_boot < 10:
+        raise CxrError(f"--bootstrap must be at least 10 resamples, got {n_boot}")
+    run_dir = Path(run_dir)
+    run = load_run(run_dir)
+    rt = select_runtime(run.config.train.device)
+    run.model.to(rt.device)
+    out_dir = Path(out_dir) if out_dir is not None else run_dir / "report"
+
+    table = resolve_table(data, run.config.train.cache_dir, progress)
+    _check_findings(table, run, data.path)
+    table, split, warnings = select_split(table, run_dir, split, data.path)
+    images = build_cache(
+        table, run.config.preprocess, run.config.train.cache_dir, data.skip_bad, progress=progress
+    )
+    val_images = validation_images(run, progress)
+    val = _scored(
+        val_images,
+        predict_logits(run.model, val_images, rt, progress=progress, desc="predict validation"),
+    )
+    test = _scored(
+        images, predict_logits(run.model, images, rt, progress=progress, desc="predict evaluation")
+    )
+    calibration, calibration_origin = _calibration(run, val)
+    results, arrays = analyse(
+        run.findings, run.task, val, test, calibration.temperature, n_boot, seed, progress=progress
+    )
+    if not np.allclose(
+        arrays["thresholds"]["youden"], calibration.threshold_array(run.findings), atol=1e-9
+    ):  # the saved thresholds are the Youden ones of these very validation scores
+        warnings.append(
+            "calibration.json's thresholds differ from the Youden thresholds re-chosen on the "
+            "validation images now (different validation images?); the report uses the latter."
+        )
+    report = {
+        "title": f"Evaluation of {run_dir.name}",
+        "notice": NOT_A_MEDICAL_DEVICE,
+        "created": dt.datetime.now().isoformat(timespec="seconds"),
+        "cxr_version": __version__,
+        "model": {"run_dir": str(run_dir), "findings": run.findings, "task": run.task},
+        "data": {
+            "path": data.path,
+            "format": data.format,
+            "split": split,
+            "skipped": [{"file": k, "reason": r} for k, r in images.skipped],
+        },
+        "method": _method(calibration, calibration_origin, n_boot, seed),
+        "results": results,
+        "warnings": warnings,
+        "tta": None,
+    }
+    report["subgroups"] = subgroup_analysis(
+        run.findings, test, arrays["probs"], n_boot, seed, progress
+    )
+    if tta:
+        report["tta"] = _measure_tta(run, images, test, rt, calibration.temperature, n_boot, seed,
+                                     progress)  # fmt: skip
+    kind = _source_kind(run.config.data)
+    report["model_card"] = _model_card(run, data, kind)
+    report["model_card"]["limitations"] = _limitations(report)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    figures = _figures(report, test, arrays, run.findings, run.task, out_dir)
+    if (run_dir / "training_curves.png").is_file():
+        figures["training"] = run_dir / "training_curves.png"
+    report["figures"] = {k: str(v) for k, v in figures.items()}
+    entries, note = ([], "left out (--no-gallery)")
+    if gallery:
+        entries, note = _gallery(run_dir, images.table, test, arrays, run.findings, progress)
+    report["gallery"] = {
+        "note": note,
+        "n": len(entries),
+        "entries": [{k: v for k, v in e.items() if k != "png"} for e in entries],
+    }
+
+    from cxr.checkpoint import write_json
+
+    write_json(out_dir / "report.json", report)
+    html = render_html(report, figures, entries)
+    (out_dir / "report.html").write_text(html, encoding="utf-8")
+    report["paths"] = {"html": str(out_dir / "report.html"), "json": str(out_dir / "report.json")}
+    return report
+
+
+def _figures(report, test: ScoredImages, arrays, findings, task, out_dir: Path) -> dict:
+    from cxr.plots import (
+        plot_confusion,
+        plot_operating_points,
+        plot_reliability,
+        plot_subgroup_auroc,
+    )
+
+    probs, thresholds = arrays["probs"], arrays["thresholds"]
+    points = {f"{m} (val)": t for m, t in thresholds.items()}
+    figures = {
+        "roc": plot_operating_points(test.labels, probs, findings, points, out_dir / "roc.png"),
+        "pr": plot_operating_points(
+            test.labels, probs, findings, points, out_dir / "pr.png", kind="pr"
+        ),
+    }
+    at_youden = compute_metrics(test.labels, probs, findings, task, thresholds["youden"])
+    figures["confusion"] = plot_confusion(at_youden, out_dir / "confusion.png")
+    cal = report["results"]["calibration"]
+    figures["reliability"] = plot_reliability(
+        {
+            "before (T = 1)": cal["reliability_before"] | {"ece": cal["ece_before"]},
+            f"after (T = {cal['temperature']:.2f})": cal["reliability_after"]
+            | {"ece": cal["ece_after"]},
+        },
+        out_dir / "reliability.png",
+    )
+    rows = []
+    for group in report["subgroups"].values():
+        for level, entry in group["levels"].items():
+            for name, f in entry["findings"].items():
+                rows.append(
+                    {
+                        "finding": name,
+                        "subgroup": f"{group['label']} {level}",
+                        "n": entry["n_images"],
+                    }
+                    | {k: f["auroc"][k] for k in ("estimate", "low", "high")}
+                )
+    if rows:
+        overall = {n: v["auroc"]["estimate"] for n, v in report["results"]["findings"].items()}
+        figures["subgroups"] = plot_subgroup_auroc(rows, overall, out_dir / "subgroups.png")
+    return figures
+
+
+def _gallery(run_dir, table, test: ScoredImages, arrays, findings, progress) -> tuple[list, str]:
+    """Most confident true and false positives per finding at the Youden point, with Grad-CAM."""
+    try:
+        from cxr import explain
+    except ImportError as exc:
+        return [], f"left out: Grad-CAM (cxr.explain) is not available here ({exc})"
+    import cv2
+    from tqdm.auto import tqdm
+
+    from cxr.data.table import load_image
+    from cxr.inference import Predictor
+
+    probs, thresholds = arrays["probs"], arrays["thresholds"]["youden"]
+    per_kind = max(1, min(GALLERY_PER_KIND, GALLERY_MAX // (2 * len(findings))))
+    chosen = []
+    for j, name in enumerate(findings):
+        known = _known(test.labels, j)
+        above = known & (probs[:, j] >= thresholds[j])
+        for kind, label in (("true positive", 1), ("false positive", 0)):
+            index = np.flatnonzero(above & (np.nan_to_num(test.labels[:, j], nan=-1) == label))
+            top = index[np.argsort(-probs[index, j], kind="stable")][:per_kind]
+            chosen += [(name, kind, int(i)) for i in top]
+    if not chosen:
+        return [], "no positive calls at the Youden thresholds: nothing to show"
+    predictor = Predictor.from_run_dir(run_dir)
+    entries = []
+    for name, kind, i in tqdm(
+        chosen, desc="Grad-CAM", unit="img", disable=not progress, leave=False
+    ):
+        image = load_image(table, i)
+        heatmap = explain.heatmaps(predictor, image, [name], "gradcam")[name]
+        rgb = np.asarray(explain.overlay(image, heatmap), dtype=np.uint8)
+        side = 224 / max(rgb.shape[:2])
+        if side < 1:
+            rgb = cv2.resize(rgb, None, fx=side, fy=side, interpolation=cv2.INTER_AREA)
+        ok, png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        if not ok:
+            raise CxrError(f"could not encode the Grad-CAM overlay of {table.keys[i]}")
+        entries.append(
+            {
+                "finding": name,
+                "kind": kind,
+                "key": table.keys[i],
+                "probability": float(probs[i, findings.index(name)]),
+                "png": png.tobytes(),
+            }
+        )
+    return entries, "Grad-CAM on the calibrated model, most confident cases first"
+
+
+# ---------------------------------------------------------------------------------------------
+# HTML
+# ---------------------------------------------------------------------------------------------
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "not estimable"
+    return f"{value:.{digits}f}"
+
+
+def _ci(interval: dict | Interval | None, digits: int = 3) -> str:
+    if isinstance(interval, Interval):
+        interval = interval.as_dict()
+    if not interval or interval.get("estimate") is None:
+        return "not estimable"
+    text = f"{interval['estimate']:.{digits}f}"
+    if interval.get("low") is not None:
+        text += f" ({interval['low']:.{digits}f}&ndash;{interval['high']:.{digits}f})"
+    return text
+
+
+def _data_uri(path_or_bytes) -> str:
+    raw = path_or_bytes if isinstance(path_or_bytes, bytes) else Path(path_or_bytes).read_bytes()
+    return "data:image/png;base64," + base64.b64encode(raw).decode("ascii")
+
+
+def render_html(report: dict, figures: dict, gallery: list[dict]) -> str:
+    """The report as one HTML document: inline CSS, base64 PNGs, no script, nothing external."""
+    import jinja2
+    from markupsafe import Markup
+
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+    env.filters["num"] = _fmt
+    env.filters["ci"] = lambda x, d=3: Markup(_ci(x, d))  # numbers only: safe
+    env.filters["basename"] = lambda key: os.path.basename(str(key))
+    env.filters["pct"] = lambda x: "not estimable" if x is None else f"{100 * x:.1f}%"
+    images = {name: _data_uri(path) for name, path in figures.items()}
+    for entry in gallery:
+        entry["uri"] = _data_uri(entry["png"])
+    return env.from_string(_TEMPLATE).render(
+        r=report,
+        res=report["results"],
+        images=images,
+        gallery=gallery,
+        op_names=OPERATING_POINTS,
+        rate_names={
+            "sensitivity": "sensitivity",
+            "specificity": "specificity",
+            "ppv": "PPV",
+            "npv": "NPV",
+            "f1": "F1",
+        },
+        rates=RATES,
+    )
+
+
+_TEMPLATE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{{ r.title }}</title>
+<style>
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d2330;
+background:#f6f7f9;line-height:1.45}
+main{max-width:1180px;margin:0 auto;padding:24px 28px 60px;background:#fff}
+h1{font-size:1.6em;margin:.2em 0}h2{border-bottom:2px solid #dde3ea;padding-bottom:4px;
+margin-top:2em}h3{margin-bottom:.3em}
+.notice{background:#fff3cd;border:1px solid #e0b84c;padding:10px 14px;border-radius:6px;
+font-weight:600}
+.warn{background:#fdecea;border:1px solid #e3a39c;padding:8px 14px;border-radius:6px}
+table{border-collapse:collapse;margin:8px 0 16px;font-size:.9em}
+th,td{border:1px solid #d5dbe3;padding:4px 8px;text-align:right;vertical-align:top;
+white-space:nowrap}.wide{overflow-x:auto}.meta td{white-space:normal}
+th{background:#eef2f6}td:first-child,th:first-child{text-align:left}
+.ne{color:#8a94a3;font-style:italic}
+figure{margin:12px 0}figure img{max-width:100%;border:1px solid #e3e7ec}
+figcaption{font-size:.85em;color:#4a5568}
+.meta td{text-align:left}.small{font-size:.85em;color:#4a5568}
+.gallery{display:flex;flex-wrap:wrap;gap:10px}.card{width:200px;font-size:.8em}
+.card img{width:200px;border:1px solid #ccd}
+nav a{margin-right:12px}
+</style></head>
+<body><main>
+<p class="notice" id="notice">{{ r.notice }}</p>
+<h1>{{ r.title }}</h1>
+<div class="wide"><table class="meta">
+<tr><th>model</th><td>{{ r.model.run_dir }} ({{ r.model.task }}, {{ r.model.findings|length }}
+ findings)</td></tr>
+<tr><th>evaluation data</th><td>{{ r.data.path }} (split: {{ r.data.split }})</td></tr>
+<tr><th>images / patients</th><td>{{ res.n_images }} / {{ res.n_patients }}</td></tr>
+<tr><th>validation (operating points, temperature)</th><td>{{ res.validation.n_images }} images /
+ {{ res.validation.n_patients }} patients</td></tr>
+<tr><th>mean AUROC</th><td>{{ res.mean_auroc|num }}</td></tr>
+<tr><th>created</th><td>{{ r.created }}, cxr {{ r.cxr_version }}</td></tr>
+</table></div>
+<nav><a href="#summary">Summary</a><a href="#operating">Operating points</a>
+<a href="#curves">Curves</a><a href="#calibration">Calibration</a><a href="#subgroups">Subgroups</a>
+<a href="#tta">TTA</a><a href="#gallery">Gallery</a><a href="#model-card">Model card</a>
+<a href="#methods">Methods</a></nav>
+{% if r.warnings %}<div class="warn" id="warnings"><strong>Warnings</strong><ul>
+{% for w in r.warnings %}<li>{{ w }}</li>{% endfor %}</ul></div>{% endif %}
+{% if r.data.skipped %}<p class="warn">{{ r.data.skipped|length }} unreadable image(s) were
+ skipped, e.g. {{ r.data.skipped[0].file }}.</p>{% endif %}
+
+<h2 id="summary">Summary per finding</h2>
+<p class="small">95% intervals from {{ r.method.bootstrap.n_boot }} bootstrap resamples of
+ patients. "not estimable": no positives or no negatives among the labelled images.</p>
+<div class="wide"><table><tr><th>finding</th><th>positives</th><th>negatives</th><th>prevalence</th>
+<th>AUROC (95% CI)</th><th>AUPRC (95% CI)</th><th>ECE before</th><th>ECE after</th></tr>
+{% for name, f in res.findings.items() %}<tr><td>{{ name }}</td><td>{{ f.n_positive }}</td>
+<td>{{ f.n_negative }}</td><td>{{ f.prevalence|pct }}</td><td>{{ f.auroc|ci }}</td>
+<td>{{ f.auprc|ci }}</td><td>{{ f.ece_before|num }}</td><td>{{ f.ece_after|num }}</td></tr>
+{% endfor %}</table></div>
+
+<h2 id="operating">Operating points (chosen on validation, applied here)</h2>
+{% for m, label in op_names.items() %}<h3>{{ label }}</h3>
+<div class="wide"><table><tr><th>finding</th><th>threshold</th>
+{% for k in rates %}<th>{{ rate_names[k] }}</th>{% endfor %}
+<th>TP</th><th>FP</th><th>TN</th><th>FN</th></tr>
+{% for name, f in res.findings.items() %}{% set p = f.operating_points[m] %}<tr><td>{{ name }}</td>
+<td>{{ p.threshold|num }}{% if not p.threshold_from_validation %}
+ <span class="ne">(fallback)</span>{% endif %}</td>
+{% for k in rates %}<td>{{ p[k]|ci }}</td>{% endfor %}
+<td>{{ p.confusion.tp }}</td><td>{{ p.confusion.fp }}</td><td>{{ p.confusion.tn }}</td>
+<td>{{ p.confusion.fn }}</td></tr>{% endfor %}</table></div>{% endfor %}
+
+<h2 id="curves">ROC and precision-recall curves, confusion matrices</h2>
+<figure><img alt="ROC curves with operating points" src="{{ images.roc }}">
+<figcaption>ROC curves; markers: the operating points chosen on validation.</figcaption></figure>
+<figure><img alt="Precision-recall curves" src="{{ images.pr }}">
+<figcaption>Precision-recall curves; dotted line: prevalence (a classifier without skill).
+</figcaption></figure>
+<figure><img alt="Confusion matrices" src="{{ images.confusion }}">
+<figcaption>Confusion matrices at the Youden thresholds.</figcaption></figure>
+
+<h2 id="calibration">Calibration</h2>
+<p>Temperature T = {{ r.method.calibration.temperature|num }} ({{ r.method.calibration.origin }};
+ {{ r.method.calibration.validation_n_images }} validation images; validation NLL
+ {{ r.method.calibration.validation_nll_before|num }} &rarr;
+ {{ r.method.calibration.validation_nll_after|num }}, ECE
+ {{ r.method.calibration.validation_ece_before|num }} &rarr;
+ {{ r.method.calibration.validation_ece_after|num }}).
+ On the evaluated images, ECE ({{ res.calibration.ece_kind }}) is
+ <strong>{{ res.calibration.ece_before|num }}</strong> before and
+ <strong>{{ res.calibration.ece_after|num }}</strong> after temperature scaling.
+ T &gt; 1 means the raw model was over-confident.</p>
+<figure><img alt="Reliability diagrams" src="{{ images.reliability }}"><figcaption>Reliability
+ diagrams before and after temperature scaling (15 equal-width bins).</figcaption></figure>
+
+<h2 id="subgroups">Subgroups</h2>
+{% if r.subgroups %}<p class="small">AUROC per finding within each subgroup, with counts, so you
+ can see where the model is weaker. Small subgroups have wide intervals.</p>
+{% if images.get("subgroups") %}<figure><img alt="AUROC by subgroup" src="{{ images.subgroups }}">
+</figure>{% endif %}
+{% for key, g in r.subgroups.items() %}<h3>{{ g.label }}</h3>
+<div class="wide"><table><tr><th>finding</th>
+{% for level, e in g.levels.items() %}<th>{{ level }}<br>
+<span class="small">{{ e.n_images }} img</span></th>{% endfor %}</tr>
+{% for name in res.findings %}<tr><td>{{ name }}</td>{% for level, e in g.levels.items() %}
+{% set f = e.findings[name] %}<td>{{ f.auroc|ci }}<br><span class="small">{{ f.n_positive }}
+ pos / {{ f.n_negative }} neg</span></td>{% endfor %}</tr>{% endfor %}</table></div>{% endfor %}
+{% else %}<p>The evaluation data has no sex, age or view-position metadata: no subgroup analysis.
+</p>{% endif %}
+
+<h2 id="tta">Test-time augmentation</h2>
+{% if r.tta %}<p>Views: {{ r.tta.views|join(", ") }}; {{ r.tta.combine }}. The difference is
+ paired (same resamples).</p>
+<div class="wide"><table><tr><th>finding</th><th>AUROC</th><th>AUROC with TTA</th>
+<th>difference (95% CI)</th></tr>
+{% for name, t in r.tta.findings.items() %}<tr><td>{{ name }}</td><td>{{ t.plain|ci }}</td>
+<td>{{ t.tta|ci }}</td><td>{{ t.delta|ci }}</td></tr>{% endfor %}</table></div>
+{% else %}<p>Not requested (pass <code>--tta</code>).</p>{% endif %}
+
+<h2 id="gallery">Gallery: most confident true and false positives</h2>
+<p class="small">{{ r.gallery.note }}</p>
+{% for name, entries in gallery|groupby("finding") %}<h3>{{ name }}</h3>
+<div class="gallery">{% for e in entries %}<div class="card">
+<img alt="{{ e.finding }} {{ e.kind }}" src="{{ e.uri }}"><br><strong>{{ e.kind }}</strong>,
+ p = {{ e.probability|num }}<br><span class="small">{{ e.key|basename }}</span></div>
+{% endfor %}</div>{% endfor %}
+
+<h2 id="model-card">Model card</h2>
+{% set mc = r.model_card %}
+<div class="wide"><table class="meta">
+<tr><th>intended use</th><td>{{ mc.intended_use }}</td></tr>
+<tr><th>out of scope</th><td>{{ mc.out_of_scope }}</td></tr>
+<tr><th>training data</th><td>{{ mc.training_data.path }} ({{ mc.training_data.source }}):
+ {{ mc.training_data.n_train }} training and {{ mc.training_data.n_val }} validation images,
+ {{ mc.training_data.task }}, split {{ mc.training_data.split }}.<br>Findings:
+ {{ mc.training_data.findings|join(", ") }}</td></tr>
+<tr><th>label quality</th><td>{{ mc.label_quality }}</td></tr>
+<tr><th>model</th><td>{{ mc.model.arch }}, {{ mc.model.image_size }} px input, pretrained:
+ {{ mc.model.pretrained }}, best epoch {{ mc.model.best_epoch }}</td></tr>
+<tr><th>preprocessing</th><td>{% for k, v in mc.preprocessing.items() %}{{ k }} = {{ v }}{% if
+ not loop.last %}; {% endif %}{% endfor %}</td></tr>
+<tr><th>metrics</th><td>mean AUROC {{ res.mean_auroc|num }} on {{ res.n_images }} images of
+ {{ mc.evaluation_data }}; per finding above, with intervals.</td></tr>
+<tr><th>known limitations</th><td><ul>{% for x in mc.limitations %}<li>{{ x }}</li>{% endfor %}
+</ul></td></tr>
+<tr><th>regulatory status</th><td><strong>{{ mc.not_a_medical_device }}</strong></td></tr>
+</table></div>
+{% if images.get("training") %}<figure><img alt="Training curves" src="{{ images.training }}">
+<figcaption>Training curves of the run.</figcaption></figure>{% endif %}
+
+<h2 id="methods">Methods</h2>
+<ul>
+<li>Intervals: {{ r.method.bootstrap.n_boot }} {{ r.method.bootstrap.unit }}-level bootstrap
+ resamples (all images of a drawn patient enter together), {{ r.method.bootstrap.interval }}
+ 95% intervals, seed {{ r.method.bootstrap.seed }}. Resamples without both classes are left out
+ of a finding's interval.</li>
+<li>Operating points: thresholds chosen on the run's validation split only, never on the data
+ evaluated here. Scale: {{ r.method.thresholds_scale }}. "(fallback)": validation had no
+ positives or no negatives for that finding, so no threshold could be chosen and 0.5 is used.</li>
+<li>Calibration: {{ res.calibration.ece_kind }}; one temperature for all outputs, fitted by
+ minimising the validation negative log-likelihood.</li>
+</ul>
+<p class="notice">{{ r.notice }}</p>
+</main></body></html>
+"""

@@ -1,0 +1,131 @@
+"""The web app: `create_app(config)` builds a Flask app for one trained run.
+
+An application factory with no global state (Flask's tutorial pattern): the loaded model lives in
+`app.extensions["cxr_engine"]`, so tests can build as many apps as they like. The API blueprint
+is mounted at /api; the built React front end (web/dist) is served from / on the same origin.
+Production serving goes through `cxr.serve.server` (waitress), never Flask's debug server.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+from pathlib import Path
+
+from flask import Flask, Request, jsonify, request, send_from_directory
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+
+from cxr import NOT_A_MEDICAL_DEVICE
+from cxr.serve.api import api, describe_error
+from cxr.serve.engine import Engine, ServeConfig, serve_config
+
+__all__ = ["create_app", "ServeConfig", "Engine", "default_web_dir"]
+
+_REQUEST_OVERHEAD = 1024 * 1024  # multipart headers and form fields around the files
+_CSP = (
+    "default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
+    "object-src 'none'; frame-ancestors 'none'; base-uri 'none'"
+)
+
+
+class InMemoryRequest(Request):
+    """Uploads are held in memory: Werkzeug would spool files over 500 KB to a temporary file."""
+
+    def _get_file_stream(self, total_content_length, content_type, filename=None,
+                         content_length=None):  # fmt: skip
+        return io.BytesIO()
+
+
+def default_web_dir() -> Path:
+    """web/dist of a source checkout (where `npm run build` writes the front end)."""
+    return Path(__file__).resolve().parents[3] / "web" / "dist"
+
+
+def create_app(config: ServeConfig | dict, engine: Engine | None = None) -> Flask:
+    """A Flask app serving the run named by config.model (loaded once, here).
+
+    `engine` lets a caller share one loaded model between apps (tests); by default it is built
+    from `config`.
+    """
+    cfg = serve_config(config)
+    if engine is None:
+        engine = Engine(cfg)
+    else:  # share the loaded model, under this app's limits
+        engine = copy.copy(engine)
+        engine.cfg = cfg
+    app = Flask(__name__, static_folder=None)
+    app.request_class = InMemoryRequest
+    # One image per request by default; the batch endpoint raises it for its own requests.
+    app.config.update(MAX_CONTENT_LENGTH=cfg.max_upload_bytes + _REQUEST_OVERHEAD)
+    app.json.sort_keys = False
+    app.extensions["cxr_engine"] = engine
+    app.register_blueprint(api, url_prefix="/api")
+    _register_errors(app)
+    _register_front_end(app, Path(cfg.web_dir) if cfg.web_dir else default_web_dir())
+
+    @app.after_request
+    def _headers(response):
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        response.headers.setdefault("Content-Security-Policy", _CSP)
+        if request.path.startswith("/api/"):
+            response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+    return app
+
+
+def _register_errors(app: Flask) -> None:
+    def as_json(exc: BaseException):
+        status, code, message = describe_error(exc)
+        if status >= 500:
+            app.logger.exception("request %s %s failed", request.method, request.path)
+        body = {"error": message, "code": code, "status": status}
+        ood = getattr(exc, "ood", None)
+        if ood:
+            body["ood"] = ood
+        return jsonify(body), status
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException):
+        if not request.path.startswith("/api/") and exc.code == 404:
+            return exc  # the front end's own 404 page
+        return as_json(exc)
+
+    @app.errorhandler(Exception)
+    def _any(exc: Exception):
+        return as_json(exc)
+
+
+def _api_miss(app: Flask, path: str) -> None:
+    """A GET under /api/ that no API route takes: 405 if it takes POST, else 404."""
+    adapter = app.url_map.bind_to_environ(request.environ)
+    try:
+        adapter.match(f"/{path}", method="POST")
+    except HTTPException:
+        raise NotFound(f"no API endpoint /{path}; see /api/openapi.json") from None
+    raise MethodNotAllowed(["POST"], description=f"/{path} takes POST (see /api/openapi.json)")
+
+
+def _register_front_end(app: Flask, web_dir: Path) -> None:
+    index = web_dir / "index.html"
+
+    @app.get("/", defaults={"path": ""})
+    @app.get("/<path:path>")
+    def front_end(path: str):
+        if path.startswith("api/"):
+            _api_miss(app, path)
+        if not index.is_file():
+            return (
+                "<!doctype html><title>cxr</title><h1>cxr API</h1>"
+                f"<p>The front end is not built: run <code>bash web/ci.sh</code> (or "
+                "<code>npm ci &amp;&amp; npm run build</code> in <code>web/</code>). The API "
+                "answers at <a href='/api/health'>/api/health</a>; its description is at "
+                f"<a href='/api/openapi.json'>/api/openapi.json</a>.</p><p>{NOT_A_MEDICAL_DEVICE}"
+                "</p>",
+                200,
+                {"Content-Type": "text/html; charset=utf-8"},
+            )
+        if path and (web_dir / path).is_file():
+            return send_from_directory(web_dir, path, max_age=3600 if "assets/" in path else 0)
+        return send_from_directory(web_dir, "index.html", max_age=0)  # client-side routes

@@ -1,0 +1,159 @@
+"""`cxr export` and the inference engines: ONNX Runtime agrees with PyTorch on real images, a
+mismatched ONNX file is refused before it loads, and folders are predicted in batches."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from cxr.cli import main
+from cxr.config import config_from_dict
+from cxr.data.image_io import decode_image
+from cxr.engine import OnnxEngine, TorchEngine, make_engine, predict_files
+from cxr.errors import ConfigError, CxrError
+from cxr.preprocess import preprocess
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def run(kermany_train, tmp_path_factory) -> Path:
+    """A real one-epoch run (32 px) on Kermany images, exported with `cxr export`."""
+    from cxr.train import train
+
+    root = tmp_path_factory.mktemp("export")
+    cfg = config_from_dict(
+        {
+            "data": {"path": str(kermany_train), "limit": 64, "val_fraction": 0.25},
+            "preprocess": {"image_size": 32},
+            "train": {"epochs": 1, "batch_size": 16, "seed": 0, "threads": 1,
+                      "cache_dir": str(root / "cache"), "early_stopping_patience": 0},
+            "out_dir": str(root / "run"),
+        }
+    )  # fmt: skip
+    threads = torch.get_num_threads()
+    try:
+        return train(cfg, progress=False).run_dir
+    finally:
+        torch.set_num_threads(threads)  # train.threads is process-wide: give it back
+
+
+@pytest.fixture(scope="module")
+def exported(run) -> Path:
+    assert main(["export", "--model", str(run)]) == 0
+    return run
+
+
+def _real_images(folder: Path, n: int, cfg) -> tuple[list[Path], np.ndarray]:
+    files = sorted((folder / "NORMAL").glob("*.jpeg"))[-n // 2 :]
+    files += sorted((folder / "PNEUMONIA").glob("*.jpeg"))[-(n - n // 2) :]
+    return files, np.stack([preprocess(decode_image(f), cfg) for f in files])
+
+
+def test_onnx_runtime_matches_pytorch_on_real_images(exported, kermany_train, capsys):
+    contract = json.loads((exported / "model.onnx.json").read_text())
+    assert contract["input"]["shape"] == ["batch", 1, 32, 32]
+    assert contract["preprocess"]["image_size"] == 32 and contract["preprocess"]["clahe"] is True
+    assert contract["normalization"] == {
+        "mean": 0.5, "std": 0.25, "formula": "x = (uint8_pixels / 255 - mean) / std, in float32"
+    }  # fmt: skip
+    assert contract["findings"] == ["NORMAL", "PNEUMONIA"] and contract["task"] == "multiclass"
+    assert contract["verification"]["on"].endswith("validation images of the run")
+    assert contract["verification"]["max_abs_logit_difference"] < 1e-4
+    assert "not a medical device" in contract["notice"]
+
+    torch_engine = make_engine(exported, backend="torch")
+    onnx_engine = make_engine(exported, backend="onnx")
+    assert isinstance(torch_engine, TorchEngine) and isinstance(onnx_engine, OnnxEngine)
+    cfg = torch_engine.info.preprocess
+    _, pixels = _real_images(kermany_train, 16, cfg)
+    for batch in (pixels[:1], pixels):  # the batch axis is dynamic
+        a, b = torch_engine.predict_logits(batch), onnx_engine.predict_logits(batch)
+        assert a.shape == b.shape == (len(batch), 2)
+        assert np.max(np.abs(a - b)) < 1e-4
+    probs = onnx_engine.predict_batch(pixels)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-9)  # softmax over the 2 classes
+    np.testing.assert_allclose(probs, torch_engine.predict_batch(pixels), atol=1e-5)
+    assert np.array_equal(onnx_engine.thresholds, torch_engine.thresholds)
+
+
+def _copy(run: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "copy"
+    shutil.copytree(run, out, ignore=shutil.ignore_patterns("checkpoints"))
+    return out
+
+
+def _edit_config(run: Path, **preprocess) -> None:
+    raw = json.loads((run / "config.json").read_text())
+    raw["preprocess"] |= preprocess
+    (run / "config.json").write_text(json.dumps(raw))
+
+
+def test_an_onnx_file_with_another_preprocessing_is_refused(exported, tmp_path):
+    copy = _copy(exported, tmp_path)
+    _edit_config(copy, clahe_clip_limit=3.0)
+    with pytest.raises(
+        CxrError, match=r"preprocess\.clahe_clip_limit is 2\.0 in the contract but 3\.0"
+    ):
+        make_engine(copy, backend="onnx")
+
+
+def test_an_onnx_file_with_another_input_shape_is_refused(exported, tmp_path):
+    copy = _copy(exported, tmp_path)
+    _edit_config(copy, image_size=64)
+    contract = json.loads((copy / "model.onnx.json").read_text())
+    contract["preprocess"]["image_size"] = 64  # even a contract edited to match cannot hide it
+    (copy / "model.onnx.json").write_text(json.dumps(contract))
+    with pytest.raises(CxrError, match=r"input shape is \(batch, 1, 32, 32\).*image_size 64"):
+        make_engine(copy, backend="onnx")
+
+
+def test_an_onnx_file_from_other_weights_or_without_contract_is_refused(exported, tmp_path):
+    copy = _copy(exported, tmp_path)
+    weights = load_file(str(copy / "model.safetensors"))
+    weights["fc.bias"] = weights["fc.bias"] + 1.0
+    save_file(weights, str(copy / "model.safetensors"))
+    with pytest.raises(CxrError, match="exported from other weights"):
+        make_engine(copy, backend="onnx")
+    (copy / "model.onnx.json").unlink()
+    with pytest.raises(CxrError, match="no preprocessing contract"):
+        make_engine(copy, backend="onnx")
+    (copy / "model.onnx").unlink()
+    with pytest.raises(CxrError, match="cxr export --model"):
+        make_engine(copy, backend="onnx")
+
+
+def test_bad_backend_and_bad_pixels_are_named(exported):
+    with pytest.raises(ConfigError, match="backend must be one of torch, onnx"):
+        make_engine(exported, backend="tensorrt")
+    engine = make_engine(exported, backend="onnx")
+    with pytest.raises(ValueError, match=r"uint8 \(N, 32, 32\)"):
+        engine.predict_batch(np.zeros((2, 64, 64), dtype=np.uint8))
+    assert engine.predict_batch(np.zeros((0, 32, 32), dtype=np.uint8)).shape == (0, 2)
+
+
+def test_predict_files_batches_in_order_and_reports_bad_files(exported, kermany_train, tmp_path):
+    engine = make_engine(exported, backend="onnx")
+    files, pixels = _real_images(kermany_train, 5, engine.info.preprocess)
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not an image")
+    paths = [*files[:2], bad, *files[2:]]
+    results = list(predict_files(engine, paths, batch_size=2, workers=2, progress=False))
+    assert [r.path for r in results] == paths
+    assert results[2].probabilities is None and "broken.png" in results[2].error
+    got = np.stack([r.probabilities for r in results if r.error is None])
+    np.testing.assert_allclose(got, engine.predict_batch(pixels), atol=1e-6)
+    ok = [r for r in results if r.error is None]
+    assert all(r.decode_s > 0 and r.preprocess_s > 0 and r.model_s > 0 for r in ok)
+    assert all(np.array_equal(r.positive, r.probabilities >= engine.thresholds) for r in ok)
+
+
+def test_cli_export_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
+    assert main(["export", "--model", str(tmp_path)]) == 2
+    assert "not a finished run" in capsys.readouterr().err

@@ -1,0 +1,144 @@
+"""The out-of-distribution gate: real validation X-rays pass, and what is plainly not a frontal
+chest X-ray (a colour photograph, a hand, a blank frame, an inverted film) is flagged."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from cxr.cli import main
+from cxr.config import config_from_dict
+from cxr.data.image_io import to_unit_grey
+from cxr.errors import CxrError
+from cxr.evaluate import load_run
+from cxr.ood import (
+    GATE_FILE,
+    OodConfig,
+    OodGate,
+    OutOfDistributionError,
+    colour_photo,
+    colourfulness,
+    fit_ood_gate,
+    fit_ood_gate_for_run,
+    flag_rate,
+    iter_split_images,
+    probe_inputs,
+)
+from cxr.train import train
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def kermany_run(kermany_train, tmp_path_factory) -> Path:
+    """A ResNet-18 trained for one epoch on 300 real Kermany images at 64 px."""
+    tmp = tmp_path_factory.mktemp("ood")
+    cfg = config_from_dict(
+        {
+            "data": {"path": str(kermany_train), "limit": 400, "val_fraction": 0.25},
+            "preprocess": {"image_size": 64},
+            "train": {"epochs": 1, "batch_size": 16, "lr": 2e-3, "seed": 0,
+                      "early_stopping_patience": 0, "cache_dir": str(tmp / "cache")},
+            "out_dir": str(tmp / "run"),
+        }
+    )  # fmt: skip
+    return train(cfg, progress=False).run_dir
+
+
+@pytest.fixture(scope="module")
+def gate(kermany_run) -> OodGate:
+    return fit_ood_gate_for_run(kermany_run, progress=False)
+
+
+@pytest.fixture(scope="module")
+def val_images(kermany_run) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    return list(iter_split_images(load_run(kermany_run), "val"))
+
+
+# ---------------------------------------------------------------- tests
+
+
+def test_real_validation_images_mostly_pass(gate, val_images):
+    result = flag_rate(gate, val_images, progress=False)
+    share = 100 * result["rate"]
+    print(f"\nfalse refusals on {result['n']} Kermany validation images: {result['flagged']} "
+          f"({share:.1f}%), by check {result['by_check']}")  # fmt: skip
+    assert result["n"] >= 80
+    assert result["rate"] <= 0.05, result
+
+
+def test_inputs_that_are_not_chest_xrays_are_flagged(gate, val_images):
+    rates = {}
+    inverted = [image for image, _ in val_images[:8]]
+    for kind, inputs in probe_inputs(inverted, seed=0).items():
+        rates[kind] = flag_rate(gate, inputs, progress=False)
+    print("\nflagged: " + ", ".join(f"{k} {r['flagged']}/{r['n']} {r['by_check']}"
+                                     for k, r in rates.items()))  # fmt: skip
+    for kind, r in rates.items():
+        assert r["rate"] == 1.0, (kind, r)
+    assert set(rates["colour photograph"]["by_check"]) == {"colour"}
+    assert set(rates["blank"]["by_check"]) == {"blank"}
+
+
+def test_the_reason_names_the_failed_check(gate, val_images):
+    image, _ = val_images[0]
+    ok = gate.check(image)
+    assert ok.ok and ok.threshold == gate.limits["feature_max"] and ok.score <= ok.threshold
+    inverted = gate.check(1.0 - image)
+    assert not inverted.ok
+    failed = [name for name, c in inverted.checks.items() if not c["ok"]]
+    assert inverted.score == inverted.checks[failed[0]]["score"]
+    assert inverted.checks[failed[0]]["reason"] in inverted.reason
+
+
+def test_refuse_raises_and_warn_only_flags(kermany_run, gate):
+    photo = colour_photo(np.random.default_rng(5))
+    image = to_unit_grey(photo, "photo")
+    assert gate.config.action == "warn"
+    result = gate.enforce(image, photo)
+    assert not result.ok and not result.refused
+    refusing = OodGate.load(kermany_run, run=gate.run, action="refuse")
+    with pytest.raises(OutOfDistributionError, match="colour"):
+        refusing.enforce(image, photo)
+
+
+def test_gate_saved_in_the_run_folder_loads_with_the_same_verdicts(kermany_run, gate, val_images):
+    loaded = OodGate.load(kermany_run)
+    assert loaded.limits == gate.limits
+    image, raw = val_images[3]
+    a, b = gate.check(image, raw), loaded.check(image, raw)
+    assert a.ok == b.ok
+    assert a.checks["features"]["score"] == pytest.approx(b.checks["features"]["score"], 1e-5)
+
+
+def test_colourfulness_is_zero_for_grey_and_high_for_a_photo():
+    grey = np.repeat(np.random.default_rng(0).integers(0, 255, (50, 60, 1), np.uint8), 3, axis=2)
+    assert colourfulness(grey) == 0.0
+    assert colourfulness(grey[..., 0]) == 0.0
+    assert colourfulness(colour_photo(np.random.default_rng(1))) > 0.15
+
+
+def test_missing_gate_or_too_few_images_is_a_named_error(kermany_run, tmp_path):
+    with pytest.raises(CxrError, match="ood-fit"):
+        OodGate.load(tmp_path)
+    pixels = np.zeros((12, 64, 64), np.uint8)
+    with pytest.raises(CxrError, match="at least 30"):
+        fit_ood_gate(kermany_run, pixels, OodConfig(), progress=False)
+
+
+def test_cli_ood_fit_then_explain_refuses_a_photograph(kermany_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(kermany_run, run)
+    assert main(["ood-fit", "--model", str(run), "--action", "refuse", "--check-limit", "20"]) == 0
+    printed = capsys.readouterr().out
+    assert "validation images flagged" in printed and (run / GATE_FILE).is_file()
+    photo = tmp_path / "holiday.png"
+    cv2.imwrite(str(photo), colour_photo(np.random.default_rng(2))[..., ::-1])
+    assert main(["explain", str(photo), "--model", str(run), "--out", str(tmp_path / "o.png")]) == 2
+    err = capsys.readouterr().err
+    assert "refused" in err and "colour" in err
+    assert not (tmp_path / "o.png").exists()

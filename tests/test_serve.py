@@ -1,0 +1,584 @@
+"""The Flask API against a tiny model trained here on real Kermany images: every endpoint, every
+kind of bad upload, real Kermany, NIH and DICOM files, the OpenAPI description, `cxr predict`."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+from cxr import NOT_A_MEDICAL_DEVICE
+from cxr.cli import main
+from cxr.config import config_from_dict
+from cxr.data.image_io import decode_image
+from cxr.serve import create_app
+from cxr.serve.engine import Engine, heatmap_rgba
+from cxr.serve.server import waitress_options
+
+pytestmark = pytest.mark.slow
+
+
+# --- fixtures: one tiny real run, one loaded engine, real files --------------------------------
+
+
+@pytest.fixture(scope="module")
+def run_dir(kermany_train, tmp_path_factory) -> Path:
+    from cxr.train import train
+
+    root = tmp_path_factory.mktemp("serve-run")
+    cfg = config_from_dict(
+        {
+            "data": {"path": str(kermany_train), "limit": 100, "val_fraction": 0.25},
+            "preprocess": {"image_size": 48},
+            "train": {"epochs": 1, "batch_size": 16, "lr": 2e-3, "seed": 0,
+                      "cache_dir": str(root / "cache"), "early_stopping_patience": 0},
+            "out_dir": str(root / "run"),
+        }
+    )  # fmt: skip
+    return train(cfg, progress=False).run_dir
+
+
+@pytest.fixture(scope="module")
+def engine(run_dir) -> Engine:
+    return Engine({"model": str(run_dir)})
+
+
+def make_client(engine, **cfg):
+    return create_app({"model": str(engine.run_dir), **cfg}, engine=engine).test_client()
+
+
+@pytest.fixture()
+def client(engine):
+    return make_client(engine)
+
+
+@pytest.fixture(scope="module")
+def kermany_jpeg(kermany_train) -> Path:
+    return kermany_train / "NORMAL" / "IM-0115-0001.jpeg"  # 224 x 224, grey stored as RGB
+
+
+@pytest.fixture(scope="module")
+def nih_png(nih_samples) -> Path:
+    return nih_samples / "images" / "00000001_000.png"  # 512 x 512 grey
+
+
+@pytest.fixture(scope="module")
+def nih_pixels(nih_png) -> np.ndarray:
+    return cv2.imread(str(nih_png), cv2.IMREAD_GRAYSCALE)
+
+
+def upload(client, data: bytes, name: str, url: str = "/api/predict", **params):
+    query = "&".join(f"{k}={v}" for k, v in params.items())
+    return client.post(url + (f"?{query}" if query else ""),
+                       data={"file": (io.BytesIO(data), name)})  # fmt: skip
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", pixels)
+    assert ok
+    return buf.tobytes()
+
+
+def dicom_bytes(stored: np.ndarray, pixels: bool = True, **elements) -> bytes:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, generate_uid()
+    ds.Modality = "CR"
+    ds.Rows, ds.Columns = stored.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    for key, value in elements.items():
+        setattr(ds, key, value)
+    if pixels:
+        ds.PixelData = stored.astype(np.uint16).tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def png_header_only(side: int) -> bytes:
+    """A PNG that claims side x side pixels and holds none: a decompression bomb's header."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + body))
+        return struct.pack(">I", len(body)) + kind + body + crc
+
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def decode_data_url(url: str) -> np.ndarray:
+    head, _, body = url.partition(",")
+    assert head == "data:image/png;base64"
+    pixels = cv2.imdecode(np.frombuffer(base64.b64decode(body), np.uint8), cv2.IMREAD_UNCHANGED)
+    assert pixels is not None
+    return pixels
+
+
+def validator(spec: dict, schema_name: str):
+    from jsonschema import Draft202012Validator
+
+    schema = {"$ref": f"#/components/schemas/{schema_name}", "components": spec["components"]}
+    return Draft202012Validator(schema)
+
+
+@pytest.fixture(scope="module")
+def spec(engine) -> dict:
+    return make_client(engine).get("/api/openapi.json").get_json()
+
+
+def assert_schema(spec: dict, name: str, body: dict) -> None:
+    errors = sorted(validator(spec, name).iter_errors(body), key=str)
+    assert not errors, [f"{list(e.absolute_path)}: {e.message}" for e in errors[:5]]
+
+
+def assert_well_formed(body: dict, engine: Engine, spec: dict) -> None:
+    assert_schema(spec, "Prediction", body)
+    probs = [f["probability"] for f in body["findings"]]
+    assert probs == sorted(probs, reverse=True)
+    assert sorted(f["finding"] for f in body["findings"]) == sorted(engine.findings)
+    assert body["top_finding"] == body["findings"][0]["finding"]
+    if engine.predictor.run.task == "multiclass":
+        assert sum(probs) == pytest.approx(1.0, abs=1e-5)
+    thresholds = engine.info["thresholds"]
+    for f in body["findings"]:
+        assert f["threshold"] == pytest.approx(thresholds[f["finding"]])
+        assert f["positive"] == (f["probability"] >= f["threshold"])
+    assert body["notice"] == NOT_A_MEDICAL_DEVICE
+    assert body["seconds"] > 0 and body["timing"]["total"] == pytest.approx(body["seconds"])
+
+
+# --- health, model, OpenAPI ---------------------------------------------------------------------
+
+
+def test_health_and_model_answer_without_running_the_model(engine, run_dir, spec, monkeypatch):
+    def broken(*args, **kwargs):
+        raise AssertionError("the model must not run for /api/health or /api/model")
+
+    monkeypatch.setattr(engine.predictor, "predict", broken)
+    monkeypatch.setattr(engine.predictor.model, "forward", broken)
+    client = make_client(engine)
+    health = client.get("/api/health")
+    assert health.status_code == 200
+    assert health.get_json()["status"] == "ok"
+    assert_schema(spec, "Health", health.get_json())
+
+    info = client.get("/api/model").get_json()
+    assert_schema(spec, "ModelInfo", info)
+    saved = json.loads((run_dir / "model.json").read_text())
+    val = json.loads((run_dir / "val_metrics.json").read_text())
+    assert info["findings"] == saved["findings"] == ["NORMAL", "PNEUMONIA"]
+    assert info["image_size"] == 48 and info["arch"] == "resnet18"
+    assert info["training_data"]["n_train"] == saved["training_data"]["n_train"]
+    assert info["metrics"]["validation"]["mean_auroc"] == pytest.approx(val["mean_auroc"])
+    assert info["metrics"]["validation"]["n_images"] == val["n_images"]
+    assert "diagnosis" in info["model_card"]["not_for"].lower()
+    assert info["notice"] == NOT_A_MEDICAL_DEVICE
+
+
+def test_openapi_spec_is_valid_and_names_every_route(engine, spec):
+    from openapi_spec_validator import validate
+
+    validate(spec)
+    app = create_app({"model": str(engine.run_dir)}, engine=engine)
+    routes = {
+        (rule.rule, method.lower())
+        for rule in app.url_map.iter_rules()
+        if rule.rule.startswith("/api/")
+        for method in rule.methods - {"HEAD", "OPTIONS"}
+    }
+    documented = {(path, m) for path, ops in spec["paths"].items() for m in ops}
+    assert routes == documented
+    assert "NORMAL" in json.dumps(spec["paths"]["/api/predict"])  # the served findings
+
+
+# --- real images ----------------------------------------------------------------------------------
+
+
+def test_predict_real_kermany_jpeg(client, engine, spec, kermany_jpeg):
+    response = upload(client, kermany_jpeg.read_bytes(), kermany_jpeg.name)
+    assert response.status_code == 200, response.get_json()
+    body = response.get_json()
+    assert_well_formed(body, engine, spec)
+    assert body["file"] == kermany_jpeg.name
+    assert (body["image"]["width"], body["image"]["height"]) == (224, 224)
+    assert decode_data_url(body["image"]["original"]).shape == (224, 224)
+    model_view = decode_data_url(body["image"]["preprocessed"])
+    assert model_view.shape == (48, 48)  # the run's image size: what the model saw
+    expected = engine.predictor.predict(decode_image(kermany_jpeg))
+    np.testing.assert_array_equal(model_view, expected.preprocessed)
+    by_name = {f["finding"]: f["probability"] for f in body["findings"]}
+    for name, p in zip(expected.findings, expected.probabilities, strict=True):
+        assert by_name[name] == pytest.approx(p, abs=1e-6)  # the API and the Predictor agree
+
+
+def test_predict_real_nih_png_with_heatmaps_for_every_finding(client, engine, spec, nih_png):
+    pytest.importorskip("cxr.explain")
+    body = upload(client, nih_png.read_bytes(), nih_png.name, heatmaps="all").get_json()
+    assert_well_formed(body, engine, spec)
+    assert (body["image"]["width"], body["image"]["height"]) == (512, 512)
+    assert sorted(body["heatmaps"]) == sorted(engine.findings)
+    maps = [decode_data_url(url) for url in body["heatmaps"].values()]
+    assert all(m.shape == (256, 256, 4) for m in maps)  # stretched over the 512 px original
+    # Grad-CAM of a two-class softmax: positive evidence for one class is negative for the
+    # other, whose map is then empty (all transparent); the top finding's map is not.
+    top = decode_data_url(body["heatmaps"][body["top_finding"]])
+    assert top[..., 3].max() == 255 and top[..., 3].min() < 255
+    assert body["warnings"] == []
+
+
+def test_heatmaps_for_the_findings_asked_for(client, engine, kermany_jpeg):
+    pytest.importorskip("cxr.explain")
+    data = kermany_jpeg.read_bytes()
+    body = upload(client, data, "a.jpeg", heatmaps="NORMAL").get_json()
+    assert list(body["heatmaps"]) == ["NORMAL"]
+    body = upload(client, data, "a.jpeg", heatmaps="none", images="false").get_json()
+    assert body["heatmaps"] == {} and "original" not in body["image"]
+    body = upload(client, data, "a.jpeg").get_json()  # auto: the top finding and the positives
+    expected = {body["top_finding"]} | {f["finding"] for f in body["findings"] if f["positive"]}
+    assert set(body["heatmaps"]) == expected
+    body = upload(client, data, "a.jpeg", heatmaps="top", overlays="true").get_json()
+    assert decode_data_url(body["overlays"][body["top_finding"]]).shape == (224, 224, 3)
+
+
+def test_missing_gradcam_module_degrades_to_a_warning(client, kermany_jpeg, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "cxr.explain", None)  # import fails as if not installed
+    response = upload(client, kermany_jpeg.read_bytes(), "a.jpeg", heatmaps="all")
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["heatmaps"] == {} and "Grad-CAM is not available" in body["warnings"][0]
+
+
+def test_predict_dicom_built_from_a_real_image(client, engine, spec, nih_pixels):
+    stored = (nih_pixels.astype(np.uint32) * 4095 // 255).astype(np.uint16)
+    body = upload(client, dicom_bytes(stored), "chest.dcm", heatmaps="none").get_json()
+    assert_well_formed(body, engine, spec)
+    assert (body["image"]["width"], body["image"]["height"]) == (512, 512)
+    # the browser gets a PNG of the DICOM: no DICOM decoder is needed client-side
+    original = decode_data_url(body["image"]["original"]).astype(np.int16)
+    assert np.abs(original - nih_pixels).mean() < 3
+
+
+def test_big_16_bit_image_is_shown_at_display_size(engine, nih_pixels):
+    big = cv2.resize(nih_pixels, (2048, 2048), interpolation=cv2.INTER_LINEAR).astype(np.uint16)
+    client = make_client(engine, display_size=1024)
+    body = upload(client, png_bytes(big * 257), "big16.png", heatmaps="none").get_json()
+    assert (body["image"]["width"], body["image"]["height"]) == (2048, 2048)
+    assert decode_data_url(body["image"]["original"]).shape == (1024, 1024)
+
+
+def test_raw_body_upload(client, kermany_jpeg):
+    response = client.post("/api/predict?filename=x.jpeg", data=kermany_jpeg.read_bytes(),
+                           content_type="image/jpeg")  # fmt: skip
+    assert response.status_code == 200
+    assert response.get_json()["file"] == "x.jpeg"
+
+
+# --- bad input: a clear 4xx JSON error, and the server keeps serving -----------------------------
+
+
+def truncated_dicom(nih_pixels) -> bytes:
+    data = dicom_bytes(nih_pixels.astype(np.uint16))
+    return data[: len(data) - nih_pixels.size]  # pixel data cut in half
+
+
+BAD_UPLOADS = {
+    "text file": (lambda px: b"just some notes\n" * 20, "notes.txt", 422, "unreadable_image",
+                  "not a readable image"),
+    "text named png": (lambda px: b"hello", "scan.png", 422, "unreadable_image",
+                       "not a readable image"),
+    "empty file": (lambda px: b"", "empty.png", 422, "unreadable_image", "empty file"),
+    "truncated png": (lambda px: png_bytes(px)[:3000], "cut.png", 422, "unreadable_image",
+                      "cut.png"),
+    "corrupt dicom": (truncated_dicom, "cut.dcm", 422, "unreadable_image", "DICOM"),
+    "dicom without pixels": (lambda px: dicom_bytes(px, pixels=False), "nopix.dcm", 422,
+                             "unreadable_image", "no pixel data"),
+    "decompression bomb": (lambda px: png_header_only(100_000), "bomb.png", 413,
+                           "too_many_pixels", "refused"),
+    "over the pixel limit": (lambda px: png_bytes(np.zeros((2100, 2100), np.uint8)),
+                             "huge.png", 413, "too_many_pixels", "limit"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(BAD_UPLOADS))
+def test_bad_upload_gets_a_clear_json_error(engine, nih_pixels, kermany_jpeg, case):
+    make, name, status, code, words = BAD_UPLOADS[case]
+    client = make_client(engine, max_pixels=4_000_000)
+    response = upload(client, make(nih_pixels), name)
+    assert response.status_code == status, response.get_json()
+    body = response.get_json()
+    assert body["code"] == code and body["status"] == status
+    assert words.lower() in body["error"].lower()
+    if status == 422:
+        assert name in body["error"]  # the message names the file
+    # ... and the server goes on serving
+    assert client.get("/api/health").status_code == 200
+    assert upload(client, kermany_jpeg.read_bytes(), "ok.jpeg").status_code == 200
+
+
+def test_upload_over_the_size_limit(engine, nih_pixels):
+    client = make_client(engine, max_upload_mb=0.25)
+    noise = np.random.default_rng(0).integers(0, 255, (700, 700), dtype=np.uint8)  # ~490 KB PNG
+    response = upload(client, png_bytes(noise), "big.png")
+    assert response.status_code == 413
+    body = response.get_json()
+    assert body["code"] == "too_large" and "0.25 MB" in body["error"]
+    assert client.get("/api/health").status_code == 200
+
+
+@pytest.mark.parametrize("photo", ["astronaut", "coffee"])
+def test_colour_photograph_is_refused(client, photo):
+    from skimage import data
+
+    rgb = getattr(data, photo)()
+    ok, jpeg = cv2.imencode(".jpg", rgb[..., ::-1])
+    response = upload(client, jpeg.tobytes(), f"{photo}.jpg")
+    assert response.status_code == 422
+    body = response.get_json()
+    assert body["code"] == "not_a_chest_xray"
+    assert "colour photograph" in body["error"] and f"{photo}.jpg" in body["error"]
+
+
+def test_grey_version_of_a_photo_passes_the_colour_check(client):
+    from skimage import data
+
+    grey = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2GRAY)
+    assert upload(client, png_bytes(np.dstack([grey] * 3)), "grey.png").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "ok, action, status",
+    [(False, "refuse", 422), (False, "warn", 200), (True, "refuse", 200)],
+)
+def test_ood_gate_verdicts(engine, kermany_jpeg, monkeypatch, ok, action, status):
+    class Verdict:
+        def __init__(self):
+            self.ok, self.action, self.reason = ok, action, "far from training"
+            self.score, self.threshold = 9.5, 3.0
+
+    class Gate:
+        seen: list = []
+
+        def check(self, image, raw=None):
+            self.seen.append((image.shape, raw is None))
+            return Verdict()
+
+    gate = Gate()
+    monkeypatch.setattr(engine, "gate", gate)
+    response = upload(make_client(engine), kermany_jpeg.read_bytes(), "x.jpeg")
+    assert response.status_code == status
+    # the gate saw the decoded image, and the colour pixels of this RGB-stored JPEG
+    assert gate.seen == [((224, 224), False)]
+    body = response.get_json()
+    assert body["ood"] == {"checked": True, "ok": ok, "score": 9.5, "threshold": 3.0,
+                           "reason": "far from training", "action": action}  # fmt: skip
+    if status == 422:
+        assert body["code"] == "not_a_chest_xray" and "far from training" in body["error"]
+    elif not ok:
+        assert "Out-of-distribution warning" in body["warnings"][0]
+    else:
+        assert body["warnings"] == [] or "Grad-CAM" in body["warnings"][0]
+
+
+def test_real_ood_gate_fitted_on_the_run(run_dir, kermany_jpeg, tmp_path):
+    import shutil
+
+    ood = pytest.importorskip("cxr.ood")
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    ood.fit_ood_gate_for_run(copy, ood.OodConfig(action="refuse"), progress=False)
+    client = make_client(Engine({"model": str(copy)}))
+    info = client.get("/api/model").get_json()
+    assert info["ood_gate"]["enabled"] and "refuse" in info["ood_gate"]["note"]
+    xray = kermany_jpeg.read_bytes()
+    body = upload(client, xray, "x.jpeg").get_json()
+    assert body["ood"]["checked"] is True and body["ood"]["ok"] is True, body["ood"]
+    blank = png_bytes(np.full((224, 224), 128, np.uint8))
+    response = upload(client, blank, "grey.png")
+    assert response.status_code == 422
+    assert response.get_json()["ood"]["checks"]["blank"]["ok"] is False
+
+
+@pytest.mark.parametrize(
+    "query, words",
+    [("heatmaps=LUNG", "unknown finding"), ("images=maybe", "images='maybe'")],
+)
+def test_bad_parameters_are_400(client, kermany_jpeg, query, words):
+    response = client.post(f"/api/predict?{query}",
+                           data={"file": (io.BytesIO(kermany_jpeg.read_bytes()), "x.jpeg")})
+    assert response.status_code == 400
+    assert words in response.get_json()["error"]
+
+
+def test_no_file_or_wrong_field_is_400(client, kermany_jpeg):
+    response = client.post("/api/predict")
+    assert response.status_code == 400 and "no image uploaded" in response.get_json()["error"]
+    response = client.post("/api/predict", data={"image": (io.BytesIO(b"x"), "x.png")})
+    assert response.status_code == 400 and "'file'" in response.get_json()["error"]
+
+
+def test_unexpected_failure_is_a_500_json_and_the_server_recovers(engine, kermany_jpeg,
+                                                                   monkeypatch):  # fmt: skip
+    client = make_client(engine)
+    real = engine.predictor.predict
+    monkeypatch.setattr(engine.predictor, "predict", lambda image: 1 / 0)
+    response = upload(client, kermany_jpeg.read_bytes(), "x.jpeg")
+    assert response.status_code == 500
+    assert response.get_json()["code"] == "internal_error"
+    monkeypatch.setattr(engine.predictor, "predict", real)
+    assert upload(client, kermany_jpeg.read_bytes(), "x.jpeg").status_code == 200
+
+
+def test_unknown_api_path_and_method_are_json(client):
+    response = client.get("/api/nothing")
+    assert response.status_code == 404 and "openapi" in response.get_json()["error"]
+    response = client.get("/api/predict")
+    assert response.status_code == 405 and response.get_json()["code"] == "method_not_allowed"
+
+
+# --- uploads stay in memory ----------------------------------------------------------------------
+
+
+def test_uploads_never_touch_the_disk(engine, nih_pixels, tmp_path, monkeypatch):
+    import tempfile
+
+    import werkzeug.formparser
+
+    def no_disk(*args, **kwargs):
+        raise AssertionError("an upload was spooled to disk")
+
+    for module, name in [(werkzeug.formparser, "SpooledTemporaryFile"),
+                         (tempfile, "SpooledTemporaryFile"), (tempfile, "TemporaryFile"),
+                         (tempfile, "NamedTemporaryFile"), (tempfile, "mkstemp")]:  # fmt: skip
+        monkeypatch.setattr(module, name, no_disk)
+    big = cv2.resize(nih_pixels, (1400, 1400)).astype(np.uint16) * 257
+    data = png_bytes(big)
+    assert len(data) > 600_000  # well over Werkzeug's 500 KB in-memory default
+    client = make_client(engine)
+    assert upload(client, data, "big.png", heatmaps="none").status_code == 200
+
+    saved = tmp_path / "kept"
+    client = make_client(engine, save_uploads=str(saved))
+    assert upload(client, data, "../../etc/big.png", heatmaps="none").status_code == 200
+    kept = list(saved.iterdir())
+    assert len(kept) == 1 and kept[0].name.endswith("big.png") and kept[0].read_bytes() == data
+
+
+def test_waitress_keeps_uploads_in_memory(engine):
+    cfg = make_client(engine).application.extensions["cxr_engine"].cfg
+    options = waitress_options(cfg, "127.0.0.1", 0, 4)
+    assert options["inbuf_overflow"] > options["max_request_body_size"] >= cfg.max_batch_bytes
+
+
+# --- batch endpoint ------------------------------------------------------------------------------
+
+
+def test_batch_answers_each_file_and_reports_bad_ones(client, spec, kermany_jpeg, nih_png):
+    files = [(io.BytesIO(kermany_jpeg.read_bytes()), "k.jpeg"),
+             (io.BytesIO(b"not an image"), "notes.txt"),
+             (io.BytesIO(nih_png.read_bytes()), "n.png")]  # fmt: skip
+    response = client.post("/api/predict/batch", data={"files": files})
+    assert response.status_code == 200
+    body = response.get_json()
+    assert_schema(spec, "BatchResult", body)
+    assert [r["file"] for r in body["results"]] == ["k.jpeg", "notes.txt", "n.png"]
+    assert (body["n_ok"], body["n_failed"]) == (2, 1)
+    assert body["results"][1]["status"] == 422 and "notes.txt" in body["results"][1]["error"]
+    assert "original" not in body["results"][0]["image"]  # light by default
+
+
+def test_batch_over_the_file_limit_is_400(engine, kermany_jpeg):
+    client = make_client(engine, max_batch_files=2)
+    files = [(io.BytesIO(kermany_jpeg.read_bytes()), f"{i}.jpeg") for i in range(3)]
+    response = client.post("/api/predict/batch", data={"files": files})
+    assert response.status_code == 400 and "limit of 2" in response.get_json()["error"]
+
+
+# --- the front end is served from the same origin -------------------------------------------------
+
+
+def test_front_end_is_served_with_client_side_routes(engine, tmp_path):
+    (tmp_path / "assets").mkdir()
+    (tmp_path / "index.html").write_text("<!doctype html><div id=root></div>")
+    (tmp_path / "assets" / "app.js").write_text("console.log(1)")
+    client = make_client(engine, web_dir=str(tmp_path))
+    assert b"id=root" in client.get("/").data
+    assert client.get("/assets/app.js").data == b"console.log(1)"
+    assert b"id=root" in client.get("/some/page").data  # the app's own routing
+    assert client.get("/api/nope").status_code == 404
+    headers = client.get("/").headers
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert "img-src 'self' data:" in headers["Content-Security-Policy"]
+
+
+def test_unbuilt_front_end_says_how_to_build_it(engine, tmp_path):
+    page = make_client(engine, web_dir=str(tmp_path / "none")).get("/")
+    assert page.status_code == 200 and b"web/ci.sh" in page.data
+
+
+def test_heatmap_colours_follow_the_map():
+    rgba = heatmap_rgba(np.array([[0.0, 0.5, 1.0]], dtype=np.float32))
+    assert rgba.shape == (1, 3, 4)
+    assert rgba[0, 0, 3] == 0 and rgba[0, 2, 3] == 255  # cold areas transparent
+    assert rgba[0, 2, 0] > rgba[0, 2, 2]  # hot is red, not blue
+
+
+# --- `cxr predict FOLDER` ------------------------------------------------------------------------
+
+
+def test_cli_predict_folder_writes_a_csv_and_never_overwrites(run_dir, kermany_train, nih_png,
+                                                              tmp_path, capsys):  # fmt: skip
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    for p in sorted((kermany_train / "PNEUMONIA").iterdir())[:3]:
+        (folder / p.name).write_bytes(p.read_bytes())
+    (folder / "sub" / nih_png.name).write_bytes(nih_png.read_bytes())
+    (folder / "broken.png").write_bytes(b"not a png")
+    (folder / "readme.txt").write_text("ignored: not an image name")
+    out = tmp_path / "predictions.csv"
+    assert main(["predict", str(folder), "--model", str(run_dir), "--out", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 5
+    by_file = {r["file"]: r for r in rows}
+    assert by_file["broken.png"]["status"] == "error"
+    assert "broken.png" in by_file["broken.png"]["error"]
+    good = by_file[f"sub/{nih_png.name}"]
+    assert good["status"] == "ok" and good["top_finding"] in ("NORMAL", "PNEUMONIA")
+    p = float(good["NORMAL_probability"]) + float(good["PNEUMONIA_probability"])
+    assert p == pytest.approx(1.0, abs=1e-5)
+    printed = capsys.readouterr().out
+    assert "4 image(s) predicted, 1 could not be used" in printed
+    assert NOT_A_MEDICAL_DEVICE in printed
+
+    before = out.read_bytes()
+    assert main(["predict", str(folder), "--model", str(run_dir), "--out", str(out)]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert out.read_bytes() == before
+    assert main(["predict", str(folder), "--model", str(run_dir), "--out", str(out),
+                 "--force"]) == 0  # fmt: skip
+
+
+def test_cli_predict_empty_folder_is_a_clear_error(run_dir, tmp_path, capsys):
+    assert main(["predict", str(tmp_path), "--model", str(run_dir)]) == 2
+    assert "no image files found" in capsys.readouterr().err
+
+
+def test_cli_serve_with_a_bad_run_folder_is_a_clear_error(tmp_path, capsys):
+    assert main(["serve", "--model", str(tmp_path)]) == 2
+    assert "not a finished run" in capsys.readouterr().err

@@ -1,0 +1,151 @@
+"""End to end: `cxr serve` with a tiny model trained here, driven in a real headless Chromium.
+
+A person's path through the page (web/e2e/upload.mjs, playwright-core + Debian's chromium):
+upload a real Kermany X-ray, see findings with thresholds and calls and the Grad-CAM overlay,
+change finding and opacity, upload a text file and read the API's message, check the phone
+layout. Screenshots land in the test's tmp folder. Skipped with a message where node, chromium
+or web/node_modules are missing, except in CI (env CI set), where that is a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from cxr.config import config_from_dict
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+WEB = ROOT / "web"
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+
+
+def _missing_tools() -> list[str]:
+    missing = []
+    if shutil.which("node") is None:
+        missing.append("node (Node.js 20+)")
+    if not Path(CHROMIUM).exists():
+        missing.append(f"chromium at {CHROMIUM} (apt-get install chromium)")
+    if not (WEB / "node_modules" / "playwright-core").is_dir():
+        missing.append("web/node_modules (npm ci in web/)")
+    return missing
+
+
+@pytest.fixture(scope="module")
+def tools() -> None:
+    missing = _missing_tools()
+    if missing:
+        message = f"end-to-end browser test needs {', '.join(missing)}: run `bash web/ci.sh`"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def web_dist(tools) -> Path:
+    dist = WEB / "dist"
+    if not (dist / "index.html").is_file():
+        build = subprocess.run(["npm", "run", "build"], cwd=WEB, capture_output=True, text=True,
+                               timeout=600)  # fmt: skip
+        assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    return dist
+
+
+@pytest.fixture(scope="module")
+def tiny_run(kermany_train, tmp_path_factory) -> Path:
+    from cxr.train import train
+
+    root = tmp_path_factory.mktemp("e2e-run")
+    cfg = config_from_dict(
+        {
+            "data": {"path": str(kermany_train), "limit": 100, "val_fraction": 0.25},
+            "preprocess": {"image_size": 48},
+            "train": {"epochs": 1, "batch_size": 16, "lr": 2e-3, "seed": 0,
+                      "cache_dir": str(root / "cache"), "early_stopping_patience": 0},
+            "out_dir": str(root / "run"),
+        }
+    )  # fmt: skip
+    return train(cfg, progress=False).run_dir
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.loads(response.read())
+
+
+@pytest.fixture()
+def server(tiny_run, web_dist, tmp_path):
+    """`cxr serve` in a subprocess on a free localhost port; yields its base URL."""
+    port = _free_port()
+    script = Path(sys.executable).with_name("cxr")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "cxr.cli"]
+    log = (tmp_path / "serve.log").open("w")
+    proc = subprocess.Popen(
+        [*command, "serve", "--model", str(tiny_run), "--port", str(port),
+         "--web-dir", str(web_dist)],
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TQDM_DISABLE": "1"},
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 180  # importing torch on a busy 2-core machine is slow
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"cxr serve exited ({proc.returncode}):\n" + _read(tmp_path))
+            try:
+                if _get_json(base + "api/health")["status"] == "ok":
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail("cxr serve did not answer /api/health in 180 s:\n" + _read(tmp_path))
+            time.sleep(0.5)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def _read(tmp_path: Path) -> str:
+    return (tmp_path / "serve.log").read_text()[-4000:]
+
+
+def test_upload_in_a_real_browser(server, kermany_train, tmp_path):
+    xray = kermany_train / "PNEUMONIA" / sorted(os.listdir(kermany_train / "PNEUMONIA"))[0]
+    text = tmp_path / "notes.txt"
+    text.write_text("these are notes, not an X-ray\n")
+    shots = tmp_path / "screenshots"
+    run = subprocess.run(
+        ["node", "e2e/upload.mjs", server, str(xray), str(text), str(shots)],
+        cwd=WEB, capture_output=True, text=True, timeout=420,
+        env={**os.environ, "CHROMIUM": CHROMIUM},
+    )  # fmt: skip
+    print(run.stdout)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:] + _read(tmp_path)
+    assert "e2e: all checks passed" in run.stdout
+    for name in ("desktop.png", "error.png", "phone.png"):
+        shot = shots / name
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+    # the bad upload did not hurt the server
+    assert _get_json(server + "api/health")["status"] == "ok"
+    assert "Traceback" not in _read(tmp_path)
