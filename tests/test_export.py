@@ -157,3 +157,30 @@ def test_predict_files_batches_in_order_and_reports_bad_files(exported, kermany_
 def test_cli_export_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert main(["export", "--model", str(tmp_path)]) == 2
     assert "not a finished run" in capsys.readouterr().err
+
+
+def test_serve_and_predict_can_answer_with_onnx_runtime(exported, kermany_train, tmp_path):
+    """The ONNX backend behind Predictor (so `cxr serve` and `cxr predict`) gives the same
+    probabilities as PyTorch on a real X-ray."""
+    from cxr.inference import Predictor
+    from cxr.serve import create_app
+
+    image_path = sorted((kermany_train / "PNEUMONIA").glob("*.jpeg"))[0]
+    image = decode_image(image_path)
+    torch_pred = Predictor.from_run_dir(exported, backend="torch").predict(image)
+    onnx_pred = Predictor.from_run_dir(exported, backend="onnx").predict(image)
+    assert np.abs(torch_pred.probabilities - onnx_pred.probabilities).max() < 1e-4
+
+    app = create_app({"model": str(exported), "backend": "onnx", "ood_gate": False})
+    response = app.test_client().post(
+        "/api/predict?heatmaps=none", data={"file": (open(image_path, "rb"), image_path.name)}
+    )
+    assert response.status_code == 200, response.get_json()
+    probs = {f["finding"]: f["probability"] for f in response.get_json()["findings"]}
+    for finding, p in zip(onnx_pred.findings, onnx_pred.probabilities, strict=True):
+        assert probs[finding] == pytest.approx(p, abs=1e-6)
+
+    out = tmp_path / "predictions.csv"
+    assert main(["predict", str(image_path), "--model", str(exported), "--backend", "onnx",
+                 "--out", str(out), "--no-ood-gate"]) == 0  # fmt: skip
+    assert image_path.name in out.read_text()

@@ -147,7 +147,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "model": args.model, "device": args.device, "max_upload_mb": args.max_upload_mb,
             "max_batch_mb": args.max_batch_mb, "max_pixels": args.max_pixels,
             "save_uploads": args.save_uploads, "web_dir": args.web_dir,
-            "ood_gate": not args.no_ood_gate,
+            "ood_gate": not args.no_ood_gate, "backend": args.backend,
         }
     )  # fmt: skip
     run_server(cfg, host=args.host, port=args.port, threads=args.threads)
@@ -158,7 +158,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from cxr.predict_folder import predict_folder
 
     result = predict_folder(args.model, args.folder, args.out, force=args.force,
-                            max_pixels=args.max_pixels, ood_gate=not args.no_ood_gate)  # fmt: skip
+                            max_pixels=args.max_pixels, ood_gate=not args.no_ood_gate,
+                            backend=args.backend)  # fmt: skip
     print(f"{result.n_ok} image(s) predicted, {result.n_failed} could not be used "
           f"(see the error column); written to {result.out}")  # fmt: skip
     print(NOT_A_MEDICAL_DEVICE)
@@ -346,6 +347,8 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--model", required=True, help="run folder written by `cxr train`")
     v.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to listen on every interface")
     v.add_argument("--port", type=int, default=8000)
+    v.add_argument("--backend", choices=["torch", "onnx"], default="torch",
+                   help="onnx: ONNX Runtime on RUN/model.onnx (`cxr export` first)")  # fmt: skip
     v.add_argument("--threads", type=int, default=4, help="waitress worker threads")
     v.add_argument("--device", default="cpu", help="cpu|cuda|cuda:N")
     v.add_argument("--max-upload-mb", type=float, default=32.0, help="largest image file")
@@ -362,6 +365,8 @@ def parser() -> argparse.ArgumentParser:
     r = sub.add_parser("predict", help="predict every image in a folder into a CSV")
     r.add_argument("folder", help="a folder (searched recursively) or one image file")
     r.add_argument("--model", required=True, help="run folder written by `cxr train`")
+    r.add_argument("--backend", choices=["torch", "onnx"], default="torch",
+                   help="onnx: ONNX Runtime on RUN/model.onnx (`cxr export` first)")  # fmt: skip
     r.add_argument("--out", default="predictions.csv", help="CSV to write")
     r.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     r.add_argument("--max-pixels", type=int, default=40_000_000)

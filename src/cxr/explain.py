@@ -47,7 +47,7 @@ METHODS = ("gradcam", "gradcam++")
 # Target block: layer4 (the default, the usual Grad-CAM layer: S / 32 cells a side) or layer3
 # (twice as fine, S / 16, less specific to the finding).
 LAYERS = ("layer4", "layer3")
-_TWINS: weakref.WeakKeyDictionary[nn.Module, tuple[nn.Module, threading.Lock, int]] = (
+_TWINS: weakref.WeakKeyDictionary[nn.Module, tuple[nn.Module, threading.Lock, tuple]] = (
     weakref.WeakKeyDictionary()
 )
 _TWINS_LOCK = threading.Lock()
@@ -148,7 +148,7 @@ def _private_copy(model: nn.Module) -> Iterator[nn.Module]:
     """The model's explanation twin (see the module docstring), held under its lock.
 
     The twin is rebuilt when the model's weights change in place (load_state_dict, an optimizer
-    step), which torch records in each tensor's version counter.
+    step: torch counts them in each tensor's version) or are replaced (moved to a device).
     """
     version = _weights_version(model)
     with _TWINS_LOCK:
@@ -162,8 +162,10 @@ def _private_copy(model: nn.Module) -> Iterator[nn.Module]:
         yield twin
 
 
-def _weights_version(model: nn.Module) -> int:
-    return sum(t._version for t in model.state_dict(keep_vars=True).values())
+def _weights_version(model: nn.Module) -> tuple[int, int]:
+    """Changes when a tensor is written in place (its version) or replaced (`.to(device)`)."""
+    tensors = list(model.state_dict(keep_vars=True).values())
+    return sum(t._version for t in tensors), sum(t.data_ptr() for t in tensors)
 
 
 def feature_grid(image_size: int, layer: str = "layer4") -> int:

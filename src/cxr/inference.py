@@ -56,7 +56,7 @@ class Prediction:
 class Predictor:
     """A loaded run, ready to answer single images quickly (model loaded once)."""
 
-    def __init__(self, run: LoadedRun, device: str = "cpu"):
+    def __init__(self, run: LoadedRun, device: str = "cpu", backend: str = "torch"):
         # With calibration.json (fitted on validation), logits are divided by its temperature and
         # the calibrated probabilities compared with thresholds chosen on that same scale.
         calibration = load_calibration(run.run_dir)
@@ -74,11 +74,21 @@ class Predictor:
             )
         self.run = run
         self.device = torch.device(device)
-        self.model = run.model.to(self.device).eval()
+        self.model = run.model.to(self.device).eval()  # kept for Grad-CAM on either backend
+        # backend "onnx": probabilities from ONNX Runtime (RUN/model.onnx, `cxr export`), whose
+        # contract is checked against the run first; it applies the same temperature.
+        self.backend = backend
+        self.engine = None
+        if backend != "torch":
+            from cxr.engine import make_engine
+
+            self.engine = make_engine(run.run_dir, backend=backend, device=device)
 
     @classmethod
-    def from_run_dir(cls, run_dir: str | Path, device: str = "cpu") -> Predictor:
-        return cls(load_run(run_dir, device=device), device)
+    def from_run_dir(
+        cls, run_dir: str | Path, device: str = "cpu", backend: str = "torch"
+    ) -> Predictor:
+        return cls(load_run(run_dir, device=device), device, backend)
 
     @property
     def findings(self) -> list[str]:
@@ -95,8 +105,11 @@ class Predictor:
     def predict(self, image: np.ndarray) -> Prediction:
         start = time.perf_counter()
         pixels, geometry = self.prepare(image)
-        logits = self.model(self.input_tensor(pixels)).float() / self.temperature
-        probs = probabilities(logits, self.run.task)[0].cpu().numpy().astype(np.float64)
+        if self.engine is not None:
+            probs = self.engine.predict_batch(pixels[None])[0].astype(np.float64)
+        else:
+            logits = self.model(self.input_tensor(pixels)).float() / self.temperature
+            probs = probabilities(logits, self.run.task)[0].cpu().numpy().astype(np.float64)
         return Prediction(
             self.findings, probs, self.run.thresholds, pixels, geometry,
             time.perf_counter() - start,

@@ -57,6 +57,7 @@ def predict_folder(
     progress: bool = True,
     max_pixels: int = 40_000_000,
     ood_gate: bool = True,
+    backend: str = "torch",
 ) -> FolderResult:
     """Predict every image under `folder` with the run in `model`; one CSV row per file."""
     from cxr.serve.engine import Engine
@@ -67,7 +68,9 @@ def predict_folder(
     if out.exists() and not force:
         raise CxrError(f"{out} already exists; pass --force to overwrite it")
     files = image_files(folder)
-    engine = Engine({"model": str(model), "max_pixels": max_pixels, "ood_gate": ood_gate})
+    engine = Engine(
+        {"model": str(model), "max_pixels": max_pixels, "ood_gate": ood_gate, "backend": backend}
+    )
     root = Path(folder) if Path(folder).is_dir() else Path(folder).parent
     columns = csv_columns(engine.findings)
     rows, n_ok, total = [], 0, 0.0

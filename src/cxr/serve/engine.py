@@ -15,6 +15,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -47,6 +48,9 @@ class ServeConfig(BaseModel):
 
     model: str = Field(description="run folder written by `cxr train`")
     device: str = "cpu"
+    backend: Literal["torch", "onnx"] = Field(
+        "torch", description="onnx: ONNX Runtime on RUN/model.onnx (`cxr export` first)"
+    )
     max_upload_mb: float = Field(32.0, gt=0, description="largest accepted file")
     max_pixels: int = Field(40_000_000, gt=0, description="larger images are refused unread")
     max_batch_files: int = Field(32, ge=1)
@@ -183,7 +187,7 @@ class Engine:
 
         self.cfg = serve_config(cfg)
         self.run_dir = Path(self.cfg.model)
-        self.predictor = Predictor.from_run_dir(self.run_dir, self.cfg.device)
+        self.predictor = Predictor.from_run_dir(self.run_dir, self.cfg.device, self.cfg.backend)
         self.gate, self.gate_note = (None, "turned off (--no-ood-gate)")
         if self.cfg.ood_gate:
             self.gate, self.gate_note = load_gate(self.run_dir, self.predictor.run)
