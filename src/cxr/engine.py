@@ -30,7 +30,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from cxr.config import PreprocessConfig, RunConfig, load_config
+from cxr.config import PreprocessConfig, RunConfig
 from cxr.errors import ConfigError, CxrError
 from cxr.preprocess import MEAN, PIPELINE_VERSION, STD
 
@@ -77,16 +77,10 @@ class EngineInfo:
 def read_engine_info(run_dir: str | Path) -> EngineInfo:
     """config.json, model.json and calibration.json (when it fits these weights) of a run."""
     from cxr.calibration import load_calibration
+    from cxr.evaluate import read_run_files
 
     run_dir = Path(run_dir)
-    for name in ("config.json", "model.json", "model.safetensors"):
-        if not (run_dir / name).is_file():
-            raise CxrError(
-                f"{run_dir} is not a finished run: {name} is missing "
-                "(train one with `cxr train`, or finish it with `cxr train --resume`)"
-            )
-    cfg = load_config(run_dir / "config.json")
-    info = json.loads((run_dir / "model.json").read_text())
+    cfg, info = read_run_files(run_dir)
     findings = list(info["findings"])
     thresholds = np.array([info["thresholds"][f] for f in findings], dtype=np.float64)
     temperature = 1.0

@@ -34,8 +34,8 @@ class LoadedRun:
     info: dict
 
 
-def load_run(run_dir: str | Path, device: str = "cpu") -> LoadedRun:
-    """Load config.json, model.json and model.safetensors from a finished run folder."""
+def read_run_files(run_dir: str | Path) -> tuple[RunConfig, dict]:
+    """config.json and model.json of a finished run; a clear error if any run file is missing."""
     run_dir = Path(run_dir)
     for name in ("config.json", "model.json", "model.safetensors"):
         if not (run_dir / name).is_file():
@@ -43,8 +43,13 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> LoadedRun:
                 f"{run_dir} is not a finished run: {name} is missing "
                 "(train one with `cxr train`, or finish it with `cxr train --resume`)"
             )
-    cfg = load_config(run_dir / "config.json")
-    info = json.loads((run_dir / "model.json").read_text())
+    return load_config(run_dir / "config.json"), json.loads((run_dir / "model.json").read_text())
+
+
+def load_run(run_dir: str | Path, device: str = "cpu") -> LoadedRun:
+    """Load config.json, model.json and model.safetensors from a finished run folder."""
+    run_dir = Path(run_dir)
+    cfg, info = read_run_files(run_dir)
     model = build_model(cfg.model.model_copy(update={"pretrained": "none"}), len(info["findings"]))
     load_weights(model, run_dir / "model.safetensors")
     model.to(device).eval()
