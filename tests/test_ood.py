@@ -115,6 +115,27 @@ def test_gate_saved_in_the_run_folder_loads_with_the_same_verdicts(kermany_run, 
     assert a.checks["features"]["score"] == pytest.approx(b.checks["features"]["score"], 1e-5)
 
 
+def test_batched_check_gives_the_per_image_verdicts(gate, val_images):
+    """`cxr predict` judges a batch with one forward pass: the same verdicts and scores."""
+    from cxr.ood import contrast
+    from cxr.preprocess import preprocess
+
+    images = [image for image, _ in val_images[:5]] + [1.0 - val_images[0][0]]
+    raws = [raw for _, raw in val_images[:5]] + [None]
+    pixels = np.stack([preprocess(im, gate.run.config.preprocess) for im in images])
+    single = [gate.check(im, raw) for im, raw in zip(images, raws, strict=True)]
+    by_image = gate.check_batch(pixels, images=images, raws=raws)
+    by_contrast = gate.check_batch(pixels, raws=raws, contrasts=[contrast(im) for im in images])
+    assert not single[-1].ok and single[0].ok
+    for a, b, c in zip(single, by_image, by_contrast, strict=True):
+        assert a.ok == b.ok == c.ok and a.reason == b.reason == c.reason
+        for name, check in a.checks.items():
+            assert b.checks[name]["score"] == pytest.approx(check["score"], rel=1e-5, abs=1e-9)
+            assert c.checks[name]["score"] == pytest.approx(check["score"], rel=1e-5, abs=1e-9)
+    with pytest.raises(ValueError, match="6 images"):
+        gate.check_batch(pixels, raws=raws[:2])
+
+
 def test_colourfulness_is_zero_for_grey_and_high_for_a_photo():
     grey = np.repeat(np.random.default_rng(0).integers(0, 255, (50, 60, 1), np.uint8), 3, axis=2)
     assert colourfulness(grey) == 0.0

@@ -574,6 +574,59 @@ def test_cli_predict_folder_writes_a_csv_and_never_overwrites(run_dir, kermany_t
                  "--force"]) == 0  # fmt: skip
 
 
+def test_cli_predict_rows_agree_with_the_api_and_the_gate_refuses_in_batches(
+    run_dir, kermany_train, nih_png, tmp_path, capsys
+):
+    """Batched `cxr predict` (worker threads, batches of 3, the gate on whole batches) gives
+    each file the probabilities and OOD verdict that POST /api/predict gives it."""
+    import shutil
+
+    from cxr.ood import OodConfig, fit_ood_gate_for_run
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    fit_ood_gate_for_run(run, OodConfig(action="refuse"), progress=False)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for p in sorted((kermany_train / "NORMAL").iterdir())[:4]:
+        (folder / p.name).write_bytes(p.read_bytes())
+    (folder / nih_png.name).write_bytes(nih_png.read_bytes())
+    (folder / "blank.png").write_bytes(png_bytes(np.full((224, 224), 128, np.uint8)))
+    out = tmp_path / "predictions.csv"
+    assert main(["predict", str(folder), "--model", str(run), "--out", str(out),
+                 "--batch-size", "3", "--workers", "2"]) == 0  # fmt: skip
+    assert "images/s" in capsys.readouterr().out
+    rows = {r["file"]: r for r in csv.DictReader(out.open())}
+    assert len(rows) == 6
+    assert rows["blank.png"]["status"] == "error"
+    assert "out-of-distribution" in rows["blank.png"]["error"]
+    assert float(rows["blank.png"]["ood_score"]) >= 0
+
+    client = make_client(Engine({"model": str(run)}))
+    for name, row in rows.items():
+        response = upload(client, (folder / name).read_bytes(), name, heatmaps="none")
+        body = response.get_json()
+        if row["status"] == "error":
+            assert response.status_code == 422 and body["ood"]["ok"] is False
+            continue
+        assert row["status"] == "ok" and body["top_finding"] == row["top_finding"]
+        assert float(row["ood_score"]) == pytest.approx(body["ood"]["score"], rel=1e-4)
+        for f in body["findings"]:
+            assert float(row[f"{f['finding']}_probability"]) == pytest.approx(
+                f["probability"], abs=1e-5
+            )
+            assert int(row[f"{f['finding']}_positive"]) == int(f["positive"])
+
+
+@pytest.mark.parametrize("flag, value", [("--batch-size", "0"), ("--workers", "0")])
+def test_cli_predict_bad_batch_settings_are_named(run_dir, kermany_jpeg, tmp_path, capsys,
+                                                  flag, value):  # fmt: skip
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(kermany_jpeg), "--model", str(run_dir), "--out", str(out),
+                 flag, value]) == 2  # fmt: skip
+    assert flag in capsys.readouterr().err and not out.exists()
+
+
 def test_cli_predict_empty_folder_is_a_clear_error(run_dir, tmp_path, capsys):
     assert main(["predict", str(tmp_path), "--model", str(run_dir)]) == 2
     assert "no image files found" in capsys.readouterr().err

@@ -159,9 +159,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     result = predict_folder(args.model, args.folder, args.out, force=args.force,
                             max_pixels=args.max_pixels, ood_gate=not args.no_ood_gate,
-                            backend=args.backend)  # fmt: skip
+                            backend=args.backend, batch_size=args.batch_size,
+                            workers=args.workers)  # fmt: skip
     print(f"{result.n_ok} image(s) predicted, {result.n_failed} could not be used "
           f"(see the error column); written to {result.out}")  # fmt: skip
+    print(f"{result.wall_s:.1f} s in all, {result.images_per_s:.1f} images/s ({args.backend}, "
+          f"batches of {args.batch_size})")  # fmt: skip
     print(NOT_A_MEDICAL_DEVICE)
     return 0
 
@@ -370,6 +373,10 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default="predictions.csv", help="CSV to write")
     r.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     r.add_argument("--max-pixels", type=int, default=40_000_000)
+    r.add_argument("--batch-size", type=int, default=32, help="images per model call")
+    r.add_argument("--workers", type=int, default=None,
+                   help="threads decoding and preprocessing ahead of the model "
+                        "(default: one per core)")  # fmt: skip
     r.add_argument("--no-ood-gate", action="store_true",
                    help="skip the run's out-of-distribution gate")  # fmt: skip
     r.set_defaults(func=cmd_predict)

@@ -402,12 +402,17 @@ def predict_files(
     workers: int | None = None,
     prepare: Callable[[Path], Prepared] | None = None,
     progress: bool = True,
+    screen: Callable[[list[Prepared]], list[str | None]] | None = None,
 ) -> Iterator[FileResult]:
     """Predict every file, in order, batch_size images per model call.
 
     `workers` threads run `prepare` (default: decode + preprocess) ahead of the model, at most
     2 batches ahead so memory stays bounded. A file whose `prepare` raises CxrError, OSError or
     ValueError yields a FileResult with its error, and the others go on.
+
+    `screen` (e.g. the run's out-of-distribution gate, batched) sees each batch's prepared
+    images before the model and returns, per image, None to go on or the reason it is refused;
+    it may add to each Prepared's `extra`, which the FileResult carries.
     """
     from tqdm.auto import tqdm
 
@@ -441,26 +446,34 @@ def predict_files(
                 pending.append((nxt, pool.submit(safe, nxt)))
             batch.append((path, future.result()))
             if len(batch) == batch_size or not pending:
-                yield from _run_batch(engine, batch)
+                yield from _run_batch(engine, batch, screen)
                 bar.update(len(batch))
                 batch = []
     bar.close()
 
 
-def _run_batch(engine: InferenceEngine, batch: list) -> Iterator[FileResult]:
-    ok = [(p, r) for p, r in batch if isinstance(r, Prepared)]
+def _run_batch(engine: InferenceEngine, batch: list, screen=None) -> Iterator[FileResult]:
+    ok = [r for _, r in batch if isinstance(r, Prepared)]
+    refused: dict[int, str] = {}
+    if screen is not None and ok:
+        verdicts = screen(ok)
+        refused = {id(r): why for r, why in zip(ok, verdicts, strict=True) if why}
+        ok = [r for r in ok if id(r) not in refused]
     probs, model_s = None, 0.0
     if ok:
         tick = time.perf_counter()
-        probs = engine.predict_batch(np.stack([r.pixels for _, r in ok]))
+        probs = engine.predict_batch(np.stack([r.pixels for r in ok]))
         model_s = (time.perf_counter() - tick) / len(ok)
     row = 0
     thresholds = engine.info.thresholds
     for path, result in batch:
         if isinstance(result, str):
             yield FileResult(path, None, None, result, {})
-            continue
-        p = probs[row]
-        row += 1
-        yield FileResult(path, p, p >= thresholds, None, result.extra,
-                         result.decode_s, result.preprocess_s, model_s)  # fmt: skip
+        elif id(result) in refused:
+            yield FileResult(path, None, None, refused[id(result)], result.extra,
+                             result.decode_s, result.preprocess_s)  # fmt: skip
+        else:
+            p = probs[row]
+            row += 1
+            yield FileResult(path, p, p >= thresholds, None, result.extra,
+                             result.decode_s, result.preprocess_s, model_s)  # fmt: skip

@@ -246,6 +246,39 @@ class OodGate:
         self, pixels: np.ndarray, image: np.ndarray | None = None, raw: np.ndarray | None = None
     ) -> OodResult:
         """As `check`, when the preprocessed (S, S) uint8 pixels are already at hand."""
+        return self.check_batch(np.asarray(pixels)[None], [image], [raw])[0]
+
+    def check_batch(
+        self,
+        pixels: np.ndarray,
+        images: list[np.ndarray | None] | None = None,
+        raws: list[np.ndarray | None] | None = None,
+        contrasts: list[float | None] | None = None,
+    ) -> list[OodResult]:
+        """`check_preprocessed` for N images at once: one batched forward pass for the features
+        (what `cxr predict` uses, so a folder costs one model call per batch, not per image).
+
+        contrasts: `contrast(image)` per image, computed where the image was decoded, so a
+        caller need not keep the full-size images (then leave `images` None).
+        """
+        batch = np.asarray(pixels)
+        n = len(batch)
+        raws = list(raws) if raws is not None else [None] * n
+        if contrasts is None:
+            images = list(images) if images is not None else [None] * n
+            contrasts = [None if im is None else contrast(im) for im in images]
+        if len(contrasts) != n or len(raws) != n:
+            raise ValueError(f"{n} images need {n} images/raws, got {len(contrasts)}/{len(raws)}")
+        if n == 0:
+            return []
+        layout = self.layout.distance(thumbnails(batch, self.config.thumbnail))
+        features = self.features.distance(penultimate_features(self.run.model, batch))
+        return [
+            self._verdict(batch[i], contrasts[i], raws[i], float(layout[i]), float(features[i]))
+            for i in range(n)
+        ]
+
+    def _verdict(self, pixels, contrast_score, raw, layout: float, features: float) -> OodResult:
         lim = self.limits
         checks: dict[str, dict] = {}
 
@@ -255,15 +288,13 @@ class OodGate:
         if raw is not None:
             c = colourfulness(raw)
             record("colour", c, lim["colour_max"], c <= lim["colour_max"])
-        if image is not None:
-            c = contrast(image)
+        if contrast_score is not None:
+            c = float(contrast_score)
             record("blank", c, lim["contrast_min"], c >= lim["contrast_min"])
         m = midline_score(pixels)
         record("inverted", m, lim["midline_min"], m >= lim["midline_min"])
-        d = float(self.layout.distance(thumbnails(pixels, self.config.thumbnail))[0])
-        record("layout", d, lim["layout_max"], d <= lim["layout_max"])
-        f = float(self.features.distance(penultimate_features(self.run.model, pixels))[0])
-        record("features", f, lim["feature_max"], f <= lim["feature_max"])
+        record("layout", layout, lim["layout_max"], layout <= lim["layout_max"])
+        record("features", features, lim["feature_max"], features <= lim["feature_max"])
 
         failed = [name for name, c in checks.items() if not c["ok"]]
         decisive = checks[failed[0]] if failed else checks["features"]

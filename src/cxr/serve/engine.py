@@ -226,6 +226,12 @@ class Engine:
 
     def check(self, decoded: Decoded, name: str) -> dict:
         """Refuse colour photographs and what the run's OOD gate rejects; say what was checked."""
+        self.check_colour(decoded, name)
+        if self.gate is None:
+            return {"checked": False, "reason": self.gate_note}
+        return self.ood_answer(self.gate.check(decoded.image, raw=decoded.colour), name)
+
+    def check_colour(self, decoded: Decoded, name: str) -> None:
         if self.cfg.colour_check and decoded.coloured_fraction > COLOUR_FRACTION:
             raise NotAChestXray(
                 f"this looks like a colour photograph ({decoded.coloured_fraction:.0%} of its "
@@ -233,9 +239,9 @@ class Engine:
                 "(DICOM, or a greyscale PNG/JPEG export)",
                 path=name,
             )
-        if self.gate is None:
-            return {"checked": False, "reason": self.gate_note}
-        result = self.gate.check(decoded.image, raw=decoded.colour)
+
+    def ood_answer(self, result, name: str) -> dict:
+        """The gate's verdict as the API reports it; raises NotAChestXray when it refuses."""
         ood = {
             "checked": True,
             "ok": bool(result.ok),
@@ -279,10 +285,7 @@ class Engine:
         timing["checks"] = time.perf_counter() - start - timing["decode"]
         warnings_ = []
         if ood.get("ok") is False:  # the gate is set to warn, not refuse
-            warnings_.append(
-                f"Out-of-distribution warning: {ood['reason']}. The model was not trained on "
-                "images like this one; treat its output as meaningless."
-            )
+            warnings_.append(ood_warning(ood))
 
         with self._model_lock:
             prediction = self.predictor.predict(decoded.image)
@@ -344,6 +347,14 @@ class Engine:
         from cxr.explain import overlay
 
         return {f: png_data_url(overlay(grey, _resize(m, shown))) for f, m in maps.items()}
+
+
+def ood_warning(ood: dict) -> str:
+    """What a prediction carries when the gate is set to warn and the image failed it."""
+    return (
+        f"Out-of-distribution warning: {ood['reason']}. The model was not trained on "
+        "images like this one; treat its output as meaningless."
+    )
 
 
 def _finite_or_none(value) -> float | None:
