@@ -16,8 +16,8 @@ import torch
 
 from cxr import NOT_A_MEDICAL_DEVICE
 from cxr.calibration import load_calibration
+from cxr.engine import EngineInfo, TorchEngine, make_engine
 from cxr.evaluate import LoadedRun, load_run
-from cxr.models import probabilities
 from cxr.preprocess import Geometry, model_input, preprocess_with_geometry
 
 
@@ -75,13 +75,16 @@ class Predictor:
         self.run = run
         self.device = torch.device(device)
         self.model = run.model.to(self.device).eval()  # kept for Grad-CAM on either backend
-        # backend "onnx": probabilities from ONNX Runtime (RUN/model.onnx, `cxr export`), whose
-        # contract is checked against the run first; it applies the same temperature.
+        # Probabilities come from cxr.engine, the one interface behind serve, predict and the
+        # benchmarks: PyTorch (this model) or ONNX Runtime (RUN/model.onnx from `cxr export`,
+        # whose contract is checked against the run first); both apply the same temperature.
         self.backend = backend
-        self.engine = None
-        if backend != "torch":
-            from cxr.engine import make_engine
-
+        if backend == "torch":  # this run as loaded (it may live only in memory, e.g. in tests)
+            info = EngineInfo(run.run_dir, run.config, list(run.findings), run.task,
+                              np.asarray(run.thresholds, dtype=np.float64),
+                              float(self.temperature), run.info)  # fmt: skip
+            self.engine = TorchEngine(info, self.model, device)
+        else:
             self.engine = make_engine(run.run_dir, backend=backend, device=device)
 
     @classmethod
@@ -105,11 +108,7 @@ class Predictor:
     def predict(self, image: np.ndarray) -> Prediction:
         start = time.perf_counter()
         pixels, geometry = self.prepare(image)
-        if self.engine is not None:
-            probs = self.engine.predict_batch(pixels[None])[0].astype(np.float64)
-        else:
-            logits = self.model(self.input_tensor(pixels)).float() / self.temperature
-            probs = probabilities(logits, self.run.task)[0].cpu().numpy().astype(np.float64)
+        probs = self.engine.predict_batch(pixels[None])[0].astype(np.float64)
         return Prediction(
             self.findings, probs, self.run.thresholds, pixels, geometry,
             time.perf_counter() - start,

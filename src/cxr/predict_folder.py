@@ -92,7 +92,7 @@ def predict_folder(
     rows, n_ok, total = [], 0, 0.0
     start = time.perf_counter()
     results = predict_files(
-        _model_engine(serve), files, batch_size=batch_size, workers=workers,
+        serve.predictor.engine, files, batch_size=batch_size, workers=workers,
         prepare=_preparer(serve), screen=_screen(serve), progress=progress,
     )  # fmt: skip
     for r in results:
@@ -118,15 +118,6 @@ def predict_folder(
         rows.append(row)
     _write_csv(out, csv_columns(findings), rows)
     return FolderResult(out, n_ok, len(rows) - n_ok, total, time.perf_counter() - start)
-
-
-def _model_engine(serve):
-    """The batched engine for the served run: the ONNX one it already holds, or PyTorch."""
-    from cxr.engine import make_engine
-
-    if serve.predictor.engine is not None:
-        return serve.predictor.engine
-    return make_engine(serve.predictor.run, backend="torch", device=serve.cfg.device)
 
 
 def _preparer(serve):
