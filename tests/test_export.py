@@ -83,6 +83,23 @@ def test_onnx_runtime_matches_pytorch_on_real_images(exported, kermany_train, ca
     assert np.array_equal(onnx_engine.thresholds, torch_engine.thresholds)
 
 
+def test_pytorch_gives_the_gate_features_from_the_same_pass(exported, kermany_train):
+    """With the OOD gate on, `cxr predict` takes the gate's features from the forward pass that
+    gives the probabilities: they must be what the gate would compute on its own."""
+    from cxr.evaluate import load_run
+    from cxr.ood import penultimate_features
+
+    torch_engine = make_engine(exported, backend="torch")
+    _, pixels = _real_images(kermany_train, 6, torch_engine.info.preprocess)
+    probs, features = torch_engine.predict_with_features(pixels)
+    np.testing.assert_allclose(probs, torch_engine.predict_batch(pixels), atol=1e-6)
+    own = penultimate_features(load_run(exported).model, pixels)
+    assert features.shape == own.shape == (6, 512)
+    np.testing.assert_allclose(features, own, rtol=1e-4, atol=1e-5)
+    onnx_probs, none = make_engine(exported, backend="onnx").predict_with_features(pixels)
+    assert none is None and np.abs(onnx_probs - probs).max() < 1e-4
+
+
 def _copy(run: Path, tmp_path: Path) -> Path:
     out = tmp_path / "copy"
     shutil.copytree(run, out, ignore=shutil.ignore_patterns("checkpoints"))

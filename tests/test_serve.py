@@ -574,18 +574,23 @@ def test_cli_predict_folder_writes_a_csv_and_never_overwrites(run_dir, kermany_t
                  "--force"]) == 0  # fmt: skip
 
 
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
 def test_cli_predict_rows_agree_with_the_api_and_the_gate_refuses_in_batches(
-    run_dir, kermany_train, nih_png, tmp_path, capsys
+    run_dir, kermany_train, nih_png, tmp_path, capsys, backend
 ):
-    """Batched `cxr predict` (worker threads, batches of 3, the gate on whole batches) gives
-    each file the probabilities and OOD verdict that POST /api/predict gives it."""
+    """Batched `cxr predict` (worker threads, batches of 3, the gate on whole batches, with the
+    features of the prediction's own forward pass on PyTorch) gives each file the
+    probabilities and OOD verdict that POST /api/predict gives it."""
     import shutil
 
+    from cxr.export import export_run
     from cxr.ood import OodConfig, fit_ood_gate_for_run
 
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
     fit_ood_gate_for_run(run, OodConfig(action="refuse"), progress=False)
+    if backend == "onnx":
+        export_run(run)
     folder = tmp_path / "in"
     folder.mkdir()
     for p in sorted((kermany_train / "NORMAL").iterdir())[:4]:
@@ -594,7 +599,7 @@ def test_cli_predict_rows_agree_with_the_api_and_the_gate_refuses_in_batches(
     (folder / "blank.png").write_bytes(png_bytes(np.full((224, 224), 128, np.uint8)))
     out = tmp_path / "predictions.csv"
     assert main(["predict", str(folder), "--model", str(run), "--out", str(out),
-                 "--batch-size", "3", "--workers", "2"]) == 0  # fmt: skip
+                 "--batch-size", "3", "--workers", "2", "--backend", backend]) == 0  # fmt: skip
     assert "images/s" in capsys.readouterr().out
     rows = {r["file"]: r for r in csv.DictReader(out.open())}
     assert len(rows) == 6

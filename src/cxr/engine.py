@@ -155,6 +155,11 @@ class _Engine:
         logits = self.predict_logits(pixels)
         return probabilities_numpy(logits, self.info.task, self.info.temperature)
 
+    def predict_with_features(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities and, where the backend has them on the way, the pooled features the OOD
+        gate scores (float64 (N, F)); None where it has not (ONNX Runtime: logits only)."""
+        return self.predict_batch(pixels), None
+
     def _logits(self, pixels: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -174,16 +179,35 @@ class TorchEngine(_Engine):
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
 
-    def _logits(self, pixels: np.ndarray) -> np.ndarray:
+    def _input(self, pixels: np.ndarray):
         import torch
 
         from cxr.preprocess import model_input
 
+        x = model_input(torch.from_numpy(pixels)).to(self.device)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def _logits(self, pixels: np.ndarray) -> np.ndarray:
+        import torch
+
         with torch.inference_mode():
-            x = model_input(torch.from_numpy(pixels)).to(self.device)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            return self.model(x).float().cpu().numpy()
+            return self.model(self._input(pixels)).float().cpu().numpy()
+
+    def predict_with_features(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """One forward pass for both: the pooled layer4 features, then the fc head on them."""
+        import torch
+
+        from cxr.models import pooled_features
+
+        pixels = self.check_pixels(pixels)
+        if len(pixels) == 0:
+            k = len(self.findings)
+            return np.zeros((0, k)), np.zeros((0, self.model.fc.in_features))
+        with torch.inference_mode():
+            features = pooled_features(self.model, self._input(pixels))
+            logits = self.model.fc(features).float().cpu().numpy()
+        probs = probabilities_numpy(logits, self.info.task, self.info.temperature)
+        return probs, features.float().cpu().numpy().astype(np.float64)
 
 
 class OnnxEngine(_Engine):
@@ -407,7 +431,7 @@ def predict_files(
     workers: int | None = None,
     prepare: Callable[[Path], Prepared] | None = None,
     progress: bool = True,
-    screen: Callable[[list[Prepared]], list[str | None]] | None = None,
+    screen: Callable[[list[Prepared], np.ndarray | None], list[str | None]] | None = None,
 ) -> Iterator[FileResult]:
     """Predict every file, in order, batch_size images per model call.
 
@@ -416,8 +440,9 @@ def predict_files(
     ValueError yields a FileResult with its error, and the others go on.
 
     `screen` (e.g. the run's out-of-distribution gate, batched) sees each batch's prepared
-    images before the model and returns, per image, None to go on or the reason it is refused;
-    it may add to each Prepared's `extra`, which the FileResult carries.
+    images with the pooled features the model computed on the way to its logits (PyTorch; None
+    for ONNX Runtime), and returns, per image, None to keep its prediction or the reason it is
+    refused; it may add to each Prepared's `extra`, which the FileResult carries.
     """
     from tqdm.auto import tqdm
 
@@ -460,25 +485,28 @@ def predict_files(
 def _run_batch(engine: InferenceEngine, batch: list, screen=None) -> Iterator[FileResult]:
     ok = [r for _, r in batch if isinstance(r, Prepared)]
     refused: dict[int, str] = {}
-    if screen is not None and ok:
-        verdicts = screen(ok)
-        refused = {id(r): why for r, why in zip(ok, verdicts, strict=True) if why}
-        ok = [r for r in ok if id(r) not in refused]
     probs, model_s = None, 0.0
     if ok:
         tick = time.perf_counter()
-        probs = engine.predict_batch(np.stack([r.pixels for r in ok]))
+        pixels = np.stack([r.pixels for r in ok])
+        if screen is None:
+            probs = engine.predict_batch(pixels)
+        else:  # the gate judges with the features the model computed on the way (if it did)
+            probs, features = engine.predict_with_features(pixels)
+            verdicts = screen(ok, features)
+            refused = {id(r): why for r, why in zip(ok, verdicts, strict=True) if why}
         model_s = (time.perf_counter() - tick) / len(ok)
     row = 0
     thresholds = engine.info.thresholds
     for path, result in batch:
         if isinstance(result, str):
             yield FileResult(path, None, None, result, {})
-        elif id(result) in refused:
+            continue
+        p = probs[row]
+        row += 1
+        if id(result) in refused:
             yield FileResult(path, None, None, refused[id(result)], result.extra,
-                             result.decode_s, result.preprocess_s)  # fmt: skip
+                             result.decode_s, result.preprocess_s, model_s)  # fmt: skip
         else:
-            p = probs[row]
-            row += 1
             yield FileResult(path, p, p >= thresholds, None, result.extra,
                              result.decode_s, result.preprocess_s, model_s)  # fmt: skip

@@ -42,6 +42,15 @@ def build_model(cfg: ModelConfig, num_outputs: int) -> nn.Module:
     return model
 
 
+def pooled_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """(N, F) pooled layer4 of a torchvision ResNet: its forward pass up to, not including, fc,
+    so `model.fc(pooled_features(model, x))` is `model(x)` (the OOD gate and the logits from
+    one pass)."""
+    x = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+    x = model.layer4(model.layer3(model.layer2(model.layer1(x))))
+    return torch.flatten(model.avgpool(x), 1)
+
+
 def _grey_stem(conv: nn.Conv2d) -> nn.Conv2d:
     """One input channel; pretrained RGB filters are summed, which is what a grey image
     replicated to RGB would have seen, so ImageNet features carry over unchanged."""

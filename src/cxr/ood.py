@@ -45,6 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from cxr import NOT_A_MEDICAL_DEVICE
 from cxr.errors import ConfigError, CxrError
 from cxr.evaluate import LoadedRun, load_run
+from cxr.models import pooled_features
 from cxr.preprocess import model_input, preprocess
 
 GATE_FILE = "ood.json"
@@ -184,9 +185,7 @@ def penultimate_features(model: torch.nn.Module, pixels: np.ndarray, batch_size=
     for start in range(0, len(batch), batch_size):
         chunk = np.array(batch[start : start + batch_size], dtype=np.uint8)  # a writable copy
         x = model_input(torch.from_numpy(chunk)).to(device)
-        x = model.maxpool(model.relu(model.bn1(model.conv1(x))))
-        x = model.layer4(model.layer3(model.layer2(model.layer1(x))))
-        out.append(torch.flatten(model.avgpool(x), 1).float().cpu().numpy())
+        out.append(pooled_features(model, x).float().cpu().numpy())
     model.train(was_training)
     return np.concatenate(out).astype(np.float64)
 
@@ -254,12 +253,15 @@ class OodGate:
         images: list[np.ndarray | None] | None = None,
         raws: list[np.ndarray | None] | None = None,
         contrasts: list[float | None] | None = None,
+        features: np.ndarray | None = None,
     ) -> list[OodResult]:
         """`check_preprocessed` for N images at once: one batched forward pass for the features
         (what `cxr predict` uses, so a folder costs one model call per batch, not per image).
 
         contrasts: `contrast(image)` per image, computed where the image was decoded, so a
         caller need not keep the full-size images (then leave `images` None).
+        features: the run model's `pooled_features` of these pixels when the caller already
+        has them (PyTorch predictions compute them on the way to the logits); else computed.
         """
         batch = np.asarray(pixels)
         n = len(batch)
@@ -272,7 +274,12 @@ class OodGate:
         if n == 0:
             return []
         layout = self.layout.distance(thumbnails(batch, self.config.thumbnail))
-        features = self.features.distance(penultimate_features(self.run.model, batch))
+        if features is None:
+            features = penultimate_features(self.run.model, batch)
+        elif np.shape(features) != (n, self.features.mean.shape[0]):
+            raise ValueError(f"features must be ({n}, {self.features.mean.shape[0]}), "
+                             f"got {np.shape(features)}")  # fmt: skip
+        features = self.features.distance(np.asarray(features, dtype=np.float64))
         return [
             self._verdict(batch[i], contrasts[i], raws[i], float(layout[i]), float(features[i]))
             for i in range(n)

@@ -145,11 +145,12 @@ def _preparer(serve):
 
 
 def _screen(serve):
-    """The run's OOD gate on a whole batch (one forward pass for its features), as the API
-    words it: a refusal becomes the file's error, a warning goes into its row."""
+    """The run's OOD gate on a whole batch, as the API words it: a refusal becomes the file's
+    error, a warning goes into its row. With PyTorch the gate's features come from the same
+    forward pass as the probabilities; with ONNX Runtime the gate runs its own."""
     from cxr.serve.engine import NotAChestXray, ood_warning
 
-    def screen(batch: list) -> list[str | None]:
+    def screen(batch: list, features: np.ndarray | None) -> list[str | None]:
         if serve.gate is None:
             for item in batch:
                 item.extra.pop("raw", None)
@@ -159,6 +160,7 @@ def _screen(serve):
             np.stack([item.pixels for item in batch]),
             raws=[item.extra.pop("raw", None) for item in batch],
             contrasts=[item.extra.pop("contrast", None) for item in batch],
+            features=features,
         )
         errors: list[str | None] = []
         for item, verdict in zip(batch, verdicts, strict=True):
