@@ -204,6 +204,65 @@ def test_two_gloo_processes_match_one_process_and_resume_on_one(kermany_train, t
     assert abs(resumed.history[1]["val_mean_auroc"] - a[1]["val_mean_auroc"]) <= 0.05
 
 
+def _one_step_gradients(rank: int, size: int, port: int, queue) -> None:
+    """One training step of `cxr.train`'s sharded loop on this rank's rows (spawned)."""
+    import torch.distributed as dist
+
+    from cxr.distributed import wrap_model
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=size)
+    model, x, y = _step_inputs()
+    net = wrap_model(model, World(rank=rank, size=size, local_rank=rank, local_size=size),
+                     torch.device("cpu"))  # fmt: skip
+    rows = share(len(x), World(rank=rank, size=size))
+    loss = torch.nn.functional.cross_entropy(net(x[rows]), y[rows])
+    (loss * (len(y[rows]) * size / len(x))).backward()  # the weighting train.py uses
+    if rank == 0:
+        queue.put({n: p.grad.numpy().copy() for n, p in model.named_parameters()})
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def _step_inputs():
+    from cxr.config import ModelConfig
+    from cxr.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch="resnet18", pretrained="none"), 2).train()
+    g = torch.Generator().manual_seed(1)
+    return model, torch.randn(23, 1, 32, 32, generator=g), torch.randint(0, 2, (23,), generator=g)
+
+
+@pytest.mark.slow
+def test_one_step_on_two_gloo_processes_gives_one_process_gradients():
+    """GlooSyncBatchNorm (global-batch statistics, gradients across ranks) and the loss weighting
+    give DDP's averaged gradients of one process on the whole batch; 23 images split 12 + 11."""
+    import torch.multiprocessing as mp
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model, x, y = _step_inputs()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+    finally:
+        torch.set_num_threads(threads)
+    ctx = mp.get_context("spawn")
+    queue, port = ctx.Queue(), _free_port()
+    procs = [ctx.Process(target=_one_step_gradients, args=(r, 2, port, queue)) for r in (0, 1)]
+    for proc in procs:
+        proc.start()
+    got = queue.get(timeout=300)
+    for proc in procs:
+        proc.join(timeout=60)
+    assert all(proc.exitcode == 0 for proc in procs)
+    for name, param in model.named_parameters():
+        want = param.grad.numpy()
+        scale = float(np.abs(want).max()) + 1e-12
+        assert np.abs(got[name] - want).max() / scale < 1e-4, name
+
+
 @pytest.mark.slow
 def test_processes_launched_with_different_configs_stop_before_work(kermany_train, tmp_path):
     out = tmp_path / "run"
