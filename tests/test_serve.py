@@ -170,6 +170,7 @@ def test_health_and_model_answer_without_running_the_model(engine, run_dir, spec
         raise AssertionError("the model must not run for /api/health or /api/model")
 
     monkeypatch.setattr(engine.predictor, "predict", broken)
+    monkeypatch.setattr(engine.predictor, "predict_with_features", broken)
     monkeypatch.setattr(engine.predictor.model, "forward", broken)
     client = make_client(engine)
     health = client.get("/api/health")
@@ -375,16 +376,17 @@ def test_ood_gate_verdicts(engine, kermany_jpeg, monkeypatch, ok, action, status
     class Gate:
         seen: list = []
 
-        def check(self, image, raw=None):
-            self.seen.append((image.shape, raw is None))
+        def check_preprocessed(self, pixels, image=None, raw=None, features=None):
+            self.seen.append((pixels.shape, image.shape, raw is None, np.shape(features)))
             return Verdict()
 
     gate = Gate()
     monkeypatch.setattr(engine, "gate", gate)
     response = upload(make_client(engine), kermany_jpeg.read_bytes(), "x.jpeg")
     assert response.status_code == status
-    # the gate saw the decoded image, and the colour pixels of this RGB-stored JPEG
-    assert gate.seen == [((224, 224), False)]
+    # the gate saw the model's input, the decoded image, the colour pixels of this RGB-stored
+    # JPEG, and the pooled features of the prediction's own forward pass (ResNet-18: 512)
+    assert gate.seen == [((48, 48), (224, 224), False, (1, 512))]
     body = response.get_json()
     assert body["ood"] == {"checked": True, "ok": ok, "score": 9.5, "threshold": 3.0,
                            "reason": "far from training", "action": action}  # fmt: skip
@@ -436,12 +438,12 @@ def test_no_file_or_wrong_field_is_400(client, kermany_jpeg):
 def test_unexpected_failure_is_a_500_json_and_the_server_recovers(engine, kermany_jpeg,
                                                                    monkeypatch):  # fmt: skip
     client = make_client(engine)
-    real = engine.predictor.predict
-    monkeypatch.setattr(engine.predictor, "predict", lambda image: 1 / 0)
+    real = engine.predictor.predict_with_features
+    monkeypatch.setattr(engine.predictor, "predict_with_features", lambda image: 1 / 0)
     response = upload(client, kermany_jpeg.read_bytes(), "x.jpeg")
     assert response.status_code == 500
     assert response.get_json()["code"] == "internal_error"
-    monkeypatch.setattr(engine.predictor, "predict", real)
+    monkeypatch.setattr(engine.predictor, "predict_with_features", real)
     assert upload(client, kermany_jpeg.read_bytes(), "x.jpeg").status_code == 200
 
 

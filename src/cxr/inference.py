@@ -104,12 +104,18 @@ class Predictor:
     def input_tensor(self, preprocessed: np.ndarray) -> torch.Tensor:
         return model_input(torch.from_numpy(preprocessed)[None]).to(self.device)
 
-    @torch.no_grad()
     def predict(self, image: np.ndarray) -> Prediction:
+        return self.predict_with_features(image)[0]
+
+    @torch.no_grad()
+    def predict_with_features(self, image: np.ndarray) -> tuple[Prediction, np.ndarray | None]:
+        """The prediction and, on the PyTorch backend, the pooled features of the same forward
+        pass ((1, F) float64, what the OOD gate scores); None on ONNX Runtime."""
         start = time.perf_counter()
         pixels, geometry = self.prepare(image)
-        probs = self.engine.predict_batch(pixels[None])[0].astype(np.float64)
-        return Prediction(
-            self.findings, probs, self.run.thresholds, pixels, geometry,
+        probs, features = self.engine.predict_with_features(pixels[None])
+        prediction = Prediction(
+            self.findings, probs[0].astype(np.float64), self.run.thresholds, pixels, geometry,
             time.perf_counter() - start,
         )  # fmt: skip
+        return prediction, features

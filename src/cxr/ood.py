@@ -242,10 +242,15 @@ class OodGate:
         return self.check_preprocessed(pixels, image=image, raw=raw)
 
     def check_preprocessed(
-        self, pixels: np.ndarray, image: np.ndarray | None = None, raw: np.ndarray | None = None
+        self,
+        pixels: np.ndarray,
+        image: np.ndarray | None = None,
+        raw: np.ndarray | None = None,
+        features: np.ndarray | None = None,
     ) -> OodResult:
-        """As `check`, when the preprocessed (S, S) uint8 pixels are already at hand."""
-        return self.check_batch(np.asarray(pixels)[None], [image], [raw])[0]
+        """As `check`, when the preprocessed (S, S) uint8 pixels (and perhaps the model's
+        pooled features of them, (1, F)) are already at hand."""
+        return self.check_batch(np.asarray(pixels)[None], [image], [raw], features=features)[0]
 
     def check_batch(
         self,

@@ -224,12 +224,15 @@ class Engine:
             )
         return names
 
-    def check(self, decoded: Decoded, name: str) -> dict:
-        """Refuse colour photographs and what the run's OOD gate rejects; say what was checked."""
-        self.check_colour(decoded, name)
+    def check_gate(self, decoded: Decoded, pixels, features, name: str) -> dict:
+        """The run's OOD gate on the preprocessed pixels (and the prediction's own features,
+        when the backend gave them): what was checked; NotAChestXray when it refuses."""
         if self.gate is None:
             return {"checked": False, "reason": self.gate_note}
-        return self.ood_answer(self.gate.check(decoded.image, raw=decoded.colour), name)
+        result = self.gate.check_preprocessed(
+            pixels, image=decoded.image, raw=decoded.colour, features=features
+        )
+        return self.ood_answer(result, name)
 
     def check_colour(self, decoded: Decoded, name: str) -> None:
         if self.cfg.colour_check and decoded.coloured_fraction > COLOUR_FRACTION:
@@ -281,15 +284,17 @@ class Engine:
         self.heatmap_findings(heatmaps, dict.fromkeys(self.findings, 0.0), set())  # fail early
         decoded = decode_upload(data, name, self.cfg.max_pixels)
         timing["decode"] = time.perf_counter() - start
-        ood = self.check(decoded, name)
-        timing["checks"] = time.perf_counter() - start - timing["decode"]
+        self.check_colour(decoded, name)
+        # One forward pass: the probabilities, and on PyTorch the features the OOD gate scores.
+        with self._model_lock:
+            prediction, features = self.predictor.predict_with_features(decoded.image)
+        timing["predict"] = prediction.seconds
+        tick = time.perf_counter()
+        ood = self.check_gate(decoded, prediction.preprocessed, features, name)
+        timing["checks"] = time.perf_counter() - tick
         warnings_ = []
         if ood.get("ok") is False:  # the gate is set to warn, not refuse
             warnings_.append(ood_warning(ood))
-
-        with self._model_lock:
-            prediction = self.predictor.predict(decoded.image)
-        timing["predict"] = prediction.seconds
         answer = prediction.as_dict()
         probs = {f["finding"]: f["probability"] for f in answer["findings"]}
         positive = {f["finding"] for f in answer["findings"] if f["positive"]}
