@@ -34,10 +34,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cxr.batch_predict import predict_files
 from cxr.checkpoint import save_weights
 from cxr.config import RunConfig, save_config
 from cxr.data.image_io import decode_image
-from cxr.engine import cpu_cores, make_engine, predict_files
+from cxr.engine import cpu_cores, make_engine
 from cxr.export import export_run
 from cxr.models import build_model
 from cxr.preprocess import preprocess

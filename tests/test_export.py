@@ -12,10 +12,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from cxr.batch_predict import predict_files
 from cxr.cli import main
 from cxr.config import config_from_dict
 from cxr.data.image_io import decode_image
-from cxr.engine import OnnxEngine, TorchEngine, make_engine, predict_files
+from cxr.engine import OnnxEngine, TorchEngine, make_engine
 from cxr.errors import ConfigError, CxrError
 from cxr.preprocess import preprocess
 

@@ -20,14 +20,10 @@ from cxr.ood import (
     OodConfig,
     OodGate,
     OutOfDistributionError,
-    colour_photo,
     colourfulness,
-    fit_ood_gate,
-    fit_ood_gate_for_run,
-    flag_rate,
-    iter_split_images,
-    probe_inputs,
 )
+from cxr.ood_fit import fit_ood_gate, fit_ood_gate_for_run, flag_rate, iter_split_images
+from cxr.ood_probes import colour_photo, probe_inputs
 from cxr.train import train
 
 pytestmark = pytest.mark.slow

@@ -404,7 +404,9 @@ def test_real_ood_gate_fitted_on_the_run(run_dir, kermany_jpeg, tmp_path):
     ood = pytest.importorskip("cxr.ood")
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)
-    ood.fit_ood_gate_for_run(copy, ood.OodConfig(action="refuse"), progress=False)
+    from cxr.ood_fit import fit_ood_gate_for_run
+
+    fit_ood_gate_for_run(copy, ood.OodConfig(action="refuse"), progress=False)
     client = make_client(Engine({"model": str(copy)}))
     info = client.get("/api/model").get_json()
     assert info["ood_gate"]["enabled"] and "refuse" in info["ood_gate"]["note"]
@@ -586,7 +588,8 @@ def test_cli_predict_rows_agree_with_the_api_and_the_gate_refuses_in_batches(
     import shutil
 
     from cxr.export import export_run
-    from cxr.ood import OodConfig, fit_ood_gate_for_run
+    from cxr.ood import OodConfig
+    from cxr.ood_fit import fit_ood_gate_for_run
 
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)

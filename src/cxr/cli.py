@@ -287,7 +287,8 @@ def _overlay_path(image: Path, out: str | None, finding: str, method: str, sever
 def cmd_ood_fit(args: argparse.Namespace) -> int:
     from cxr.errors import ConfigError
     from cxr.evaluate import load_run
-    from cxr.ood import GATE_FILE, OodConfig, fit_ood_gate_for_run, flag_rate, iter_split_images
+    from cxr.ood import GATE_FILE, OodConfig
+    from cxr.ood_fit import fit_ood_gate_for_run, flag_rate, iter_split_images
 
     try:
         config = OodConfig(action=args.action, percentile=args.percentile)

@@ -2,7 +2,7 @@
 
 The same checks as `POST /api/predict` (decode limits, colour-photo refusal, the run's
 out-of-distribution gate, the validation thresholds), so a CSV row and an API answer agree;
-but batched through `cxr.engine.predict_files`: worker threads decode and preprocess the next
+but batched through `cxr.batch_predict.predict_files`: worker threads decode and preprocess the next
 images while the model (PyTorch or ONNX Runtime) and the gate run on whole batches.
 A file that cannot be used gets a row with its error, and the others go on.
 """
@@ -71,7 +71,7 @@ def predict_folder(
     workers: int | None = None,
 ) -> FolderResult:
     """Predict every image under `folder` with the run in `model`; one CSV row per file."""
-    from cxr.engine import predict_files
+    from cxr.batch_predict import predict_files
     from cxr.serve.engine import Engine
 
     out = Path(out)
@@ -123,7 +123,7 @@ def predict_folder(
 def _preparer(serve):
     """path -> Prepared, in a worker thread: read, decode with the API's limits, refuse colour
     photographs, preprocess; keeps only what the gate needs (not the full-size image)."""
-    from cxr.engine import Prepared
+    from cxr.batch_predict import Prepared
     from cxr.ood import contrast
     from cxr.preprocess import preprocess
     from cxr.serve.engine import decode_upload
