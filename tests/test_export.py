@@ -84,9 +84,10 @@ def test_onnx_runtime_matches_pytorch_on_real_images(exported, kermany_train, ca
     assert np.array_equal(onnx_engine.thresholds, torch_engine.thresholds)
 
 
-def test_pytorch_gives_the_gate_features_from_the_same_pass(exported, kermany_train):
-    """With the OOD gate on, `cxr predict` takes the gate's features from the forward pass that
-    gives the probabilities: they must be what the gate would compute on its own."""
+def test_both_backends_give_the_gate_features_from_the_same_pass(exported, kermany_train):
+    """With the OOD gate on, `cxr serve` and `cxr predict` take the gate's features from the
+    forward pass that gives the probabilities (PyTorch, and the ONNX graph's second output):
+    they must be what the gate would compute on its own."""
     from cxr.evaluate import load_run
     from cxr.ood import penultimate_features
 
@@ -97,8 +98,33 @@ def test_pytorch_gives_the_gate_features_from_the_same_pass(exported, kermany_tr
     own = penultimate_features(load_run(exported).model, pixels)
     assert features.shape == own.shape == (6, 512)
     np.testing.assert_allclose(features, own, rtol=1e-4, atol=1e-5)
-    onnx_probs, none = make_engine(exported, backend="onnx").predict_with_features(pixels)
-    assert none is None and np.abs(onnx_probs - probs).max() < 1e-4
+    onnx_probs, onnx_features = make_engine(exported, backend="onnx").predict_with_features(pixels)
+    assert np.abs(onnx_probs - probs).max() < 1e-4
+    np.testing.assert_allclose(onnx_features, own, rtol=1e-4, atol=1e-5)
+    contract = json.loads((exported / "model.onnx.json").read_text())
+    assert contract["features"]["shape"] == ["batch", 512] and contract["version"] == 2
+
+
+def test_an_export_without_the_features_output_still_serves(exported, kermany_train, tmp_path):
+    """Exports from contract version 1 (logits only) load; the gate then runs its own pass."""
+    import onnx
+
+    from cxr.export import file_sha256
+
+    copy = _copy(exported, tmp_path)
+    model = onnx.load(str(copy / "model.onnx"))
+    del model.graph.output[1]
+    onnx.save(model, str(copy / "model.onnx"))
+    contract = json.loads((copy / "model.onnx.json").read_text())
+    contract |= {"version": 1, "onnx_sha256": file_sha256(copy / "model.onnx")}
+    del contract["features"]
+    (copy / "model.onnx.json").write_text(json.dumps(contract))
+    engine = make_engine(copy, backend="onnx")
+    _, pixels = _real_images(kermany_train, 2, engine.info.preprocess)
+    probs, features = engine.predict_with_features(pixels)
+    assert features is None
+    full = make_engine(exported, "onnx")
+    np.testing.assert_allclose(probs, full.predict_batch(pixels), atol=1e-6)
 
 
 def _copy(run: Path, tmp_path: Path) -> Path:

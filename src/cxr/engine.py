@@ -231,11 +231,26 @@ class OnnxEngine(_Engine):
             str(self.onnx_path), options, providers=_providers(device, ort)
         )
         self.input_name = self.session.get_inputs()[0].name
-        self.output_name = self.session.get_outputs()[0].name
+        outputs = [o.name for o in self.session.get_outputs()]
+        self.output_name = outputs[0]
+        # Exports since contract version 2 also give the features the OOD gate scores.
+        self.features_name = outputs[1] if len(outputs) > 1 else None
 
     def _logits(self, pixels: np.ndarray) -> np.ndarray:
         x = normalise_numpy(pixels)
         return self.session.run([self.output_name], {self.input_name: x})[0]
+
+    def predict_with_features(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        if self.features_name is None:  # an export from before the features output
+            return super().predict_with_features(pixels)
+        pixels = self.check_pixels(pixels)
+        if len(pixels) == 0:
+            return np.zeros((0, len(self.findings))), None
+        logits, features = self.session.run(
+            [self.output_name, self.features_name], {self.input_name: normalise_numpy(pixels)}
+        )
+        probs = probabilities_numpy(logits, self.info.task, self.info.temperature)
+        return probs, features.astype(np.float64)
 
 
 def cpu_cores() -> int:
@@ -295,7 +310,7 @@ def make_engine(
 
 def check_contract(info: EngineInfo, onnx_path: Path) -> dict:
     """Refuse an ONNX file that does not fit the run: names each field that differs."""
-    from cxr.export import CONTRACT_FORMAT, CONTRACT_VERSION, file_sha256
+    from cxr.export import CONTRACT_FORMAT, CONTRACT_VERSIONS, file_sha256
 
     contract_path = onnx_path.with_name(onnx_path.name + ".json")
     hint = f"re-export with `cxr export --model {info.run_dir}`"
@@ -308,8 +323,9 @@ def check_contract(info: EngineInfo, onnx_path: Path) -> dict:
         contract = json.loads(contract_path.read_text())
         if contract.get("format") != CONTRACT_FORMAT:
             raise ValueError(f"format is {contract.get('format')!r}, not {CONTRACT_FORMAT!r}")
-        if contract.get("version") != CONTRACT_VERSION:
-            raise ValueError(f"version {contract.get('version')!r}, expected {CONTRACT_VERSION}")
+        if contract.get("version") not in CONTRACT_VERSIONS:
+            raise ValueError(f"version {contract.get('version')!r}, expected one of "
+                             f"{', '.join(map(str, CONTRACT_VERSIONS))}")  # fmt: skip
     except (OSError, ValueError, AttributeError) as exc:
         raise CxrError(f"{contract_path}: not a cxr ONNX contract ({exc}); {hint}") from None
 
@@ -357,9 +373,9 @@ def _graph_problems(onnx_path: Path, info: EngineInfo) -> list[str]:
     def dims(value) -> list:
         return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
 
-    if len(graph.input) != 1 or len(graph.output) != 1:
+    if len(graph.input) != 1 or len(graph.output) not in (1, 2):
         return [f"the graph has {len(graph.input)} inputs and {len(graph.output)} outputs, "
-                "expected one image input and one logits output"]  # fmt: skip
+                "expected one image input, logits and perhaps features"]  # fmt: skip
     s, k = info.image_size, len(info.findings)
     problems = []
     shape = dims(graph.input[0])
@@ -371,6 +387,9 @@ def _graph_problems(onnx_path: Path, info: EngineInfo) -> list[str]:
     out = dims(graph.output[0])
     if len(out) != 2 or out[1] != k:
         problems.append(f"its output shape is {_show(out)} but the run has {k} findings")
+    if len(graph.output) == 2 and len(dims(graph.output[1])) != 2:
+        problems.append(f"its features output has shape {_show(dims(graph.output[1]))}, "
+                        "expected (batch, F)")  # fmt: skip
     return problems
 
 

@@ -3,7 +3,10 @@
 Two files land in the run folder:
 
 - `model.onnx`: float32 input "image" (batch, 1, S, S), already normalised as in training
-  ((uint8 / 255 - MEAN) / STD), output "logits" (batch, K). The batch axis is dynamic.
+  ((uint8 / 255 - MEAN) / STD), outputs "logits" (batch, K) and "features" (batch, F), the
+  pooled layer4 that the OOD gate scores (so serving with ONNX Runtime needs no second pass
+  for the gate; a consumer that wants logits only asks for them and the runtime skips the
+  rest). The batch axis is dynamic.
   Exported with torch's dynamo (torch.export) exporter at opset 18: the exporter's default
   and tested opset, well inside what onnxruntime 1.2x-1.3x runs (it reads opsets up to 23);
   a ResNet needs nothing newer than opset 13 (Conv, BatchNorm folded, Relu, MaxPool, Add,
@@ -41,10 +44,12 @@ from cxr.preprocess import MEAN, PIPELINE_VERSION, STD
 ONNX_FILE = "model.onnx"
 CONTRACT_FILE = "model.onnx.json"
 CONTRACT_FORMAT = "cxr-onnx-contract"
-CONTRACT_VERSION = 1
+CONTRACT_VERSION = 2  # 2: the "features" output; version 1 exports (logits only) still load
+CONTRACT_VERSIONS = (1, 2)
 OPSET = 18
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
+FEATURES_NAME = "features"
 VERIFY_TOLERANCE = 1e-4  # max |logit difference|; float32 reorderings give ~1e-6
 _VERIFY_IMAGES = 8
 _EXAMPLE_BATCH = 2  # torch.export specialises a dimension traced at size 1, so trace at 2
@@ -104,9 +109,24 @@ def export_run(
     return ExportResult(out, contract_path, diff, verified_on, time.perf_counter() - start)
 
 
+class _LogitsAndFeatures(torch.nn.Module):
+    """The run's ResNet with its pooled layer4 as a second output (the same single pass)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        from cxr.models import pooled_features
+
+        features = pooled_features(self.model, x)
+        return self.model.fc(features), features
+
+
 def export_model(model: torch.nn.Module, path: str | Path, image_size: int, opset: int = OPSET):
-    """torch.onnx.export (dynamo) of a (N, 1, S, S) -> (N, K) model with a dynamic batch axis."""
-    model = model.to("cpu", memory_format=torch.contiguous_format).eval()
+    """torch.onnx.export (dynamo) of (N, 1, S, S) -> logits (N, K), features (N, F), with a
+    dynamic batch axis."""
+    model = _LogitsAndFeatures(model.to("cpu", memory_format=torch.contiguous_format)).eval()
     example = torch.zeros(_EXAMPLE_BATCH, 1, image_size, image_size)
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
     # The exporter narrates each step on stdout; a CLI command should print only its result.
@@ -117,7 +137,7 @@ def export_model(model: torch.nn.Module, path: str | Path, image_size: int, opse
             dynamo=True,
             opset_version=opset,
             input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
+            output_names=[OUTPUT_NAME, FEATURES_NAME],
             dynamic_shapes=({0: batch},),
             external_data=False,
             optimize=True,
@@ -127,17 +147,23 @@ def export_model(model: torch.nn.Module, path: str | Path, image_size: int, opse
 
 
 def max_abs_difference(model: torch.nn.Module, onnx_path: str | Path, pixels: np.ndarray) -> float:
-    """max |logits(onnxruntime) - logits(torch)| on uint8 (N, S, S) preprocessed images."""
+    """max |onnxruntime - torch| on uint8 (N, S, S) preprocessed images, over the logits and
+    the features (both feed decisions: the calls and the OOD gate)."""
     import onnxruntime as ort
 
     from cxr.engine import normalise_numpy
+    from cxr.models import pooled_features
 
     x = normalise_numpy(pixels)
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    got = session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+    logits, features = session.run([OUTPUT_NAME, FEATURES_NAME], {INPUT_NAME: x})
     with torch.no_grad():
-        want = model.eval()(torch.from_numpy(x)).float().numpy()
-    return float(np.max(np.abs(got.astype(np.float64) - want)))
+        model = model.eval()
+        want_features = pooled_features(model, torch.from_numpy(x)).float()
+        want_logits = model(torch.from_numpy(x)).float().numpy()
+    logit_diff = np.max(np.abs(logits.astype(np.float64) - want_logits))
+    feature_diff = np.max(np.abs(features.astype(np.float64) - want_features.numpy()))
+    return float(max(logit_diff, feature_diff))
 
 
 def build_contract(run, onnx_path: Path, opset: int, diff: float, verified_on: str) -> dict:
@@ -169,6 +195,12 @@ def build_contract(run, onnx_path: Path, opset: int, diff: float, verified_on: s
                 "softmax(logits / T) over classes (multiclass), T from calibration.json or 1"
             ),
         },
+        "features": {
+            "name": FEATURES_NAME,
+            "shape": ["batch", int(run.model.fc.in_features)],
+            "dtype": "float32",
+            "meaning": "global-average-pooled layer4: what the run's OOD gate (ood.json) scores",
+        },
         "normalization": {
             "mean": MEAN,
             "std": STD,
@@ -185,7 +217,7 @@ def build_contract(run, onnx_path: Path, opset: int, diff: float, verified_on: s
         "thresholds": thresholds,
         "threshold_method": run.info.get("threshold_method", "validation split"),
         "verification": {
-            "max_abs_logit_difference": diff,
+            "max_abs_logit_difference": diff,  # logits and features alike
             "tolerance": VERIFY_TOLERANCE,
             "on": verified_on,
             "onnxruntime": ort.__version__,

@@ -146,8 +146,8 @@ def _preparer(serve):
 
 def _screen(serve):
     """The run's OOD gate on a whole batch, as the API words it: a refusal becomes the file's
-    error, a warning goes into its row. With PyTorch the gate's features come from the same
-    forward pass as the probabilities; with ONNX Runtime the gate runs its own."""
+    error, a warning goes into its row. The gate's features come from the forward pass that gave
+    the probabilities (PyTorch, or ONNX exports with a features output); else it runs its own."""
     from cxr.serve.engine import NotAChestXray, ood_warning
 
     def screen(batch: list, features: np.ndarray | None) -> list[str | None]:
