@@ -74,8 +74,8 @@ def predict_files(
     ValueError yields a FileResult with its error, and the others go on.
 
     `screen` (e.g. the run's out-of-distribution gate, batched) sees each batch's prepared
-    images with the pooled features the model computed on the way to its logits (PyTorch; None
-    for ONNX Runtime), and returns, per image, None to keep its prediction or the reason it is
+    images with the pooled features the model computed on the way to its logits (None where the
+    backend has none), and returns, per image, None to keep its prediction or the reason it is
     refused; it may add to each Prepared's `extra`, which the FileResult carries.
     """
     from tqdm.auto import tqdm

@@ -153,7 +153,7 @@ class _Engine:
 
     def predict_with_features(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Probabilities and, where the backend has them on the way, the pooled features the OOD
-        gate scores (float64 (N, F)); None where it has not (ONNX Runtime: logits only)."""
+        gate scores (float64 (N, F)); None where it has not (an ONNX export of logits only)."""
         return self.predict_batch(pixels), None
 
     def _logits(self, pixels: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
