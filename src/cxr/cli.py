@@ -163,8 +163,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
                             workers=args.workers)  # fmt: skip
     print(f"{result.n_ok} image(s) predicted, {result.n_failed} could not be used "
           f"(see the error column); written to {result.out}")  # fmt: skip
-    print(f"{result.wall_s:.1f} s in all, {result.images_per_s:.1f} images/s ({args.backend}, "
-          f"batches of {args.batch_size})")  # fmt: skip
+    print(f"{result.wall_s:.1f} s from the first file to the CSV (model loading not counted): "
+          f"{result.images_per_s:.1f} images/s, {args.backend}, "
+          f"batches of {args.batch_size}")  # fmt: skip
     print(NOT_A_MEDICAL_DEVICE)
     return 0
 
