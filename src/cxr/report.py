@@ -37,7 +37,7 @@ from cxr.calibration import (
 )
 from cxr.config import DataConfig
 from cxr.errors import CxrError, DataError
-from cxr.metrics import choose_thresholds, compute_metrics
+from cxr.metrics import choose_thresholds
 from cxr.report_analysis import (
     TTA_VIEWS,
     ScoredImages,
@@ -46,6 +46,8 @@ from cxr.report_analysis import (
     tta_analysis,
     tta_transform,
 )
+from cxr.report_card import limitations, model_card, source_kind
+from cxr.report_figures import draw_figures, gallery_entries
 
 OPERATING_POINTS = {
     "youden": "Youden's J (max sensitivity + specificity - 1)",
@@ -53,9 +55,6 @@ OPERATING_POINTS = {
     "specificity:0.95": "specificity >= 0.95 on validation",
 }
 RATES = ("sensitivity", "specificity", "ppv", "npv", "f1")
-GALLERY_PER_KIND = 3  # most confident true and false positives shown per finding...
-GALLERY_MAX = 36  # ...fewer per finding when there are many findings (Grad-CAM costs ~1 s each)
-SUBGROUP_NOTES_MAX = 6  # weaker-subgroup lines in the model card's limitations
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,135 +232,6 @@ def select_split(table, run_dir: Path, split: str, data_path: str):
     return table, split, warnings
 
 
-def _source_kind(cfg_data) -> str:
-    from cxr.data import detect_format
-
-    if cfg_data.format != "auto":
-        return cfg_data.format
-    try:
-        return detect_format(cfg_data.path)
-    except CxrError:
-        return "unknown"
-
-
-def _label_quality(kind: str, path: str, uncertain: str) -> str:
-    text = {
-        "nih": "NIH ChestX-ray14: labels text-mined from the radiology reports by NLP (Wang et "
-        "al., CVPR 2017), estimated about 90% accurate and noisier for some findings; 'No "
-        "Finding' images can carry unlabelled disease.",
-        "chexpert": "CheXpert: labels extracted from reports by the CheXpert labeler; uncertain "
-        f"(-1) labels were handled as '{uncertain}'.",
-        "medmnist": "MedMNIST: a downsampled public release; labels as in its source data set.",
-        "synthetic": "Synthetic phantoms, not patients: the labels are exact by construction and "
-        "the figures say nothing about real radiographs.",
-        "folder": "Labels from the class-folder names.",
-    }.get(kind, "Label source unknown.")
-    if kind == "folder" and "chest_xray" in path:
-        text += (
-            " For the Kermany et al. (Cell 2018) pneumonia set: graded by expert physicians; "
-            "paediatric patients aged 1 to 5 from one centre in Guangzhou."
-        )
-    return text
-
-
-def _limitations(report: dict) -> list[str]:
-    out = []
-    res = report["results"]
-    estimable = {n: v for n, v in res["findings"].items() if v["estimable"]}
-    not_estimable = [n for n, v in res["findings"].items() if not v["estimable"]]
-    out.append(
-        f"Evaluated on {res['n_images']} images of {res['n_patients']} patients; operating points "
-        f"and the temperature come from {res['validation']['n_images']} validation images."
-    )
-    widths = {
-        n: v["auroc"]["high"] - v["auroc"]["low"]
-        for n, v in estimable.items()
-        if v["auroc"]["high"] is not None
-    }
-    if widths:
-        widest = max(widths, key=widths.get)
-        out.append(
-            f"The widest AUROC interval is {widest}'s ({widths[widest]:.2f} wide): small counts "
-            "give wide intervals; read them before the point estimates."
-        )
-    if not_estimable:
-        out.append(
-            f"Not estimable here (no positives or no negatives): {', '.join(not_estimable)}."
-        )
-    sens = [
-        f"{n} {v['operating_points']['sensitivity:0.95']['sensitivity']['estimate']:.2f}"
-        for n, v in estimable.items()
-        if v["operating_points"]["sensitivity:0.95"]["sensitivity"]["estimate"] is not None
-    ]
-    if sens:
-        out.append(
-            "The 'sensitivity >= 0.95' threshold was set on validation; on these images its "
-            f"sensitivity was {', '.join(sens)}: a target met on validation is not a guarantee."
-        )
-    weaker = []
-    for group in report.get("subgroups", {}).values():
-        for level, entry in group["levels"].items():
-            for name, f in entry["findings"].items():
-                overall = res["findings"][name]["auroc"]["estimate"]
-                high = f["auroc"]["high"]
-                if overall is not None and high is not None and high < overall:
-                    weaker.append(
-                        f"{name}: weaker for {group['label']} {level} (AUROC "
-                        f"{f['auroc']['estimate']:.3f}, interval up to {high:.3f}, vs "
-                        f"{overall:.3f} overall)."
-                    )
-    out += weaker[:SUBGROUP_NOTES_MAX]
-    if len(weaker) > SUBGROUP_NOTES_MAX:
-        out.append(
-            f"... and {len(weaker) - SUBGROUP_NOTES_MAX} more weaker subgroups (see Subgroups)."
-        )
-    out.append(report["model_card"]["label_quality"])
-    out.append(
-        "Calibration was fitted on this run's validation split; probabilities need re-calibrating "
-        "on local data before they are read as risks at another site or scanner."
-    )
-    out.append(
-        "A single retrospective data set: no prospective or multi-site validation, no comparison "
-        "with radiologists, no assessment of clinical benefit."
-    )
-    return out
-
-
-def _model_card(run, data: DataConfig, kind: str) -> dict:
-    training = run.info.get("training_data", {})
-    return {
-        "intended_use": (
-            "Research and teaching: studying how chest X-ray classifiers behave, comparing "
-            "methods, and showing how such a model should be evaluated. Outputs are for "
-            "researchers, with the uncertainty shown in this report."
-        ),
-        "out_of_scope": (
-            "Diagnosis, triage, screening or any treatment decision; use on patients, equipment, "
-            "views (lateral, portable if unseen) or populations unlike the training data; "
-            "findings the model was not trained on; use without re-validation on local data."
-        ),
-        "training_data": {
-            "path": training.get("path", run.config.data.path),
-            "source": kind,
-            "n_train": training.get("n_train"),
-            "n_val": training.get("n_val"),
-            "findings": run.findings,
-            "task": run.task,
-            "split": "by patient, seeded (split.csv in the run folder)",
-        },
-        "label_quality": _label_quality(kind, run.config.data.path, run.config.data.uncertain),
-        "preprocessing": run.config.preprocess.model_dump(),
-        "model": {
-            "arch": run.config.model.arch,
-            "image_size": run.config.preprocess.image_size,
-            "pretrained": run.config.model.pretrained,
-            "best_epoch": run.info.get("best_epoch"),
-        },
-        "evaluation_data": data.path,
-        "not_a_medical_device": NOT_A_MEDICAL_DEVICE,
-    }
-
-
 def _scored(images, logits: np.ndarray) -> ScoredImages:
     table = images.table
     return ScoredImages(
@@ -489,18 +359,18 @@ def build_report(
     if tta:
         report["tta"] = _measure_tta(run, images, test, rt, calibration.temperature, n_boot, seed,
                                      progress)  # fmt: skip
-    kind = _source_kind(run.config.data)
-    report["model_card"] = _model_card(run, data, kind)
-    report["model_card"]["limitations"] = _limitations(report)
+    kind = source_kind(run.config.data)
+    report["model_card"] = model_card(run, data, kind)
+    report["model_card"]["limitations"] = limitations(report)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    figures = _figures(report, test, arrays, run.findings, run.task, out_dir)
+    figures = draw_figures(report, test, arrays, run.findings, run.task, out_dir)
     if (run_dir / "training_curves.png").is_file():
         figures["training"] = run_dir / "training_curves.png"
     report["figures"] = {k: str(v) for k, v in figures.items()}
     entries, note = ([], "left out (--no-gallery)")
     if gallery:
-        entries, note = _gallery(run_dir, images.table, test, arrays, run.findings, progress)
+        entries, note = gallery_entries(run_dir, images.table, test, arrays, run.findings, progress)
     report["gallery"] = {
         "note": note,
         "n": len(entries),
@@ -516,98 +386,3 @@ def build_report(
     (out_dir / "report.html").write_text(html, encoding="utf-8")
     report["paths"] = {"html": str(out_dir / "report.html"), "json": str(out_dir / "report.json")}
     return report
-
-
-def _figures(report, test: ScoredImages, arrays, findings, task, out_dir: Path) -> dict:
-    from cxr.plots import (
-        plot_confusion,
-        plot_operating_points,
-        plot_reliability,
-        plot_subgroup_auroc,
-    )
-
-    probs, thresholds = arrays["probs"], arrays["thresholds"]
-    points = {f"{m} (val)": t for m, t in thresholds.items()}
-    figures = {
-        "roc": plot_operating_points(test.labels, probs, findings, points, out_dir / "roc.png"),
-        "pr": plot_operating_points(
-            test.labels, probs, findings, points, out_dir / "pr.png", kind="pr"
-        ),
-    }
-    at_youden = compute_metrics(test.labels, probs, findings, task, thresholds["youden"])
-    figures["confusion"] = plot_confusion(at_youden, out_dir / "confusion.png")
-    cal = report["results"]["calibration"]
-    figures["reliability"] = plot_reliability(
-        {
-            "before (T = 1)": cal["reliability_before"] | {"ece": cal["ece_before"]},
-            f"after (T = {cal['temperature']:.2f})": cal["reliability_after"]
-            | {"ece": cal["ece_after"]},
-        },
-        out_dir / "reliability.png",
-    )
-    rows = []
-    for group in report["subgroups"].values():
-        for level, entry in group["levels"].items():
-            for name, f in entry["findings"].items():
-                rows.append(
-                    {
-                        "finding": name,
-                        "subgroup": f"{group['label']} {level}",
-                        "n": entry["n_images"],
-                    }
-                    | {k: f["auroc"][k] for k in ("estimate", "low", "high")}
-                )
-    if rows:
-        overall = {n: v["auroc"]["estimate"] for n, v in report["results"]["findings"].items()}
-        figures["subgroups"] = plot_subgroup_auroc(rows, overall, out_dir / "subgroups.png")
-    return figures
-
-
-def _gallery(run_dir, table, test: ScoredImages, arrays, findings, progress) -> tuple[list, str]:
-    """Most confident true and false positives per finding at the Youden point, with Grad-CAM."""
-    try:
-        from cxr import explain
-    except ImportError as exc:
-        return [], f"left out: Grad-CAM (cxr.explain) is not available here ({exc})"
-    import cv2
-    from tqdm.auto import tqdm
-
-    from cxr.data.table import load_image
-    from cxr.inference import Predictor
-
-    probs, thresholds = arrays["probs"], arrays["thresholds"]["youden"]
-    per_kind = max(1, min(GALLERY_PER_KIND, GALLERY_MAX // (2 * len(findings))))
-    chosen = []
-    for j, name in enumerate(findings):
-        known = known_mask(test.labels, j)
-        above = known & (probs[:, j] >= thresholds[j])
-        for kind, label in (("true positive", 1), ("false positive", 0)):
-            index = np.flatnonzero(above & (np.nan_to_num(test.labels[:, j], nan=-1) == label))
-            top = index[np.argsort(-probs[index, j], kind="stable")][:per_kind]
-            chosen += [(name, kind, int(i)) for i in top]
-    if not chosen:
-        return [], "no positive calls at the Youden thresholds: nothing to show"
-    predictor = Predictor.from_run_dir(run_dir)
-    entries = []
-    for name, kind, i in tqdm(
-        chosen, desc="Grad-CAM", unit="img", disable=not progress, leave=False
-    ):
-        image = load_image(table, i)
-        heatmap = explain.heatmaps(predictor, image, [name], "gradcam")[name]
-        rgb = np.asarray(explain.overlay(image, heatmap), dtype=np.uint8)
-        side = 224 / max(rgb.shape[:2])
-        if side < 1:
-            rgb = cv2.resize(rgb, None, fx=side, fy=side, interpolation=cv2.INTER_AREA)
-        ok, png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-        if not ok:
-            raise CxrError(f"could not encode the Grad-CAM overlay of {table.keys[i]}")
-        entries.append(
-            {
-                "finding": name,
-                "kind": kind,
-                "key": table.keys[i],
-                "probability": float(probs[i, findings.index(name)]),
-                "png": png.tobytes(),
-            }
-        )
-    return entries, "Grad-CAM on the calibrated model, most confident cases first"

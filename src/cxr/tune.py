@@ -31,7 +31,7 @@ import optuna
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
-from cxr.config import DataConfig, RunConfig, load_config
+from cxr.config import DataConfig, RunConfig
 from cxr.data.prepare import resolve_table
 from cxr.data.splits import (
     check_patient_disjoint,
@@ -132,6 +132,8 @@ def run_study(
                 )
     finally:
         bar.close()
+    from cxr.tune_report import write_report
+
     return write_report(study, space, base, test_data, progress)
 
 
@@ -428,126 +430,3 @@ def _hide_password(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:  # noqa: BLE001 - not a URL: nothing to hide
         return url
-
-
-def write_report(
-    study: optuna.Study,
-    space: SearchSpace,
-    base: RunConfig,
-    test_data: DataConfig | None = None,
-    progress: bool = True,
-) -> TuneResult:
-    """trials.csv, plots, summary.json; and for the best trial best_config.yaml + evaluation."""
-    study_dir = Path(base.out_dir)
-    counts = trial_counts(study)
-    epochs = sum(epochs_spent(t) for t in study.get_trials(deepcopy=False))
-    result = TuneResult(study_dir, study.study_name, counts, epochs)
-    write_trials_csv(study, study_dir / "trials.csv")
-    write_plots(study, study_dir)
-    if counts["complete"]:
-        write_best(study, space, base, result, test_data, progress)
-    summary = {
-        "study": study.study_name,
-        "trials": counts,
-        "epochs": epochs,
-        "best_trial": result.best_trial,
-        "best_val_mean_auroc": result.best_value,
-        "best_params": result.best_params,
-        "best_run": None if result.best_run is None else str(result.best_run),
-        "best_config": None if result.best_config is None else str(result.best_config),
-        "test_metrics": result.test_metrics and {
-            k: result.test_metrics.get(k) for k in ("mean_auroc", "auroc", "accuracy", "n_images")
-        },
-    }  # fmt: skip
-    (study_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    return result
-
-
-def write_best(study, space, base, result: TuneResult, test_data=None, progress=True) -> None:
-    """best_config.yaml (for `cxr train --config`); the best run is kept and evaluated once on
-    the split's test images (if it has any) and on test_data: only now, after the search."""
-    import yaml
-
-    from cxr.data.splits import keys_in_split
-    from cxr.evaluate import evaluate_run
-
-    best = study.best_trial
-    run = Path(best.user_attrs.get("run_dir") or base.out_dir + "/no-run-folder")
-    study_dir = Path(base.out_dir)
-    # From the trial's own folder where this machine has it, else rebuilt from its parameters.
-    cfg = load_config(run / "config.json") if (run / "config.json").is_file() else None
-    cfg = cfg or space.apply(base, best.params)
-    cfg = cfg.model_copy(update={"out_dir": str(study_dir / "retrain-best")})
-    result.best_config = study_dir / "best_config.yaml"
-    header = (
-        f"# Best of study {study.study_name!r}: trial {best.number}, validation mean AUROC "
-        f"{best.value:.4f}.\n# Train it again with: cxr train --config {result.best_config}\n"
-    )
-    raw = json.loads(cfg.model_dump_json())
-    result.best_config.write_text(header + yaml.safe_dump(raw, sort_keys=False))
-    result.best_trial, result.best_value, result.best_params = best.number, best.value, best.params
-    if not (run / "model.json").is_file():
-        return  # the best trial ran on another machine: its folder is there
-    result.best_run = run
-    if keys_in_split(run / "split.csv", "test"):
-        result.test_metrics = evaluate_run(
-            run, base.data, study_dir / "best_test_metrics.json", split="test", progress=progress
-        )
-    if test_data is not None:
-        result.test_metrics = evaluate_run(
-            run, test_data, study_dir / "best_test_data_metrics.json", progress=progress
-        )
-
-
-def write_trials_csv(study: optuna.Study, path: Path) -> None:
-    """One row per trial: number, state, value, epochs, times, parameters, run folder."""
-    trials = study.get_trials(deepcopy=False)
-    attrs = ("number", "state", "value", "datetime_start", "duration", "params", "user_attrs")
-    frame = study.trials_dataframe(attrs=attrs)
-    if len(frame):
-        frame.insert(3, "epochs", [epochs_spent(t) for t in trials])
-        frame = frame.drop(columns=["user_attrs_heartbeat"], errors="ignore")
-    frame.to_csv(path, index=False)
-
-
-PLOTS = ("optimization_history", "param_importances", "parallel_coordinate", "intermediate_values")
-
-
-def write_plots(study: optuna.Study, study_dir: Path) -> list[Path]:
-    """Each of PLOTS as PNG (matplotlib), and as HTML where plotly is installed."""
-    import matplotlib.pyplot as plt
-    import optuna.visualization as interactive
-    import optuna.visualization.matplotlib as static
-
-    written = []
-    options = {"parallel_coordinate": {"params": _top_params(study, 8)}}  # more is unreadable
-    for name in PLOTS:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # experimental-API and few-trials warnings
-                ax = getattr(static, f"plot_{name}")(study, **options.get(name, {}))
-                fig = (ax.flat[0] if hasattr(ax, "flat") else ax).get_figure()
-                if name == "parallel_coordinate":
-                    fig.set_size_inches(11, 6)
-                fig.savefig(study_dir / f"{name}.png", dpi=120, bbox_inches="tight")
-                plt.close(fig)
-                written.append(study_dir / f"{name}.png")
-                if interactive.is_available():
-                    html = study_dir / f"{name}.html"
-                    getattr(interactive, f"plot_{name}")(study, **options.get(name, {})).write_html(
-                        html, include_plotlyjs="directory"
-                    )  # plotly.min.js once beside the pages: they open offline
-                    written.append(html)
-        except Exception as exc:  # noqa: BLE001 - e.g. importances need 2+ finished trials
-            print(f"plot {name} skipped: {str(exc).splitlines()[0] if str(exc) else exc!r}")
-    return written
-
-
-def _top_params(study: optuna.Study, k: int) -> list[str] | None:
-    """The k most important parameters (all of them while importances cannot be computed)."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return list(optuna.importance.get_param_importances(study))[:k]
-    except Exception:  # noqa: BLE001 - too few finished trials
-        return None
