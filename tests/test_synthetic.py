@@ -9,14 +9,10 @@ import cv2
 import numpy as np
 import pytest
 
+from cxr.data.phantom import FINDINGS, PREVALENCE, _draw_layout, _heart_mask, make_phantom
 from cxr.data.synthetic import (
-    FINDINGS,
-    PREVALENCE,
-    _draw_layout,
-    _heart_mask,
     _patients,
     load_masks,
-    make_phantom,
     read_synthetic,
     write_synthetic_dataset,
 )
