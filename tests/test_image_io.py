@@ -10,9 +10,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from dicom_files import write_dicom
 from PIL import Image, ImageOps
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from cxr.data.image_io import IMAGE_EXTENSIONS, decode_bytes, decode_image, to_unit_grey
 from cxr.errors import DataError
@@ -164,31 +163,6 @@ def test_to_unit_grey_rejects_what_it_cannot_scale(arr, message):
 
 
 # --- DICOM -----------------------------------------------------------------------------------
-
-
-def write_dicom(path: Path, stored: np.ndarray, bits_stored: int = 12, **elements) -> Path:
-    """A minimal CR DICOM of `stored` (uint16) with any extra elements (e.g. RescaleSlope)."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CR"
-    ds.Rows, ds.Columns = stored.shape[-2:]
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = 16
-    ds.BitsStored = bits_stored
-    ds.HighBit = bits_stored - 1
-    ds.PixelRepresentation = 0
-    for key, value in elements.items():
-        setattr(ds, key, value)
-    ds.PixelData = stored.astype(np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
 
 
 @pytest.fixture(scope="module")

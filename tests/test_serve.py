@@ -14,12 +14,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from dicom_files import dicom_bytes
 
 from cxr import NOT_A_MEDICAL_DEVICE
 from cxr.cli import main
-from cxr.config import config_from_dict
 from cxr.data.image_io import decode_image
 from cxr.serve import create_app
 from cxr.serve.engine import Engine, heatmap_rgba
@@ -32,20 +30,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def run_dir(kermany_train, tmp_path_factory) -> Path:
-    from cxr.train import train
-
-    root = tmp_path_factory.mktemp("serve-run")
-    cfg = config_from_dict(
-        {
-            "data": {"path": str(kermany_train), "limit": 100, "val_fraction": 0.25},
-            "preprocess": {"image_size": 48},
-            "train": {"epochs": 1, "batch_size": 16, "lr": 2e-3, "seed": 0,
-                      "cache_dir": str(root / "cache"), "early_stopping_patience": 0},
-            "out_dir": str(root / "run"),
-        }
-    )  # fmt: skip
-    return train(cfg, progress=False).run_dir
+def run_dir(tiny_kermany_run) -> Path:
+    return tiny_kermany_run
 
 
 @pytest.fixture(scope="module")
@@ -87,27 +73,6 @@ def png_bytes(pixels: np.ndarray) -> bytes:
     ok, buf = cv2.imencode(".png", pixels)
     assert ok
     return buf.tobytes()
-
-
-def dicom_bytes(stored: np.ndarray, pixels: bool = True, **elements) -> bytes:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, generate_uid()
-    ds.Modality = "CR"
-    ds.Rows, ds.Columns = stored.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    for key, value in elements.items():
-        setattr(ds, key, value)
-    if pixels:
-        ds.PixelData = stored.astype(np.uint16).tobytes()
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
 
 
 def png_header_only(side: int) -> bytes:

@@ -21,8 +21,6 @@ from pathlib import Path
 
 import pytest
 
-from cxr.config import config_from_dict
-
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,20 +60,8 @@ def web_dist(tools) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tiny_run(kermany_train, tmp_path_factory) -> Path:
-    from cxr.train import train
-
-    root = tmp_path_factory.mktemp("e2e-run")
-    cfg = config_from_dict(
-        {
-            "data": {"path": str(kermany_train), "limit": 100, "val_fraction": 0.25},
-            "preprocess": {"image_size": 48},
-            "train": {"epochs": 1, "batch_size": 16, "lr": 2e-3, "seed": 0,
-                      "cache_dir": str(root / "cache"), "early_stopping_patience": 0},
-            "out_dir": str(root / "run"),
-        }
-    )  # fmt: skip
-    return train(cfg, progress=False).run_dir
+def tiny_run(tiny_kermany_run) -> Path:
+    return tiny_kermany_run
 
 
 def _free_port() -> int:
