@@ -142,7 +142,7 @@ def main() -> None:
                 # Blocks of calls, backends alternating block by block so that both share any
                 # load drift; the first call of each block is not timed: it absorbs the other
                 # backend's thread pool winding down (alternating single calls once made
-                # PyTorch look 2.7x slower than it runs on its own).
+                # PyTorch look several times slower than it runs on its own).
                 block = max(1, min(5, calls))
                 for _ in range(max(1, calls // block)):
                     for name, engine in engines.items():

@@ -257,10 +257,13 @@ def test_one_step_on_two_gloo_processes_gives_one_process_gradients():
     for proc in procs:
         proc.join(timeout=60)
     assert all(proc.exitcode == 0 for proc in procs)
+    worst = {}
     for name, param in model.named_parameters():
         want = param.grad.numpy()
-        scale = float(np.abs(want).max()) + 1e-12
-        assert np.abs(got[name] - want).max() / scale < 1e-4, name
+        worst[name] = np.abs(got[name] - want).max() / (float(np.abs(want).max()) + 1e-12)
+    print(f"\none DDP step vs one process: gradients agree to {max(worst.values()):.1e} "
+          "(max relative difference over parameters)")  # fmt: skip
+    assert max(worst.values()) < 1e-4, max(worst, key=worst.get)
 
 
 @pytest.mark.slow
