@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -71,25 +71,43 @@ class EngineInfo:
 
 
 def read_engine_info(run_dir: str | Path) -> EngineInfo:
-    """config.json, model.json and calibration.json (when it fits these weights) of a run."""
-    from cxr.calibration import load_calibration
+    """config.json, model.json and calibration.json (when it fits these weights) of a run,
+    without loading its weights (what the ONNX backend needs)."""
     from cxr.evaluate import read_run_files
 
     run_dir = Path(run_dir)
     cfg, info = read_run_files(run_dir)
     findings = list(info["findings"])
     thresholds = np.array([info["thresholds"][f] for f in findings], dtype=np.float64)
-    temperature = 1.0
-    calibration = load_calibration(run_dir)
-    if calibration is not None:  # the same rule as cxr.inference.Predictor
-        temperature = float(calibration.temperature)
-        thresholds = calibration.threshold_array(findings)
-        info = info | {
+    return _calibrated(EngineInfo(run_dir, cfg, findings, info["task"], thresholds, 1.0, info))
+
+
+def engine_info(run) -> EngineInfo:
+    """The EngineInfo of a loaded run (cxr.evaluate.LoadedRun, perhaps only in memory), with
+    the run folder's calibration.json applied when it fits these weights."""
+    thresholds = np.asarray(run.thresholds, dtype=np.float64)
+    return _calibrated(EngineInfo(Path(run.run_dir), run.config, list(run.findings), run.task,
+                                  thresholds, 1.0, dict(run.info)))  # fmt: skip
+
+
+def _calibrated(info: EngineInfo) -> EngineInfo:
+    """The one calibration rule: with calibration.json (fitted on validation), logits are
+    divided by its temperature and compared with thresholds chosen on that same scale."""
+    from cxr.calibration import load_calibration
+
+    calibration = load_calibration(info.run_dir)
+    if calibration is None:
+        return info
+    return replace(
+        info,
+        thresholds=calibration.threshold_array(info.findings),
+        temperature=float(calibration.temperature),
+        model_info=info.model_info | {
             "calibration": calibration.method,
-            "temperature": temperature,
+            "temperature": float(calibration.temperature),
             "threshold_method": calibration.threshold_method,
-        }
-    return EngineInfo(run_dir, cfg, findings, info["task"], thresholds, temperature, info)
+        },
+    )  # fmt: skip
 
 
 def normalise_numpy(pixels: np.ndarray) -> np.ndarray:
@@ -290,7 +308,7 @@ def make_engine(
         raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     loaded = None if isinstance(run, (str, Path)) else run
     run_dir = Path(loaded.run_dir if loaded is not None else run)
-    info = read_engine_info(run_dir)
+    info = read_engine_info(run_dir) if loaded is None else engine_info(loaded)
     if backend == "onnx":
         from cxr.export import ONNX_FILE
 

@@ -15,8 +15,7 @@ import numpy as np
 import torch
 
 from cxr import NOT_A_MEDICAL_DEVICE
-from cxr.calibration import load_calibration
-from cxr.engine import EngineInfo, TorchEngine, make_engine
+from cxr.engine import make_engine
 from cxr.evaluate import LoadedRun, load_run
 from cxr.preprocess import Geometry, model_input, preprocess_with_geometry
 
@@ -57,35 +56,17 @@ class Predictor:
     """A loaded run, ready to answer single images quickly (model loaded once)."""
 
     def __init__(self, run: LoadedRun, device: str = "cpu", backend: str = "torch"):
-        # With calibration.json (fitted on validation), logits are divided by its temperature and
-        # the calibrated probabilities compared with thresholds chosen on that same scale.
-        calibration = load_calibration(run.run_dir)
-        self.temperature = 1.0 if calibration is None else calibration.temperature
-        if calibration is not None:
-            run = dataclasses.replace(
-                run,
-                thresholds=calibration.threshold_array(run.findings),
-                info=run.info
-                | {
-                    "calibration": calibration.method,
-                    "temperature": calibration.temperature,
-                    "threshold_method": calibration.threshold_method,
-                },
-            )
-        self.run = run
-        self.device = torch.device(device)
-        self.model = run.model.to(self.device).eval()  # kept for Grad-CAM on either backend
         # Probabilities come from cxr.engine, the one interface behind serve, predict and the
         # benchmarks: PyTorch (this model) or ONNX Runtime (RUN/model.onnx from `cxr export`,
-        # whose contract is checked against the run first); both apply the same temperature.
+        # whose contract is checked against the run first). The engine applies the run's
+        # calibration (temperature and thresholds); `run` here carries the same thresholds.
         self.backend = backend
-        if backend == "torch":  # this run as loaded (it may live only in memory, e.g. in tests)
-            info = EngineInfo(run.run_dir, run.config, list(run.findings), run.task,
-                              np.asarray(run.thresholds, dtype=np.float64),
-                              float(self.temperature), run.info)  # fmt: skip
-            self.engine = TorchEngine(info, self.model, device)
-        else:
-            self.engine = make_engine(run.run_dir, backend=backend, device=device)
+        self.device = torch.device(device)
+        self.engine = make_engine(run, backend=backend, device=device)
+        info = self.engine.info
+        self.temperature = info.temperature
+        self.run = dataclasses.replace(run, thresholds=info.thresholds, info=info.model_info)
+        self.model = run.model.to(self.device).eval()  # kept for Grad-CAM on either backend
 
     @classmethod
     def from_run_dir(
