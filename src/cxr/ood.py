@@ -248,12 +248,12 @@ class OodGate:
     ) -> OodResult:
         """As `check`, when the preprocessed (S, S) uint8 pixels (and perhaps the model's
         pooled features of them, (1, F)) are already at hand."""
-        return self.check_batch(np.asarray(pixels)[None], [image], [raw], features=features)[0]
+        score = None if image is None else contrast(image)
+        return self.check_batch(np.asarray(pixels)[None], [raw], [score], features)[0]
 
     def check_batch(
         self,
         pixels: np.ndarray,
-        images: list[np.ndarray | None] | None = None,
         raws: list[np.ndarray | None] | None = None,
         contrasts: list[float | None] | None = None,
         features: np.ndarray | None = None,
@@ -261,19 +261,18 @@ class OodGate:
         """`check_preprocessed` for N images at once: one batched forward pass for the features
         (what `cxr predict` uses, so a folder costs one model call per batch, not per image).
 
-        contrasts: `contrast(image)` per image, computed where the image was decoded, so a
-        caller need not keep the full-size images (then leave `images` None).
+        contrasts: `contrast(image)` of each decoded original (None skips the blank check),
+        computed where the image was decoded, so a caller need not keep full-size images.
         features: the run model's `pooled_features` of these pixels when the caller already
-        has them (PyTorch predictions compute them on the way to the logits); else computed.
+        has them (the prediction computed them on the way to the logits); else computed.
         """
         batch = np.asarray(pixels)
         n = len(batch)
         raws = list(raws) if raws is not None else [None] * n
-        if contrasts is None:
-            images = list(images) if images is not None else [None] * n
-            contrasts = [None if im is None else contrast(im) for im in images]
+        contrasts = list(contrasts) if contrasts is not None else [None] * n
         if len(contrasts) != n or len(raws) != n:
-            raise ValueError(f"{n} images need {n} images/raws, got {len(contrasts)}/{len(raws)}")
+            raise ValueError(f"{n} images need {n} raws and contrasts, got {len(raws)} and "
+                             f"{len(contrasts)}")  # fmt: skip
         if n == 0:
             return []
         layout = self.layout.distance(thumbnails(batch, self.config.thumbnail))
