@@ -34,17 +34,6 @@ def nih_samples() -> Path:
 def tiny_kermany_run(kermany_train, tmp_path_factory) -> Path:
     """A ResNet-18 trained for one epoch on 100 real Kermany images at 48 px: the run the web
     API and the browser tests serve. Shared, so tests copy it before writing into it."""
-    from cxr.config import config_from_dict
-    from cxr.train import train
+    from tiny_runs import train_kermany_run
 
-    root = tmp_path_factory.mktemp("tiny-kermany-run")
-    cfg = config_from_dict(
-        {
-            "data": {"path": str(kermany_train), "limit": 100, "val_fraction": 0.25},
-            "preprocess": {"image_size": 48},
-            "train": {"epochs": 1, "batch_size": 16, "lr": 2e-3, "seed": 0,
-                      "cache_dir": str(root / "cache"), "early_stopping_patience": 0},
-            "out_dir": str(root / "run"),
-        }
-    )  # fmt: skip
-    return train(cfg, progress=False).run_dir
+    return train_kermany_run(kermany_train, tmp_path_factory.mktemp("tiny-kermany-run"), 100, 48)

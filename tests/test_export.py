@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from tiny_runs import train_kermany_run
 
 from cxr.batch_predict import predict_files
 from cxr.cli import main
-from cxr.config import config_from_dict
 from cxr.data.image_io import decode_image
 from cxr.engine import OnnxEngine, TorchEngine, make_engine
 from cxr.errors import ConfigError, CxrError
@@ -26,21 +26,10 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def run(kermany_train, tmp_path_factory) -> Path:
     """A real one-epoch run (32 px) on Kermany images, exported with `cxr export`."""
-    from cxr.train import train
-
     root = tmp_path_factory.mktemp("export")
-    cfg = config_from_dict(
-        {
-            "data": {"path": str(kermany_train), "limit": 64, "val_fraction": 0.25},
-            "preprocess": {"image_size": 32},
-            "train": {"epochs": 1, "batch_size": 16, "seed": 0, "threads": 1,
-                      "cache_dir": str(root / "cache"), "early_stopping_patience": 0},
-            "out_dir": str(root / "run"),
-        }
-    )  # fmt: skip
     threads = torch.get_num_threads()
     try:
-        return train(cfg, progress=False).run_dir
+        return train_kermany_run(kermany_train, root, 64, 32, threads=1)
     finally:
         torch.set_num_threads(threads)  # train.threads is process-wide: give it back
 

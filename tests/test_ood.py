@@ -9,9 +9,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from tiny_runs import train_kermany_run
 
 from cxr.cli import main
-from cxr.config import config_from_dict
 from cxr.data.image_io import to_unit_grey
 from cxr.errors import CxrError
 from cxr.evaluate import load_run
@@ -24,7 +24,6 @@ from cxr.ood import (
 )
 from cxr.ood_fit import fit_ood_gate, fit_ood_gate_for_run, flag_rate, iter_split_images
 from cxr.ood_probes import colour_photo, probe_inputs
-from cxr.train import train
 
 pytestmark = pytest.mark.slow
 
@@ -32,17 +31,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def kermany_run(kermany_train, tmp_path_factory) -> Path:
     """A ResNet-18 trained for one epoch on 300 real Kermany images at 64 px."""
-    tmp = tmp_path_factory.mktemp("ood")
-    cfg = config_from_dict(
-        {
-            "data": {"path": str(kermany_train), "limit": 400, "val_fraction": 0.25},
-            "preprocess": {"image_size": 64},
-            "train": {"epochs": 1, "batch_size": 16, "lr": 2e-3, "seed": 0,
-                      "early_stopping_patience": 0, "cache_dir": str(tmp / "cache")},
-            "out_dir": str(tmp / "run"),
-        }
-    )  # fmt: skip
-    return train(cfg, progress=False).run_dir
+    return train_kermany_run(kermany_train, tmp_path_factory.mktemp("ood"), 400, 64)
 
 
 @pytest.fixture(scope="module")
