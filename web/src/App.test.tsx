@@ -1,21 +1,12 @@
 import { act } from "react";
-import { createRoot, type Root } from "react-dom/client";
-import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
+import { afterEach, describe, expect, it, vi } from "vitest";
 import { App } from "./App";
 import { jsonResponse, modelInfo, prediction } from "./fixtures";
+import { useMountPoint } from "./test-mount";
 
-let container: HTMLDivElement;
-let root: Root;
-
-beforeEach(() => {
-  container = document.createElement("div");
-  document.body.appendChild(container);
-  root = createRoot(container);
-});
+const mount = useMountPoint();
 
 afterEach(() => {
-  act(() => root.unmount());
-  container.remove();
   vi.unstubAllGlobals();
 });
 
@@ -44,7 +35,7 @@ async function settle() {
 }
 
 async function choose(...names: string[]) {
-  const input = container.querySelector<HTMLInputElement>("#file-input")!;
+  const input = mount.container.querySelector<HTMLInputElement>("#file-input")!;
   const files = names.map((n) => new File(["x"], n));
   Object.defineProperty(input, "files", { value: files, configurable: true });
   await act(async () => input.dispatchEvent(new Event("change", { bubbles: true })));
@@ -54,48 +45,48 @@ async function choose(...names: string[]) {
 describe("App", () => {
   it("shows the not-a-medical-device notice and the model card", async () => {
     stubServer();
-    await act(async () => root.render(<App />));
+    await act(async () => mount.root.render(<App />));
     await settle();
-    expect(container.querySelector("[role=note]")!.textContent).toContain("Not a medical device");
-    expect(container.textContent).toContain("Diagnosis, triage, screening");
-    expect(container.textContent).toContain("mean AUROC 0.861");
+    expect(mount.container.querySelector("[role=note]")!.textContent).toContain("Not a medical device");
+    expect(mount.container.textContent).toContain("Diagnosis, triage, screening");
+    expect(mount.container.textContent).toContain("mean AUROC 0.861");
   });
 
   it("uploads several files in turn, shows findings and heatmap, and errors from the API", async () => {
     const fetchFn = stubServer();
-    await act(async () => root.render(<App />));
+    await act(async () => mount.root.render(<App />));
     await choose("a.png", "notes.txt");
     const predicts = fetchFn.mock.calls.filter(([url]) => String(url).startsWith("/api/predict"));
     expect(predicts).toHaveLength(2);
-    const rows = container.querySelectorAll(".results tbody tr");
+    const rows = mount.container.querySelectorAll(".results tbody tr");
     expect(rows).toHaveLength(2);
     expect(rows[0].textContent).toContain("PNEUMONIA 83.0%");
     expect(rows[1].textContent).toContain("notes.txt: not a readable image");
     // the first file's result: bars and its top finding's heatmap
-    expect(container.querySelectorAll(".finding")).toHaveLength(2);
-    const heat = container.querySelector<HTMLImageElement>("[data-testid=heatmap]")!;
+    expect(mount.container.querySelectorAll(".finding")).toHaveLength(2);
+    const heat = mount.container.querySelector<HTMLImageElement>("[data-testid=heatmap]")!;
     expect(heat.alt).toBe("Grad-CAM heatmap for PNEUMONIA");
     // selecting the failed file shows its message as an alert
     await act(async () => (rows[1] as HTMLElement).click());
-    expect(container.querySelector("[role=alert]")!.textContent).toBe(
+    expect(mount.container.querySelector("[role=alert]")!.textContent).toBe(
       "notes.txt: not a readable image",
     );
   });
 
   it("fetches a finding's heatmap on demand and moves its opacity", async () => {
     const fetchFn = stubServer();
-    await act(async () => root.render(<App />));
+    await act(async () => mount.root.render(<App />));
     await choose("a.png");
-    const normal = [...container.querySelectorAll<HTMLButtonElement>(".finding")].find((b) =>
+    const normal = [...mount.container.querySelectorAll<HTMLButtonElement>(".finding")].find((b) =>
       b.textContent!.includes("NORMAL"),
     )!;
     await act(async () => normal.click());
     await settle();
     const last = String(fetchFn.mock.calls.at(-1)![0]);
     expect(last).toBe("/api/predict?heatmaps=NORMAL&images=false");
-    const heat = container.querySelector<HTMLImageElement>("[data-testid=heatmap]")!;
+    const heat = mount.container.querySelector<HTMLImageElement>("[data-testid=heatmap]")!;
     expect(heat.alt).toBe("Grad-CAM heatmap for NORMAL");
-    const slider = container.querySelector<HTMLInputElement>(".opacity input")!;
+    const slider = mount.container.querySelector<HTMLInputElement>(".opacity input")!;
     await act(async () => {
       const setter = Object.getOwnPropertyDescriptor(HTMLInputElement.prototype, "value")!.set!;
       setter.call(slider, "0.9");

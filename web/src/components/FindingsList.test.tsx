@@ -1,21 +1,9 @@
 import { act } from "react";
-import { createRoot, type Root } from "react-dom/client";
-import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
+import { describe, expect, it, vi } from "vitest";
 import { FindingsList, percent } from "./FindingsList";
+import { useMountPoint } from "../test-mount";
 
-let container: HTMLDivElement;
-let root: Root;
-
-beforeEach(() => {
-  container = document.createElement("div");
-  document.body.appendChild(container);
-  root = createRoot(container);
-});
-
-afterEach(() => {
-  act(() => root.unmount());
-  container.remove();
-});
+const mount = useMountPoint();
 
 const findings = [
   { finding: "Effusion", probability: 0.12, threshold: 0.3, positive: false },
@@ -25,23 +13,23 @@ const findings = [
 
 describe("FindingsList", () => {
   it("lists findings highest first with the threshold marked and the call shown", () => {
-    act(() => root.render(<FindingsList findings={findings} selected={null} onSelect={() => {}} />));
-    const names = [...container.querySelectorAll(".finding-name")].map((n) => n.textContent);
+    act(() => mount.root.render(<FindingsList findings={findings} selected={null} onSelect={() => {}} />));
+    const names = [...mount.container.querySelectorAll(".finding-name")].map((n) => n.textContent);
     expect(names).toEqual(["Cardiomegaly", "Nodule", "Effusion"]);
-    const fills = [...container.querySelectorAll<HTMLElement>(".fill")].map((f) => f.style.width);
+    const fills = [...mount.container.querySelectorAll<HTMLElement>(".fill")].map((f) => f.style.width);
     expect(fills).toEqual(["71%", "35%", "12%"]);
-    const ticks = [...container.querySelectorAll<HTMLElement>(".threshold")].map((t) => t.style.left);
+    const ticks = [...mount.container.querySelectorAll<HTMLElement>(".threshold")].map((t) => t.style.left);
     expect(ticks).toEqual(["40%", "20%", "30%"]);
-    const pcts = [...container.querySelectorAll(".finding-pct")].map((c) => c.textContent);
+    const pcts = [...mount.container.querySelectorAll(".finding-pct")].map((c) => c.textContent);
     expect(pcts).toEqual(["71.0%thr 40.0%", "35.0%thr 20.0%", "12.0%thr 30.0%"]);
-    const calls = [...container.querySelectorAll(".call")].map((c) => c.textContent);
+    const calls = [...mount.container.querySelectorAll(".call")].map((c) => c.textContent);
     expect(calls).toEqual(["Positive", "Positive", "Negative"]);
   });
 
   it("reports the clicked finding and marks the selected one", () => {
     const onSelect = vi.fn();
-    act(() => root.render(<FindingsList findings={findings} selected="Nodule" onSelect={onSelect} />));
-    const buttons = container.querySelectorAll("button");
+    act(() => mount.root.render(<FindingsList findings={findings} selected="Nodule" onSelect={onSelect} />));
+    const buttons = mount.container.querySelectorAll("button");
     expect(buttons[1].getAttribute("aria-pressed")).toBe("true");
     expect(buttons[0].getAttribute("aria-pressed")).toBe("false");
     act(() => buttons[2].click());
