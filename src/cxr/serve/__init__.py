@@ -22,7 +22,7 @@ from cxr.serve.api import api, describe_error
 
 __all__ = ["create_app", "default_web_dir"]
 
-_REQUEST_OVERHEAD = 1024 * 1024  # multipart headers and form fields around the files
+REQUEST_OVERHEAD = 1024 * 1024  # multipart headers and form fields around the files
 _CSP = (
     "default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
     "object-src 'none'; frame-ancestors 'none'; base-uri 'none'"
@@ -57,7 +57,7 @@ def create_app(config: ServeConfig | dict, engine: Analyser | None = None) -> Fl
     app = Flask(__name__, static_folder=None)
     app.request_class = InMemoryRequest
     # One image per request by default; the batch endpoint raises it for its own requests.
-    app.config.update(MAX_CONTENT_LENGTH=cfg.max_upload_bytes + _REQUEST_OVERHEAD)
+    app.config.update(MAX_CONTENT_LENGTH=cfg.max_upload_bytes + REQUEST_OVERHEAD)
     app.json.sort_keys = False
     app.extensions["cxr_engine"] = engine
     app.register_blueprint(api, url_prefix="/api")
