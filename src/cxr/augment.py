@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -44,8 +45,11 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generato
         raise ValueError(f"x must be a float tensor (N, C, S, S) in [0, 1], got {shape}")
     if not isinstance(generator, torch.Generator):
         raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    if not cfg.enabled or cfg.strength == 0 or x.shape[0] == 0:
+    if not cfg.enabled or x.shape[0] == 0:
         return x
+    cfg = cfg.resolved()
+    if cfg.strength == 0:
+        return _erase(x, cfg, generator) if cfg.erase_prob > 0 else x
 
     n = x.shape[0]
     u = torch.rand((n, _N_DRAWS), generator=generator, device=generator.device)
@@ -60,7 +64,78 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generato
         noise_gen = torch.Generator(device=x.device).manual_seed(noise_seed)
         noise = torch.randn(out.shape, generator=noise_gen, device=x.device, dtype=out.dtype)
         out = out + noise * sigma.to(out.dtype)[:, None, None, None]
-    return out.clamp_(0.0, 1.0)
+    out = out.clamp_(0.0, 1.0)
+    return _erase(out, cfg, generator) if cfg.erase_prob > 0 else out
+
+
+def _erase(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
+    """Random erasing (Zhong et al. 2020): with probability erase_prob per image, one rectangle
+    of area erase_area (as a share of the image, aspect within 1/3..3) is filled with uniform
+    noise, so the model cannot lean on any one region (a marker, a text label, one lung).
+
+    Drawn after the other augmentations, only when erasing is on: turning it on does not change
+    the rest of the batch's draws.
+    """
+    n, _, h, w = x.shape
+    u = torch.rand((n, 5), generator=generator, device=generator.device).to(x.device)
+    lo, hi = cfg.erase_area
+    area = (lo + (hi - lo) * u[:, 1]) * h * w
+    aspect = torch.exp((u[:, 2] * 2 - 1) * math.log(3.0))
+    eh = torch.sqrt(area * aspect).round().clamp(1, h).long()
+    ew = torch.sqrt(area / aspect).round().clamp(1, w).long()
+    top = (u[:, 3] * (h - eh + 1).float()).long()
+    left = (u[:, 4] * (w - ew + 1).float()).long()
+    rows = torch.arange(h, device=x.device)[None, :, None]
+    cols = torch.arange(w, device=x.device)[None, None, :]
+    box = (
+        (rows >= top[:, None, None]) & (rows < (top + eh)[:, None, None])
+        & (cols >= left[:, None, None]) & (cols < (left + ew)[:, None, None])
+        & (u[:, 0] < cfg.erase_prob)[:, None, None]
+    )[:, None]  # fmt: skip
+    fill = torch.rand(x.shape, generator=generator, device=generator.device).to(x)
+    return torch.where(box, fill, x)
+
+
+def mix_batch(
+    x: torch.Tensor, y: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixup (Zhang et al. 2018) or CutMix (Yun et al. 2019) of a batch with a shuffled copy.
+
+    x (N, C, S, S) float, y (N, K) labels (one-hot or multi-hot; NaN = unknown stays unknown).
+    One weight lam ~ Beta(alpha, alpha) per batch: mixup blends whole images, CutMix pastes a
+    box of area 1 - lam from the partner; labels become lam * y + (1 - lam) * y[partner], soft
+    targets that every loss takes. With both alphas set, each mixed batch is one or the other
+    with probability 1/2 (timm's rule). Returns (x, y) unchanged when both are off.
+
+    Exactly one number is drawn from `generator` per call, whatever the config and batch size:
+    under torchrun ranks with different row counts stay in step, and resume replays exactly.
+    """
+    if cfg.mixup_alpha == 0 and cfg.cutmix_alpha == 0:
+        return x, y
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+    if not cfg.enabled or len(x) < 2:
+        return x, y
+    rng = np.random.default_rng(seed)
+    if rng.random() >= cfg.mix_prob:
+        return x, y
+    use_cutmix = cfg.cutmix_alpha > 0 and (cfg.mixup_alpha == 0 or rng.random() < 0.5)
+    alpha = cfg.cutmix_alpha if use_cutmix else cfg.mixup_alpha
+    lam = float(rng.beta(alpha, alpha))
+    partner = torch.from_numpy(rng.permutation(len(x))).to(x.device)
+    if use_cutmix:
+        h, w = x.shape[-2:]
+        cut = math.sqrt(1.0 - lam)
+        ch, cw = int(round(h * cut)), int(round(w * cut))
+        cy, cx = int(rng.integers(h)), int(rng.integers(w))
+        t, b = max(cy - ch // 2, 0), min(cy + ch - ch // 2, h)
+        left, r = max(cx - cw // 2, 0), min(cx + cw - cw // 2, w)
+        x = x.clone()
+        x[..., t:b, left:r] = x[partner][..., t:b, left:r]
+        lam = 1.0 - (b - t) * (r - left) / (h * w)  # the box as clipped at the border
+    else:
+        x = lam * x + (1.0 - lam) * x[partner]
+    y = y.to(torch.float32)
+    return x, lam * y + (1.0 - lam) * y[partner.to(y.device)]
 
 
 def _sym(column: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cxr.errors import ConfigError
 
@@ -59,20 +59,63 @@ class PreprocessConfig(StrictConfig):
     filter_size: int = Field(3, ge=1, le=31, description="kernel size (odd) or sigma scale")
 
 
+# Magnitudes of the intensity and geometry jitter per `augment.preset`; "medium" is the long-
+# standing default. A field set explicitly (not None) wins over its preset's value.
+AUGMENT_PRESETS: dict[str, dict[str, float]] = {
+    "light": {"rotation_deg": 3.0, "translate": 0.02, "scale_min": 0.95, "brightness": 0.05,
+              "contrast": 0.05, "gamma": 0.07, "noise_std": 0.01, "blur_prob": 0.05},
+    "medium": {"rotation_deg": 7.0, "translate": 0.05, "scale_min": 0.85, "brightness": 0.1,
+               "contrast": 0.1, "gamma": 0.15, "noise_std": 0.02, "blur_prob": 0.1},
+    # other scanners and sites: wider exposure, contrast and gamma ranges, more blur and noise,
+    # looser framing (MedMNIST-C's corruptions, at training time)
+    "heavy": {"rotation_deg": 12.0, "translate": 0.08, "scale_min": 0.7, "brightness": 0.2,
+              "contrast": 0.25, "gamma": 0.35, "noise_std": 0.04, "blur_prob": 0.3},
+}  # fmt: skip
+
+
 class AugmentConfig(StrictConfig):
-    """Training-only augmentation; `strength` scales every magnitude at once (for tuning)."""
+    """Training-only augmentation; `strength` scales every magnitude at once (for tuning).
+
+    The jitter magnitudes come from `preset` unless set one by one (None: the preset's value);
+    `resolved()` gives them as numbers. Mixup / CutMix mix pairs of images and their labels
+    (soft targets); random erasing blanks one rectangle per image with probability erase_prob.
+    """
 
     enabled: bool = True
+    preset: Literal["light", "medium", "heavy"] = "medium"
     strength: float = Field(1.0, ge=0.0, le=3.0)
-    rotation_deg: float = Field(7.0, ge=0.0)
-    translate: float = Field(0.05, ge=0.0, lt=0.5)
-    scale_min: float = Field(0.85, gt=0.0, le=1.0, description="random resized crop: min area")
-    brightness: float = Field(0.1, ge=0.0)
-    contrast: float = Field(0.1, ge=0.0)
-    gamma: float = Field(0.15, ge=0.0)
-    noise_std: float = Field(0.02, ge=0.0)
-    blur_prob: float = Field(0.1, ge=0.0, le=1.0)
+    rotation_deg: float | None = Field(None, ge=0.0)
+    translate: float | None = Field(None, ge=0.0, lt=0.5)
+    scale_min: float | None = Field(
+        None, gt=0.0, le=1.0, description="random resized crop: min area"
+    )
+    brightness: float | None = Field(None, ge=0.0)
+    contrast: float | None = Field(None, ge=0.0)
+    gamma: float | None = Field(None, ge=0.0)
+    noise_std: float | None = Field(None, ge=0.0)
+    blur_prob: float | None = Field(None, ge=0.0, le=1.0)
     hflip: bool = Field(False, description="off by default: the heart is on one side")
+    mixup_alpha: float = Field(0.0, ge=0.0, description="Beta(a, a) mixing weight; 0: off")
+    cutmix_alpha: float = Field(0.0, ge=0.0, description="Beta(a, a) kept area; 0: off")
+    mix_prob: float = Field(1.0, ge=0.0, le=1.0, description="share of batches mixed")
+    erase_prob: float = Field(0.0, ge=0.0, le=1.0, description="random erasing, per image")
+    erase_area: tuple[float, float] = Field(
+        (0.02, 0.2), description="random erasing: rectangle area as a share of the image"
+    )
+
+    @model_validator(mode="after")
+    def _check_erase_area(self):
+        lo, hi = self.erase_area
+        if not 0.0 < lo <= hi < 1.0:
+            raise ValueError(f"erase_area must be 0 < low <= high < 1, got {self.erase_area}")
+        return self
+
+    def resolved(self) -> AugmentConfig:
+        """This config with every magnitude a number: the preset's where the field is None."""
+        preset = AUGMENT_PRESETS[self.preset]
+        return self.model_copy(
+            update={k: v for k, v in preset.items() if getattr(self, k) is None}
+        )
 
 
 class ModelConfig(StrictConfig):
@@ -82,6 +125,10 @@ class ModelConfig(StrictConfig):
     )
     pretrained: str = Field(
         "none", description="'none' (from scratch), 'imagenet' (torchvision download) or a file"
+    )
+    members: list[str] = Field(
+        default_factory=list,
+        description="arch 'ensemble' only: the member architectures, in order (`cxr ensemble`)",
     )
 
 
@@ -96,6 +143,17 @@ class TrainConfig(StrictConfig):
     loss: Literal["auto", "bce", "weighted_bce", "focal", "ce"] = "auto"
     focal_gamma: float = Field(2.0, ge=0.0)
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    ema_decay: float = Field(
+        0.0, ge=0.0, lt=1.0, description="weight EMA per step (e.g. 0.999); validation and the "
+        "saved weights use the averaged model; 0: off"
+    )
+    swa_epochs: int = Field(
+        0, ge=0, description="SWA: average the weights of the last N epochs (BatchNorm "
+        "statistics recomputed on the training images) and save that model; 0: off"
+    )
+    swa_lr: float | None = Field(
+        None, gt=0.0, description="SWA: constant learning rate in its epochs (None: the schedule's)"
+    )
     scheduler: Literal["cosine", "onecycle", "step", "plateau", "none"] = "cosine"
     warmup_epochs: float = Field(1.0, ge=0.0)
     step_size: int = Field(5, ge=1)

@@ -27,8 +27,9 @@ def build_loss(cfg: TrainConfig, task: str, train_labels: np.ndarray) -> LossFn:
         raise ConfigError(f"train.loss: {name!r} does not fit a {task} task (use one of {allowed})")
     if task == "multiclass":
         if name == "ce":
+            # class probabilities as targets: one-hot gives the usual CE, mixup/CutMix soft ones
             return lambda logits, y: F.cross_entropy(
-                logits, y.argmax(dim=1), label_smoothing=cfg.label_smoothing
+                logits, y.float(), label_smoothing=cfg.label_smoothing
             )
         return lambda logits, y: _focal_softmax(logits, y, cfg.focal_gamma)
     if name == "bce":

@@ -19,7 +19,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from cxr import distributed
-from cxr.augment import augment_batch
+from cxr.augment import augment_batch, mix_batch
+from cxr.averaging import WeightAverages
 from cxr.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -52,6 +53,7 @@ def train_one_epoch(
     desc: str = "train",
     progress: bool = True,
     world: distributed.World = distributed.SINGLE,
+    after_step: Callable[[], None] | None = None,
 ) -> dict:
     """One pass over the training images; returns mean loss and measured images/s.
 
@@ -65,8 +67,9 @@ def train_one_epoch(
                disable=not (progress and world.is_main), leave=False)  # fmt: skip
     for x, y, rows in distributed.sharded_batches(images, cfg.train.batch_size, generator, world):
         n_batch = len(x)
-        x = normalize(augment_batch(to_model(x, rt), cfg.augment, generator)[rows])
-        y = y.to(rt.device, non_blocking=True)
+        x = augment_batch(to_model(x, rt), cfg.augment, generator)[rows]
+        x, y = mix_batch(x, y.to(rt.device, non_blocking=True), cfg.augment, generator)
+        x = normalize(x)
         with autocast(rt):
             logits = model(x)
         # A last batch smaller than W leaves a rank without images: its loss is a zero that
@@ -79,6 +82,8 @@ def train_one_epoch(
         (loss * (len(y) * world.size / n_batch)).backward()
         optimizer.step()
         schedule.after_step()
+        if after_step is not None:
+            after_step()
         total_loss += loss.item() * len(y)
         seen += len(y)
         bar.update(n_batch)
@@ -202,6 +207,7 @@ def train(
     schedule = Schedule(optimizer, cfg.train, steps)
     generator = torch.Generator().manual_seed(cfg.train.seed)
     state = {"epoch": 0, "history": [], "best": None, "best_epoch": 0, "stale": 0}
+    averages = WeightAverages(model, cfg.train)
 
     checkpoint = latest_checkpoint(run_dir) if resume else None
     if checkpoint is not None:
@@ -209,6 +215,7 @@ def train(
         optimizer.load_state_dict(saved_state["optimizer"])
         schedule.load_state_dict(saved_state["scheduler"])
         generator.set_state(saved_state["generator"])
+        averages.load_state_dict(saved_state.get("averages", {}))
         state = json.loads(saved_state["loop"])
         if world.is_main:
             print(f"resuming {run_dir} after epoch {state['epoch']}")
@@ -222,9 +229,12 @@ def train(
         row |= train_one_epoch(
             net, data.train, loss_fn, optimizer, schedule, cfg, generator, rt,
             desc=f"epoch {epoch}/{cfg.train.epochs}", progress=progress, world=world,
+            after_step=lambda: averages.after_step(model, optimizer, epoch),  # noqa: B023
         )  # fmt: skip
         distributed.sync_buffers(model, world)
-        metrics, _ = validation_metrics(model, data.val, data.task, rt, world)
+        averages.after_epoch(model, epoch)
+        scored = averages.evaluated(model)  # the EMA when on: what is validated is what is saved
+        metrics, _ = validation_metrics(scored, data.val, data.task, rt, world)
         row |= {"val_mean_auroc": metrics["mean_auroc"], "val_accuracy": metrics["accuracy"]}
         row["lr"] = optimizer.param_groups[0]["lr"]
         schedule.after_epoch(metrics["mean_auroc"] or 0.0)
@@ -233,7 +243,7 @@ def train(
             state |= {"best": metrics["mean_auroc"] or 0.0, "best_epoch": epoch, "stale": 0}
             best_metrics = metrics
             if world.is_main:
-                save_weights(model, files.weights)
+                save_weights(scored, files.weights)
         else:
             state["stale"] += 1
         state["epoch"] = epoch
@@ -248,6 +258,7 @@ def train(
                     "scheduler": schedule.state_dict(),
                     "generator": generator.get_state(),
                     "loop": json.dumps(state),
+                    "averages": averages.state_dict(),
                 },
             )
             _log_epoch(run_dir, state["history"])
@@ -261,7 +272,11 @@ def train(
 
     result = None
     if world.is_main:
-        result = finish_run(run_dir, cfg, data, state, rt)
+        swa = averages.swa_model(data.train, rt, cfg.train.batch_size)
+        if swa is not None:  # the SWA average is the run's model, whatever the best epoch was
+            save_weights(swa, files.weights)
+            state["best_epoch"] = state["epoch"]
+        result = finish_run(run_dir, cfg, data, state, rt, averages.describe())
     distributed.barrier(world)  # every rank returns once the run folder is complete
     distributed.teardown(created)
     if result is None:
@@ -282,7 +297,10 @@ def _data_identity(data: PreparedData) -> dict[str, str]:
     }
 
 
-def finish_run(run_dir: Path, cfg: RunConfig, data: PreparedData, state: dict, rt: Runtime):
+def finish_run(
+    run_dir: Path, cfg: RunConfig, data: PreparedData, state: dict, rt: Runtime,
+    averaging: str | None = None,
+):  # fmt: skip
     """Reload the best weights, choose thresholds on validation, write metrics and plots."""
     from cxr.checkpoint import load_weights
     from cxr.plots import plot_pr, plot_roc, plot_training_curves
@@ -290,6 +308,7 @@ def finish_run(run_dir: Path, cfg: RunConfig, data: PreparedData, state: dict, r
     model = build_model(cfg.model, len(data.findings)).to(rt.device)
     load_weights(model, RunDir(run_dir).weights)
     metrics, scores = validation_metrics(model, data.val, data.task, rt)
+    state["best"] = metrics["mean_auroc"]  # the saved model's (the SWA average's, with SWA)
     thresholds = [metrics["per_finding"][f]["threshold"] for f in data.findings]
     write_json(
         RunDir(run_dir).model_json,
@@ -307,6 +326,7 @@ def finish_run(run_dir: Path, cfg: RunConfig, data: PreparedData, state: dict, r
                 "n_val": len(data.val.table),
             },
             "best_epoch": state["best_epoch"],
+            "weight_averaging": averaging,
         },
     )
     write_json(RunDir(run_dir).val_metrics, metrics)
