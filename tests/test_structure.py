@@ -22,7 +22,7 @@ LAYERS = [
      "cxr.bootstrap", "cxr.plots"},
     {"cxr.models"},
     {"cxr.run", "cxr.runtime"},
-    {"cxr.train", "cxr.calibration", "cxr.evaluate"},
+    {"cxr.train", "cxr.calibration", "cxr.evaluate", "cxr.averaging", "cxr.ensemble", "cxr.adapt"},
     {"cxr.ood", "cxr.explain"},
     {"cxr.inference"},
     {"cxr.report", "cxr.tune"},

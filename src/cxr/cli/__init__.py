@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cxr.cli import evaluate, predict, train
+from cxr.cli import accuracy, evaluate, predict, train
 from cxr.cli.common import build_config
 from cxr.errors import CxrError
 
@@ -21,7 +21,7 @@ def parser() -> argparse.ArgumentParser:
         "Research software: not a medical device.",
     )
     sub = p.add_subparsers(dest="command", required=True)
-    for module in (train, evaluate, predict):
+    for module in (train, evaluate, predict, accuracy):
         for name, (help_, arguments, run, parents) in module.COMMANDS.items():
             command = sub.add_parser(name, help=help_, parents=[make() for make in parents])
             arguments(command)

@@ -1,8 +1,10 @@
 """Backbones behind one interface (`Classifier`), built by name from the registry."""
 
-from cxr.models import convnext, densenet, efficientnet, resnet  # noqa: F401 - they register
+# each module registers its architectures on import
+from cxr.models import convnext, densenet, efficientnet, ensemble, resnet  # noqa: F401
 from cxr.models.registry import (
     ARCHITECTURES,
+    COMPOSITES,
     Classifier,
     build_model,
     check_arch,
@@ -13,6 +15,7 @@ from cxr.models.registry import (
 
 __all__ = [
     "ARCHITECTURES",
+    "COMPOSITES",
     "Classifier",
     "build_model",
     "check_arch",

@@ -70,6 +70,8 @@ class Architecture:
 
 
 ARCHITECTURES: dict[str, Architecture] = {}
+# Models made of other models (`cxr ensemble`): built from the whole ModelConfig, never trained.
+COMPOSITES: dict[str, Callable[[ModelConfig, int], Classifier]] = {}
 
 
 def register(name: str, build: Callable[..., nn.Module], weights: WeightsEnum,
@@ -77,7 +79,15 @@ def register(name: str, build: Callable[..., nn.Module], weights: WeightsEnum,
     ARCHITECTURES[name] = Architecture(name, build, weights, adapter)
 
 
+def register_composite(name: str, build: Callable[[ModelConfig, int], Classifier]) -> None:
+    COMPOSITES[name] = build
+
+
 def check_arch(name: str) -> Architecture:
+    if name in COMPOSITES:
+        raise ConfigError(
+            f"model.arch: {name!r} models are made from finished runs (`cxr {name}`), not trained"
+        )
     if name not in ARCHITECTURES:
         raise ConfigError(
             f"model.arch: unknown architecture {name!r}; choose one of {', '.join(ARCHITECTURES)}"
@@ -91,6 +101,8 @@ def build_model(cfg: ModelConfig, num_outputs: int) -> Classifier:
     The head is linear logits for both tasks: sigmoid (multi-label) or softmax (single-label)
     is applied by the loss and by `probabilities`, so one model class serves both.
     """
+    if cfg.arch in COMPOSITES:
+        return COMPOSITES[cfg.arch](cfg, num_outputs)
     arch = check_arch(cfg.arch)
     if num_outputs < 1:
         raise ConfigError(f"num_outputs must be >= 1, got {num_outputs}")
