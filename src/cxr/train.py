@@ -34,7 +34,7 @@ from cxr.data.prepare import PreparedData, prepare_data
 from cxr.errors import CxrError
 from cxr.losses import build_loss
 from cxr.metrics import choose_thresholds, compute_metrics
-from cxr.models import build_model, check_arch, probabilities_numpy
+from cxr.models import build_model, check_arch, check_pretrained, probabilities_numpy
 from cxr.optim import Schedule, build_optimizer
 from cxr.preprocess import normalize
 from cxr.run import RunDir
@@ -177,6 +177,7 @@ def train(
     # Under torchrun: refuse a bad launch before any work, meet the other processes, check
     # that all run the same config; rank 0 alone writes the run folder (cxr.distributed).
     check_arch(cfg.model.arch)  # before any work: a typo must not cost a cache build
+    check_pretrained(cfg.model)  # nor missing (offline, uncached) starting weights
     world = distributed.world_from_env()
     distributed.check_launch(world, cfg.train.batch_size, cfg.train.device)
     device = distributed.device_for(world, cfg.train.device)

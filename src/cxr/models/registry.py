@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 import numpy as np
 import torch
@@ -106,15 +107,25 @@ def build_model(cfg: ModelConfig, num_outputs: int) -> Classifier:
     arch = check_arch(cfg.arch)
     if num_outputs < 1:
         raise ConfigError(f"num_outputs must be >= 1, got {num_outputs}")
-    net = arch.build(weights=None)
-    if cfg.pretrained == "imagenet":
-        net.load_state_dict(imagenet_state_dict(arch.weights))
+    net = imagenet_net(arch) if cfg.pretrained == "imagenet" else arch.build(weights=None)
     model = arch.adapter(net)
     _grey_stem(model)
     model.set_head(num_outputs)
     if cfg.pretrained not in ("none", "imagenet"):
         load_backbone_file(model, cfg.pretrained)
     return model
+
+
+def check_pretrained(cfg: ModelConfig) -> None:
+    """Before any data work: the starting weights can be had. ImageNet weights are read from the
+    torch hub cache ($TORCH_HOME/hub/checkpoints) or downloaded into it (OfflineError when
+    neither works); a weights file must exist."""
+    if cfg.pretrained == "imagenet":
+        weights = check_arch(cfg.arch).weights
+        if not imagenet_cache_file(weights).is_file():
+            imagenet_state_dict(weights)  # downloads into the cache, or says it is offline
+    elif cfg.pretrained != "none" and not Path(cfg.pretrained).is_file():
+        raise ConfigError(f"model.pretrained: weights file not found: {cfg.pretrained}")
 
 
 def _grey_stem(model: nn.Module) -> None:
@@ -142,17 +153,35 @@ def _set(root: nn.Module, dotted: str, module: nn.Module) -> None:
     setattr(root.get_submodule(parent) if parent else root, leaf, module)
 
 
+def imagenet_cache_file(weights: WeightsEnum) -> Path:
+    """Where torch.hub keeps (or would keep) the weights: $TORCH_HOME/hub/checkpoints/NAME."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
+
+
+def imagenet_net(arch: Architecture) -> nn.Module:
+    """The torchvision model with its ImageNet weights, built by torchvision's own constructor
+    (which also maps old checkpoint key names, as DenseNet's), from the hub cache when there."""
+    try:
+        return arch.build(weights=arch.weights)
+    except OSError as exc:  # urllib/SSL/socket errors: the weights are neither cached nor reachable
+        raise _offline(arch.weights, exc) from None
+
+
 def imagenet_state_dict(weights: WeightsEnum) -> dict:
     """torchvision's ImageNet weights: from the torch hub cache when there, else downloaded."""
     try:
         return weights.get_state_dict(progress=True, check_hash=True)
     except Exception as exc:  # noqa: BLE001 - urllib/SSL/socket errors all mean "offline"
-        raise OfflineError(
-            f"could not download ImageNet weights {weights} ({exc.__class__.__name__}: {exc}). "
-            "Without internet, pass model.pretrained=none (train from scratch) or the path of a "
-            "local .safetensors/.pth file with the same architecture (see README: pretrained "
-            "weights offline)."
-        ) from None
+        raise _offline(weights, exc) from None
+
+
+def _offline(weights: WeightsEnum, exc: Exception) -> OfflineError:
+    return OfflineError(
+        f"could not download ImageNet weights {weights} ({exc.__class__.__name__}: {exc}). "
+        "Without internet, pass model.pretrained=none (train from scratch) or the path of a "
+        "local .safetensors/.pth file with the same architecture (see README: pretrained "
+        f"weights offline; the cache file would be {imagenet_cache_file(weights)})."
+    )
 
 
 def load_backbone_file(model: nn.Module, path: str) -> None:
