@@ -236,8 +236,9 @@ export function App() {
     controllers.current.forEach((c) => c.abort());
     setItems([]);
     setSelected(null);
-    void forgetAll().catch(() => undefined);
-    setAnnouncement("All results were deleted from this browser.");
+    forgetAll()
+      .then(() => setAnnouncement("All results were deleted from this browser."))
+      .catch(() => setAnnouncement("This browser refused to delete the stored results."));
   };
 
   const download = () => {

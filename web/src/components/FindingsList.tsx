@@ -56,7 +56,6 @@ export function FindingsList({ findings, selected, onSelect }: Props) {
               type="button"
               className={`finding${selected === f.finding ? " selected" : ""}`}
               aria-pressed={selected === f.finding}
-              aria-label={findingLabel(f)}
               tabIndex={index === focusIndex ? 0 : -1}
               onClick={() => onSelect(f.finding)}
               onKeyDown={(e) => move(e, index)}
@@ -75,11 +74,19 @@ export function FindingsList({ findings, selected, onSelect }: Props) {
               </span>
               <span className="finding-pct">
                 {p}
+                <span className="sr-only">, threshold</span>
                 <small>
-                  thr {t} · {marginText(f.probability, f.threshold)}
+                  <span aria-hidden="true">thr </span>
+                  {t}
+                  <span aria-hidden="true"> · {marginText(f.probability, f.threshold)}</span>
+                  <span className="sr-only">,</span>
                 </small>
               </span>
-              <span className={`call ${call}`}>{CALL_WORD[call]}</span>
+              <span className={`call ${call}`}>
+                {CALL_WORD[call]}
+                {call === "possible" && <span className="sr-only"> (borderline)</span>}
+                {!reliable && <span className="sr-only">,</span>}
+              </span>
               {!reliable && (
                 <span className="unreliable-tag">
                   unreliable: AUROC {f.auroc === null || f.auroc === undefined ? "n/a" : f.auroc.toFixed(2)}

@@ -64,7 +64,6 @@ export function ResultsTable(p: Props) {
               type="button"
               className="row-main"
               aria-current={item.id === p.selected ? "true" : undefined}
-              aria-label={`${item.name}: ${status(item, p.includeUnreliable)}`}
               tabIndex={index === focusIndex ? 0 : -1}
               onClick={() => p.onSelect(item.id)}
               onKeyDown={(e) => move(e, index)}
@@ -75,9 +74,10 @@ export function ResultsTable(p: Props) {
                 {item.running ? <span className="spinner" /> : null}
               </span>
               <span className="row-text">
-                <span className="file" data-testid="row-name">
-                  {middleTruncate(item.name, 30)}
+                <span className="file" data-testid="row-name" aria-hidden="true">
+                  {middleTruncate(item.name, 24)}
                 </span>
+                <span className="sr-only">{item.name}: </span>
                 <span className={`row-status${item.error ? " error-text" : ""}`}>
                   {status(item, p.includeUnreliable)}
                 </span>
