@@ -167,6 +167,7 @@ try {
   check((await page.getByRole("dialog").innerText()).includes("next image"), "? opens the keyboard help");
   await page.keyboard.press("Escape");
   await axe(page, "results (desktop)");
+  await page.evaluate(() => window.scrollTo(0, 0));
   await page.screenshot({ path: join(outDir, "desktop.png") });
 
   // --- a 16-bit DICOM: header panel, window/level at full depth ---
@@ -198,6 +199,7 @@ try {
   const lung = await page.getByTestId("window").innerText();
   check(lung !== win, `the lung preset sets a window (${lung})`);
   check(full.levels > 200, `full window shows ${full.levels} levels`);
+  await page.locator("#result-title").scrollIntoViewIfNeeded();
   await page.screenshot({ path: join(outDir, "dicom-window.png") });
 
   // --- refusals and errors in plain words, with Retry ---
@@ -210,7 +212,8 @@ try {
   check(await page.getByRole("button", { name: "Retry", exact: true }).isVisible(), "plain error with a Retry button");
   check((await page.locator(".result-rows li").count()) === 4, "four files in the results list");
   const shown = await page.getByTestId("row-name").allInnerTexts();
-  check(shown.every((n) => n.length <= 24), `names fit their column: ${shown.join(", ")}`);
+  const cut = await page.getByTestId("row-name").evaluateAll((els) => els.filter((e) => e.scrollWidth > e.clientWidth + 1).length);
+  check(shown.every((n) => n.length <= 22) && cut === 0, `names fit their column, cut in the middle: ${shown.join(", ")}`);
   await axe(page, "error (desktop)");
   await page.screenshot({ path: join(outDir, "error.png"), fullPage: true });
 

@@ -361,6 +361,7 @@ export function App() {
                   {w}
                 </p>
               ))}
+              <div className="result-body">
               <div className="viewer-box" ref={viewerBox}>
                 <Viewer
                   result={result}
@@ -377,6 +378,7 @@ export function App() {
                   onOverlay={setOverlay}
                 />
               </div>
+              <div className="result-findings">
               <h3>Findings</h3>
               <p className="summary" data-testid="summary">
                 {counts && countsText(counts, includeUnreliable)} of {result.findings.length}
@@ -386,6 +388,7 @@ export function App() {
                 score is called “possible” rather than positive or negative. Greyed: findings the model cannot call
                 reliably (validation AUROC ≤ {info?.reliable_auroc ?? 0.6}).
               </p>
+              {(counts?.unreliable ?? 0) > 0 && (
               <label className="check">
                 <input
                   type="checkbox"
@@ -394,6 +397,7 @@ export function App() {
                 />{" "}
                 Count unreliable findings too
               </label>
+              )}
               <FindingsList findings={result.findings} selected={shownFinding} onSelect={selectFinding} />
               {heatmapError && (
                 <p className="error" role="alert">
@@ -431,6 +435,8 @@ export function App() {
                 {result.ood.checked &&
                   ` · input check passed (out-of-distribution score ${result.ood.score?.toFixed(2) ?? "?"})`}
               </p>
+              </div>
+              </div>
             </section>
           )}
         </div>

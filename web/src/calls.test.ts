@@ -25,6 +25,9 @@ describe("percentPair and marginText", () => {
     expect(percentPair(0.5581, 0.5579)).toEqual(["55.81%", "55.79%"]);
     expect(percentPair(0.55801, 0.55799)).toEqual(["55.801%", "55.799%"]);
     expect(percentPair(0.71, 0.4)).toEqual(["71.0%", "40.0%"]);
+    // never a false 100% or 0% for a value strictly between
+    expect(percentPair(0.99996, 0.999)).toEqual(["99.996%", "99.9%"]);
+    expect(percentPair(0.00004, 0.001)).toEqual(["0.004%", "0.1%"]);
     expect(marginText(0.5581, 0.5579)).toBe("+0.02 pts over");
     expect(marginText(0.5579, 0.5581)).toBe("−0.02 pts under");
     expect(marginText(0.71, 0.4)).toBe("+31.0 pts over");

@@ -11,15 +11,27 @@ export function percent(p: number): string {
   return `${(100 * p).toFixed(1)}%`;
 }
 
+/** p as a percentage with at least `digits` decimals, more when rounding would print 0% or
+ * 100% for a value strictly between them; ">99.99%" / "<0.01%" past four decimals. */
+function pct(p: number, digits: number): string {
+  if (p >= 1) return "100%";
+  if (p <= 0) return "0%";
+  for (let d = digits; d <= 4; d++) {
+    const text = (100 * p).toFixed(d);
+    if (Number(text) > 0 && Number(text) < 100) return `${text}%`;
+  }
+  return p > 0.5 ? ">99.9999%" : "<0.0001%";
+}
+
 /** Probability and threshold, with as many decimals as it takes for them to print differently
- * (so "55.8% vs 55.8%" can never sit beside a call). */
+ * (so "55.8% vs 55.8%" can never sit beside a call), and never a false 0% or 100%. */
 export function percentPair(p: number, threshold: number): [string, string] {
   for (let digits = 1; digits <= 4; digits++) {
-    const a = `${(100 * p).toFixed(digits)}%`;
-    const b = `${(100 * threshold).toFixed(digits)}%`;
+    const a = pct(p, digits);
+    const b = pct(threshold, digits);
     if (a !== b || p === threshold) return [a, b];
   }
-  return [`${(100 * p).toFixed(4)}%`, `${(100 * threshold).toFixed(4)}%`];
+  return [pct(p, 4), pct(threshold, 4)];
 }
 
 /** "+2.3 pts over", "−0.04 pts under", "at the threshold": the margin in percentage points. */

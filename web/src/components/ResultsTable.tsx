@@ -75,7 +75,7 @@ export function ResultsTable(p: Props) {
               </span>
               <span className="row-text">
                 <span className="file" data-testid="row-name" aria-hidden="true">
-                  {middleTruncate(item.name, 24)}
+                  {middleTruncate(item.name, 22)}
                 </span>
                 <span className="sr-only">{item.name}: </span>
                 <span className={`row-status${item.error ? " error-text" : ""}`}>

@@ -374,7 +374,7 @@ function Pane(p: PaneProps) {
       <div
         ref={box}
         className={`pane${p.dark ? " dark" : ""}${p.dragMode === "window" ? " window-mode" : ""}`}
-        style={{ aspectRatio: String(p.aspect) }}
+        style={{ aspectRatio: String(p.aspect), "--aspect": String(p.aspect) } as React.CSSProperties}
         role="img"
         aria-label={p.label}
         data-testid="pane"
