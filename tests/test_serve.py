@@ -496,6 +496,28 @@ def test_front_end_is_served_with_client_side_routes(engine, tmp_path):
     assert "img-src 'self' data:" in headers["Content-Security-Policy"]
 
 
+def test_front_end_assets_are_gzipped_and_cached_by_hash(engine, tmp_path):
+    import gzip
+
+    (tmp_path / "assets").mkdir()
+    (tmp_path / "index.html").write_text("<!doctype html><div id=root></div>")
+    script = "const findings = [];\n" * 500
+    (tmp_path / "assets" / "index-abc123.js").write_text(script)
+    client = make_client(engine, web_dir=str(tmp_path))
+    asset = client.get("/assets/index-abc123.js", headers={"Accept-Encoding": "gzip, br"})
+    assert asset.headers["Content-Encoding"] == "gzip"
+    assert gzip.decompress(asset.data).decode() == script
+    assert len(asset.data) < len(script) / 10
+    assert "immutable" in asset.headers["Cache-Control"]
+    assert "max-age=31536000" in asset.headers["Cache-Control"]
+    assert "Accept-Encoding" in asset.headers["Vary"]
+    plain = client.get("/assets/index-abc123.js")  # a client that cannot gunzip
+    assert "Content-Encoding" not in plain.headers and plain.data.decode() == script
+    page = client.get("/", headers={"Accept-Encoding": "gzip"})
+    assert "no-cache" in page.headers["Cache-Control"]
+    assert b"id=root" in gzip.decompress(page.data)
+
+
 def test_unbuilt_front_end_says_how_to_build_it(engine, tmp_path):
     page = make_client(engine, web_dir=str(tmp_path / "none")).get("/")
     assert page.status_code == 200 and b"web/ci.sh" in page.data
