@@ -63,8 +63,15 @@ def web_dist(tools) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tiny_kermany_run) -> Path:
-    return tiny_kermany_run
+def tiny_run(tiny_kermany_run, tmp_path_factory) -> Path:
+    """A copy of the tiny run whose validation could not estimate NORMAL's AUROC (as NIH's
+    Hernia with no validation positives): the page must grey it out and not count it."""
+    run = tmp_path_factory.mktemp("web-run") / "run"
+    shutil.copytree(tiny_kermany_run, run)
+    metrics = json.loads((run / "val_metrics.json").read_text())
+    metrics["auroc"]["NORMAL"] = None
+    (run / "val_metrics.json").write_text(json.dumps(metrics))
+    return run
 
 
 def _free_port() -> int:

@@ -8,7 +8,7 @@
 // (CHROMIUM env to override) through playwright-core: no browser download. Screenshots of each
 // state are written to OUT_DIR for a person to look at.
 import { chromium } from "playwright-core";
-import { mkdirSync } from "node:fs";
+import { mkdirSync, readFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { basename, join } from "node:path";
 
@@ -125,6 +125,25 @@ try {
   check((await page.getByTestId("announcer").innerText()).startsWith("Result for"), "the result is announced (aria-live)");
   check((await page.getByTestId("map-caption").innerText()).includes("2×2 cells"), "Grad-CAM states its resolution");
   await page.getByTestId("heatmap").waitFor();
+  // NORMAL's validation AUROC is not estimable in this run: flagged, greyed, not counted
+  const unreliable = await page.locator(".findings li.unreliable").innerText();
+  check(unreliable.includes("Normal") && unreliable.includes("unreliable: AUROC n/a"), "unreliable finding flagged");
+  const summary = await page.getByTestId("summary").innerText();
+  check(summary.includes("1 unreliable finding not counted"), `left out of the counts: ${summary}`);
+  await page.getByLabel("Count unreliable findings too").check();
+  check(!(await page.getByTestId("summary").innerText()).includes("not counted"), "counted when asked");
+  await page.getByLabel("Count unreliable findings too").uncheck();
+  // an empty map says so instead of showing nothing under the finding's name
+  await page.locator(".findings li.unreliable .finding").click();
+  await page.waitForFunction(() => document.querySelector("[data-testid=map-caption]").textContent.includes("Normal:"));
+  const empty = await page.getByTestId("map-caption").innerText();
+  check(empty.includes("empty"), `an empty map is named as such: ${empty}`);
+  await page.locator(".findings .finding").first().click();
+  await page.getByRole("button", { name: "Use the finer layer" }).click();
+  await page.waitForFunction(() => document.querySelector("[data-testid=map-caption]").textContent.includes("3×3"));
+  check(true, "the finer layer gives a 3×3 map");
+  await page.getByRole("button", { name: "Use the last layer" }).click();
+  await page.getByTestId("heatmap").waitFor();
 
   // --- zoom and pan, linked across panes ---
   const pane = page.getByTestId("pane").first();
@@ -147,7 +166,12 @@ try {
   await page.getByRole("button", { name: "Fit" }).click();
   check((await zoomText(page)) === "zoom 100%", "Fit returns to the whole image");
   await page.getByRole("button", { name: "1:1" }).click();
-  check((await zoomText(page)) !== "zoom 100%" || true, `1:1 (${await zoomText(page)})`);
+  const expected = await page.evaluate(() => {
+    const pane = document.querySelector("[data-testid=pane]");
+    const shown = Number(document.querySelector("[data-testid=viewer-status]").textContent.match(/preview (\d+)×/)[1]);
+    return `zoom ${Math.round(100 * Math.max(1, shown / pane.clientWidth))}%`;
+  });
+  check((await zoomText(page)) === expected, `1:1 shows one preview pixel per screen pixel (${expected}; never below fit)`);
   await page.keyboard.press("0");
 
   // --- keyboard: findings list, overlay, help ---
@@ -203,8 +227,21 @@ try {
   await page.screenshot({ path: join(outDir, "dicom-window.png") });
 
   // --- refusals and errors in plain words, with Retry ---
-  await page.setInputFiles("#file-input", ct);
+  // dropped on the page outside the drop box
+  const ctBytes = readFileSync(ct).toString("base64");
+  await page.evaluate(
+    ([b64, name]) => {
+      const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+      const dt = new DataTransfer();
+      dt.items.add(new File([bytes], name, { type: "application/dicom" }));
+      const target = document.querySelector("footer");
+      target.dispatchEvent(new DragEvent("dragover", { dataTransfer: dt, bubbles: true, cancelable: true }));
+      target.dispatchEvent(new DragEvent("drop", { dataTransfer: dt, bubbles: true, cancelable: true }));
+    },
+    [ctBytes, basename(ct)],
+  );
   await page.getByRole("alert").waitFor();
+  check(true, "a file dropped on the footer is taken");
   const refusal = await page.getByRole("alert").innerText();
   check(refusal.includes("CT slice"), `a CT DICOM is refused: ${refusal}`);
   await page.setInputFiles("#file-input", text);

@@ -120,4 +120,22 @@ describe("App", () => {
     });
     expect(heat.style.opacity).toBe("0.9");
   });
+
+  it("cancels an analysis in flight and offers to retry it", async () => {
+    const fetchFn = vi.fn(async (url: string, init?: RequestInit) => {
+      if (url === "/api/model") return jsonResponse(modelInfo);
+      return new Promise<Response>((_, reject) =>
+        init?.signal?.addEventListener("abort", () => reject(new DOMException("aborted", "AbortError"))),
+      );
+    });
+    vi.stubGlobal("fetch", fetchFn);
+    await act(async () => mount.root.render(<App />));
+    await choose("slow.png");
+    expect(mount.container.querySelector("[aria-busy=true]")!.textContent).toContain("Analysing");
+    const cancel = [...mount.container.querySelectorAll("button")].find((b) => b.textContent === "Cancel")!;
+    await act(async () => cancel.click());
+    await settle();
+    expect(mount.container.querySelector("[role=alert]")!.textContent).toBe("Cancelled.");
+    expect(mount.container.querySelector("[aria-label='Retry slow.png']")).not.toBeNull();
+  });
 });
