@@ -381,7 +381,7 @@ export function App() {
               <div className="result-findings">
               <h3>Findings</h3>
               <p className="summary" data-testid="summary">
-                {counts && countsText(counts, includeUnreliable)} of {result.findings.length}
+                Of {result.findings.length} findings: {counts && countsText(counts, includeUnreliable)}
               </p>
               <p className="hint">
                 Bar: probability. Black tick: the threshold chosen on validation. Shaded: the borderline band, where a
