@@ -22,8 +22,8 @@ export interface Item extends StoredItem {
   running?: boolean;
 }
 
-type Layer = "layer4" | "layer3";
-const mapKey = (layer: Layer, finding: string) => (layer === "layer4" ? finding : `${layer}:${finding}`);
+type Layer = "last" | "finer";
+const mapKey = (layer: Layer, finding: string) => (layer === "last" ? finding : `${layer}:${finding}`);
 
 function describe(err: unknown): { error: string; errorDetail?: string } {
   if (err instanceof ApiError) {
@@ -55,7 +55,7 @@ export function App() {
   const [finding, setFinding] = useState<string | null>(null);
   const [opacity, setOpacity] = useState(0.5);
   const [overlay, setOverlay] = useState(true);
-  const [layer, setLayer] = useState<Layer>("layer4");
+  const [layer, setLayer] = useState<Layer>("last");
   const [includeUnreliable, setIncludeUnreliable] = useState(false);
   const [help, setHelp] = useState(false);
   const [dragOver, setDragOver] = useState(false);
@@ -199,7 +199,7 @@ export function App() {
       const notes = { ...(r.heatmap_notes ?? {}) };
       for (const [f, url] of Object.entries(extra.heatmaps)) heatmaps[mapKey(wanted, f)] = url;
       for (const [f, note] of Object.entries(extra.heatmap_notes ?? {})) notes[mapKey(wanted, f)] = note;
-      const grids = { layer4: r.heatmap_grid ?? null, ...(r.heatmap_grids ?? {}), [wanted]: extra.heatmap_grid ?? null };
+      const grids = { last: r.heatmap_grid ?? null, ...(r.heatmap_grids ?? {}), [wanted]: extra.heatmap_grid ?? null };
       update(current.id, { result: { ...r, heatmaps, heatmap_notes: notes, heatmap_grids: grids } });
     } catch (err) {
       setHeatmapError(describe(err).error);
@@ -263,7 +263,7 @@ export function App() {
   const key = shownFinding ? mapKey(layer, shownFinding) : null;
   const heatmap = key && result ? result.heatmaps[key] : undefined;
   const grids = result?.heatmap_grids;
-  const grid = layer === "layer4" ? (grids?.layer4 ?? result?.heatmap_grid ?? null) : (grids?.layer3 ?? null);
+  const grid = layer === "last" ? (grids?.last ?? result?.heatmap_grid ?? null) : (grids?.finer ?? null);
   const counts = result ? countCalls(result.findings, includeUnreliable) : null;
 
   return (

@@ -18,8 +18,8 @@ describe("predict", () => {
 
   it("defaults to automatic heatmaps and preview images", () => {
     expect(predictUrl()).toBe("/api/predict?heatmaps=auto&images=true");
-    expect(predictUrl({ depth: 16, heatmapLayer: "layer3" })).toBe(
-      "/api/predict?heatmaps=auto&images=true&depth=16&heatmap_layer=layer3",
+    expect(predictUrl({ depth: 16, heatmapLayer: "finer" })).toBe(
+      "/api/predict?heatmaps=auto&images=true&depth=16&heatmap_layer=finer",
     );
   });
 

@@ -175,7 +175,7 @@ export interface PredictOptions {
   heatmaps?: string; // auto | none | top | positive | all | comma-separated finding names
   images?: boolean;
   depth?: 8 | 16; // bits of the preview PNG: 16 keeps a DICOM's or 16-bit PNG's depth
-  heatmapLayer?: "layer4" | "layer3";
+  heatmapLayer?: "last" | "finer";
   signal?: AbortSignal;
 }
 
@@ -184,7 +184,7 @@ export function predictUrl(options: PredictOptions = {}): string {
   query.set("heatmaps", options.heatmaps ?? "auto");
   query.set("images", String(options.images ?? true));
   if (options.depth && options.depth !== 8) query.set("depth", String(options.depth));
-  if (options.heatmapLayer && options.heatmapLayer !== "layer4") {
+  if (options.heatmapLayer && options.heatmapLayer !== "last") {
     query.set("heatmap_layer", options.heatmapLayer);
   }
   return `/api/predict?${query.toString()}`;

@@ -8,7 +8,7 @@ against the schema given here for it.
 from __future__ import annotations
 
 from cxr import NOT_A_MEDICAL_DEVICE, __version__
-from cxr.serve.engine import HEATMAP_CHOICES
+from cxr.inference.analysis import HEATMAP_CHOICES
 
 _NUM_OR_NULL = {"type": ["number", "null"]}
 _DATA_URL = {"type": "string", "pattern": "^data:image/png;base64,"}
@@ -216,7 +216,7 @@ _SCHEMAS: dict = {
                 },
             },
             "heatmap_method": {"const": "gradcam"},
-            "heatmap_layer": {"enum": ["layer4", "layer3"]},
+            "heatmap_layer": {"enum": ["last", "finer"]},
             "heatmap_grid": {
                 "type": ["integer", "null"],
                 "description": "cells a side of the Grad-CAM layer: the maps' true resolution",
@@ -353,8 +353,8 @@ def openapi_spec(info: dict | None = None) -> dict:
                         ),
                         _query(
                             "heatmap_layer",
-                            "Grad-CAM block: layer3 is twice as fine as layer4",
-                            {"enum": ["layer4", "layer3"], "default": "layer4"},
+                            "Grad-CAM layer: finer is twice as fine as last (ResNet layer3, 4)",
+                            {"enum": ["last", "finer", "layer4", "layer3"], "default": "last"},
                         ),
                         _query(
                             "filename",

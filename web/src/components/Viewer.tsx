@@ -29,8 +29,8 @@ interface Props {
   heatmapNote?: string;
   heatmapState: "ready" | "loading" | "missing";
   grid: number | null;
-  layer: "layer4" | "layer3";
-  onLayer: (layer: "layer4" | "layer3") => void;
+  layer: "last" | "finer";
+  onLayer: (layer: "last" | "finer") => void;
   opacity: number;
   onOpacity: (value: number) => void;
   overlay: boolean;
@@ -244,14 +244,14 @@ export function Viewer(props: Props) {
           {grid ? (
             <>
               {" "}
-              · resolution: {grid}×{grid} cells ({props.layer === "layer3" ? "finer layer" : "last layer"}), so it shows
+              · resolution: {grid}×{grid} cells ({props.layer === "finer" ? "finer layer" : "last layer"}), so it shows
               the region, not the outline.
             </>
           ) : null}
         </p>
         {grid ? (
-          <button type="button" onClick={() => props.onLayer(props.layer === "layer4" ? "layer3" : "layer4")}>
-            {props.layer === "layer4" ? "Use the finer layer" : "Use the last layer"}
+          <button type="button" onClick={() => props.onLayer(props.layer === "last" ? "finer" : "last")}>
+            {props.layer === "last" ? "Use the finer layer" : "Use the last layer"}
           </button>
         ) : null}
         <div className="scale" aria-label="Heatmap colour scale: blue is little evidence, red is the most">

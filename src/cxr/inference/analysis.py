@@ -1,150 +1,46 @@
-"""Bytes in, a JSON-ready answer out: the one path behind `POST /api/predict` and `cxr predict`.
+"""Bytes in, a JSON-ready answer out: the one path behind `POST /api/predict`.
 
-Flask-free on purpose, so the web API and the folder CLI are two thin doors onto the same checks:
-decode (size and pixel limits) -> refuse colour photographs -> the run's out-of-distribution gate
-(when the run has one) -> `Predictor.predict` -> Grad-CAM for the findings asked for -> PNGs for
-the browser. Nothing here writes to disk.
+Flask-free on purpose (the web API is a thin door onto it): the upload's screening
+(`cxr.inference.screening`) -> `Predictor` -> Grad-CAM for the findings asked for -> PNGs for the
+browser. Nothing here writes to disk.
 """
 
 from __future__ import annotations
 
 import base64
-import io
+import json
 import threading
 import time
-import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cxr import NOT_A_MEDICAL_DEVICE
-from cxr.borderline import RELIABLE_AUROC, finding_bands, grade
-from cxr.data.dicom_header import chest_radiograph_problem, dicom_header, is_dicom
-from cxr.data.image_io import decode_bytes
-from cxr.errors import ConfigError, CxrError, DataError
-from cxr.serve.model_info import model_info
+from cxr.config import ServeConfig, serve_config
+from cxr.errors import BadRequest
+from cxr.explain.gradcam import overlay
+from cxr.inference.borderline import RELIABLE_AUROC, finding_bands, grade
+from cxr.inference.model_info import model_info
+from cxr.inference.predictor import Predictor
+from cxr.inference.screening import (
+    Decoded,
+    check_colour,
+    decode_upload,
+    gate_verdict,
+    load_gate,
+    ood_warning,
+)
 
-# Colour check: a chest X-ray stored as RGB has R = G = B up to compression noise (a few grey
-# levels); a photograph has saturated pixels almost everywhere. A pixel counts as coloured when
-# its channels differ by more than 40 of 255 levels, and an image is refused when over 15% of
-# its pixels are coloured, so a small coloured ruler or annotation on a radiograph still passes.
-COLOUR_LEVELS = 40
-COLOUR_FRACTION = 0.15
-_COLOUR_SAMPLE = 256  # the colour check looks at a copy at most this wide: enough, and cheap
-_GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F", "La"}
+__all__ = ["Analyser", "HEATMAP_CHOICES", "heatmap_rgba", "png_data_url"]
 
 HEATMAP_CHOICES = ("auto", "none", "top", "positive", "all")
 # Grad-CAM is a 7 x 7 grid at 224 px: a 256 px PNG carries all of it, and the browser stretches
 # it over the preview. At the preview's 1024 px an RGBA PNG cost ~10x more to encode and send.
 HEATMAP_SIZE = 256
-HEATMAP_LAYERS = ("layer4", "layer3")
-
-
-class ServeConfig(BaseModel):
-    """How the API serves one run; every field has a `cxr serve` flag."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    model: str = Field(description="run folder written by `cxr train`")
-    device: str = "cpu"
-    backend: Literal["torch", "onnx"] = Field(
-        "torch", description="onnx: ONNX Runtime on RUN/model.onnx (`cxr export` first)"
-    )
-    max_upload_mb: float = Field(32.0, gt=0, description="largest accepted file")
-    max_pixels: int = Field(40_000_000, gt=0, description="larger images are refused unread")
-    max_batch_files: int = Field(32, ge=1)
-    max_batch_mb: float = Field(128.0, gt=0, description="largest batch request")
-    save_uploads: str | None = Field(None, description="folder to keep uploads in; off if None")
-    web_dir: str | None = Field(None, description="built front end; None: web/dist if built")
-    ood_gate: bool = Field(True, description="use the run's out-of-distribution gate, if any")
-    colour_check: bool = True
-    display_size: int = Field(1024, ge=64, le=4096, description="long side of returned images")
-
-    @property
-    def max_upload_bytes(self) -> int:
-        return int(self.max_upload_mb * 1024 * 1024)
-
-    @property
-    def max_batch_bytes(self) -> int:
-        return int(self.max_batch_mb * 1024 * 1024)
-
-
-def serve_config(raw: ServeConfig | dict) -> ServeConfig:
-    if isinstance(raw, ServeConfig):
-        return raw
-    try:
-        return ServeConfig.model_validate(raw)
-    except ValidationError as exc:
-        fields = "; ".join(
-            f"field '{'.'.join(str(p) for p in e['loc'])}': {e['msg']}" for e in exc.errors()
-        )
-        raise ConfigError(f"serve config: {fields}") from None
-
-
-class NotAChestXray(DataError):
-    """The file decoded, but it is plainly not a chest radiograph (colour photo, OOD gate)."""
-
-    def __init__(self, message: str, path: str | None = None, ood: dict | None = None):
-        super().__init__(message, path=path)
-        self.ood = ood
-
-
-class BadRequest(CxrError):
-    """A request parameter is wrong; the message names it and the accepted values."""
-
-
-@dataclass
-class Decoded:
-    image: np.ndarray  # float32 (H, W) in [0, 1]: the intensity contract
-    colour: np.ndarray | None  # small RGB uint8 copy when the file stores colour, else None
-    coloured_fraction: float  # share of clearly coloured pixels (0 for grey files)
-
-
-def decode_upload(data: bytes, name: str, max_pixels: int) -> Decoded:
-    """decode_bytes (limits, DICOM, clear errors) plus a small colour copy for the checks."""
-    image = decode_bytes(data, name=name, max_pixels=max_pixels)
-    colour = _colour_sample(data)
-    fraction = 0.0 if colour is None else coloured_fraction(colour)
-    return Decoded(image, colour, fraction)
-
-
-def coloured_fraction(rgb: np.ndarray) -> float:
-    """Share of pixels whose channels differ by more than COLOUR_LEVELS of 255."""
-    spread = rgb.max(axis=2).astype(np.int16) - rgb.min(axis=2).astype(np.int16)
-    return float(np.mean(spread > COLOUR_LEVELS))
-
-
-def _colour_sample(data: bytes) -> np.ndarray | None:
-    """RGB uint8 (at most _COLOUR_SAMPLE wide) for colour PNG/JPEG/BMP/TIFF; None otherwise.
-
-    Called after decode_bytes accepted the file, so sizes are already within the limits.
-    """
-    from PIL import Image
-
-    if data[128:132] == b"DICM":
-        return None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(data)) as img:
-                if img.mode in _GREY_MODES:
-                    return None
-                img.draft("RGB", (_COLOUR_SAMPLE, _COLOUR_SAMPLE))  # JPEG: decode at 1/2..1/8
-                rgb = np.asarray(img.convert("RGB"))
-    except Exception:  # noqa: BLE001 - decode_bytes already read it; a PIL quirk skips the check
-        return None
-    h, w = rgb.shape[:2]
-    if w > _COLOUR_SAMPLE:
-        rgb = cv2.resize(
-            rgb,
-            (_COLOUR_SAMPLE, max(1, round(h * _COLOUR_SAMPLE / w))),
-            interpolation=cv2.INTER_AREA,
-        )
-    return rgb
+# Grad-CAM target: "last" (the usual layer, S / 32 cells a side) or "finer" (S / 16); the
+# ResNet names layer4 / layer3 are accepted too.
+HEATMAP_LAYERS = {"last": "last", "finer": "finer", "layer4": "last", "layer3": "finer"}
 
 
 def png_data_url(pixels: np.ndarray) -> str:
@@ -182,12 +78,10 @@ def heatmap_rgba(heatmap: np.ndarray) -> np.ndarray:
     return np.dstack([bgr[..., ::-1], alpha])
 
 
-class Engine:
+class Analyser:
     """A run loaded once, with its checks; `analyse` answers one uploaded file."""
 
     def __init__(self, cfg: ServeConfig | dict):
-        from cxr.inference import Predictor
-
         self.cfg = serve_config(cfg)
         self.run_dir = Path(self.cfg.model)
         self.predictor = Predictor.from_run_dir(self.run_dir, self.cfg.device, self.cfg.backend)
@@ -202,6 +96,7 @@ class Engine:
         # Many server threads, one model: forward passes take turns (no_grad inference would be
         # safe in parallel, but two at once only fight over the same cores).
         self._model_lock = threading.Lock()
+        self._grids: dict[str, int] = {}
 
     @property
     def findings(self) -> list[str]:
@@ -238,43 +133,11 @@ class Engine:
         result = self.gate.check_preprocessed(
             pixels, image=decoded.image, raw=decoded.colour, features=features
         )
-        return self.ood_answer(result, name)
+        return gate_verdict(result, name)
 
     def check_colour(self, decoded: Decoded, name: str) -> None:
-        if self.cfg.colour_check and decoded.coloured_fraction > COLOUR_FRACTION:
-            raise NotAChestXray(
-                f"this looks like a colour photograph ({decoded.coloured_fraction:.0%} of its "
-                "pixels are clearly coloured), not a chest X-ray; upload the radiograph itself "
-                "(DICOM, or a greyscale PNG/JPEG export)",
-                path=name,
-            )
-
-    def ood_answer(self, result, name: str) -> dict:
-        """The gate's verdict as the API reports it; raises NotAChestXray when it refuses."""
-        ood = {
-            "checked": True,
-            "ok": bool(result.ok),
-            "score": _finite_or_none(result.score),
-            "threshold": _finite_or_none(result.threshold),
-            "reason": str(result.reason or ""),
-            "action": str(getattr(result, "action", "refuse")),
-        }
-        checks = getattr(result, "checks", None)
-        if checks:
-            ood["checks"] = {
-                check: {k: (_finite_or_none(v) if k in ("score", "limit") else v)
-                        for k, v in c.items()}
-                for check, c in checks.items()
-            }  # fmt: skip
-        if not result.ok and ood["action"] == "refuse":
-            raise NotAChestXray(
-                "the out-of-distribution check rejected this image as unlike the chest X-rays "
-                f"the model was trained on ({ood['reason'] or 'score over threshold'}); "
-                "predictions on it would be meaningless",
-                path=name,
-                ood=ood,
-            )
-        return ood
+        if self.cfg.colour_check:
+            check_colour(decoded, name)
 
     def analyse(
         self,
@@ -284,7 +147,7 @@ class Engine:
         images: bool = True,
         overlays: bool = False,
         depth: int = 8,
-        layer: str = "layer4",
+        layer: str = "last",
     ) -> dict:
         """One file's answer: findings, calls, heatmaps, preview PNGs, timings, notice.
 
@@ -298,16 +161,9 @@ class Engine:
             raise BadRequest(f"depth={depth!r}: expected 8 or 16 (bits of the preview PNG)")
         if layer not in HEATMAP_LAYERS:
             raise BadRequest(f"heatmap_layer={layer!r}: expected one of {list(HEATMAP_LAYERS)}")
-        warnings_ = []
-        header = None
-        if is_dicom(data):
-            header = dicom_header(data, name)
-            refusal, caution = chest_radiograph_problem(header)
-            if refusal:
-                raise NotAChestXray(refusal, path=name)
-            if caution:
-                warnings_.append(caution)
-        decoded = decode_upload(data, name, self.cfg.max_pixels)
+        layer = HEATMAP_LAYERS[layer]
+        decoded = decode_upload(data, name, self.cfg.max_pixels)  # refuses CT, MR, US DICOMs
+        warnings_ = [decoded.caution] if decoded.caution else []
         timing["decode"] = time.perf_counter() - start
         self.check_colour(decoded, name)
         # One forward pass: the probabilities, and on PyTorch the features the OOD gate scores.
@@ -353,7 +209,7 @@ class Engine:
             heatmap_grid=self.heatmap_grid(layer),
             heatmap_notes=heatmap_notes(maps),
             heatmaps={f: png_data_url(heatmap_rgba(_resize(m, small))) for f, m in maps.items()},
-            dicom=header,
+            dicom=decoded.dicom,
             ood=ood,
             warnings=warnings_,
         )
@@ -373,27 +229,30 @@ class Engine:
         return answer
 
     def heatmap_grid(self, layer: str) -> int | None:
-        """Cells a side of the Grad-CAM layer's grid: the map's true resolution."""
-        try:
-            from cxr.explain import feature_grid
-        except ImportError:
-            return None
-        return feature_grid(int(self.info["image_size"]), layer)
+        """Cells a side of the Grad-CAM layer's grid: the map's true resolution (measured once
+        per layer with a forward pass of a blank image, under the model lock)."""
+        if layer not in self._grids:
+            try:
+                from cxr.explain.gradcam import feature_grid
+            except ImportError:
+                return None
+            with self._model_lock:
+                size = int(self.info["image_size"])
+                self._grids[layer] = feature_grid(self.predictor.model, size, layer)
+        return self._grids[layer]
 
     def _heatmaps(
-        self, image: np.ndarray, wanted: list[str], layer: str = "layer4"
+        self, image: np.ndarray, wanted: list[str], layer: str = "last"
     ) -> tuple[dict, str | None]:
         try:
-            from cxr.explain import heatmaps
+            from cxr.explain.gradcam import heatmaps
         except ImportError:
-            return {}, "Grad-CAM is not available in this install (cxr.explain is missing)"
-        # No lock: cxr.explain computes on its own locked copy of the model.
+            return {}, "Grad-CAM is not available in this install (cxr.explain.gradcam is missing)"
+        # No lock: cxr.explain.gradcam computes on its own locked copy of the model.
         maps = heatmaps(self.predictor, image, findings=wanted, method="gradcam", layer=layer)
         return {f: np.asarray(maps[f], dtype=np.float32) for f in wanted if f in maps}, None
 
     def _overlays(self, grey: np.ndarray, maps: dict, shown: tuple[int, int]) -> dict[str, str]:
-        from cxr.explain import overlay
-
         return {f: png_data_url(overlay(grey, _resize(m, shown))) for f, m in maps.items()}
 
 
@@ -415,38 +274,7 @@ def heatmap_notes(maps: dict[str, np.ndarray]) -> dict[str, str]:
 
 
 def _val_metrics(run_dir: Path) -> dict | None:
-    import json
-
     try:
         return json.loads((run_dir / "val_metrics.json").read_text())
     except (OSError, ValueError):
         return None
-
-
-def ood_warning(ood: dict) -> str:
-    """What a prediction carries when the gate is set to warn and the image failed it."""
-    return (
-        f"Out-of-distribution warning: {ood['reason']}. The model was not trained on "
-        "images like this one; treat its output as meaningless."
-    )
-
-
-def _finite_or_none(value) -> float | None:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if np.isfinite(value) else None
-
-
-def load_gate(run_dir: Path, run=None):
-    """(gate, note): the run's OOD gate, or None and why not (module or gate file missing)."""
-    try:
-        from cxr.ood import GATE_FILE, OodGate
-    except ImportError:
-        return None, "no out-of-distribution gate in this install (cxr.ood is missing)"
-    if not (run_dir / GATE_FILE).is_file():
-        return None, f"none in this run (fit one with `cxr ood-fit --model {run_dir}`)"
-    gate = OodGate.load(run_dir, run=run)  # a broken gate file stops start-up: never ignored
-    action = getattr(getattr(gate, "config", None), "action", "refuse")
-    return gate, f"on ({action}s when an image fails)"
