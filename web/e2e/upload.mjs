@@ -181,12 +181,24 @@ try {
   const second = await page.locator(".finding.selected .finding-name").innerText();
   const focused = await page.evaluate(() => document.activeElement?.querySelector(".finding-name")?.textContent);
   check(first !== second && focused === second, `ArrowDown moves selection and focus (${first} -> ${second})`);
+  const ring = await page.evaluate(() => {
+    const focused = document.activeElement;
+    const other = [...document.querySelectorAll(".finding")].find((b) => b !== focused);
+    const f = getComputedStyle(focused);
+    return { focused: `${f.outlineStyle} ${f.outlineWidth}`, other: getComputedStyle(other).outlineStyle };
+  });
+  check(ring.focused === "solid 3px" && ring.other === "none", `focus ring distinct from selection (${ring.focused})`);
   await page.keyboard.press("ArrowUp");
   await page.keyboard.press("h");
   check((await page.getByTestId("heatmap").count()) === 0, "H hides the heatmap");
   await page.keyboard.press("h");
   await page.getByTestId("heatmap").waitFor();
   check(true, "H shows it again");
+  await page.getByRole("button", { name: "Full screen" }).click();
+  await page.waitForFunction(() => document.fullscreenElement?.classList.contains("viewer"));
+  check(true, "Full screen puts the viewer in full screen");
+  await page.keyboard.press("f");
+  await page.waitForFunction(() => !document.fullscreenElement);
   await page.keyboard.press("?");
   check((await page.getByRole("dialog").innerText()).includes("next image"), "? opens the keyboard help");
   await page.keyboard.press("Escape");
@@ -248,6 +260,10 @@ try {
   await page.waitForFunction(() => document.querySelector("[role=alert]")?.textContent.includes("could not be read"));
   check(await page.getByRole("button", { name: "Retry", exact: true }).isVisible(), "plain error with a Retry button");
   check((await page.locator(".result-rows li").count()) === 4, "four files in the results list");
+  await page.locator(".result-rows .row-main[tabindex='0']").focus();
+  await page.keyboard.press("ArrowUp");
+  check((await page.locator("#error-title").innerText()) === basename(ct), "ArrowUp in the results list selects the row above");
+  await page.keyboard.press("ArrowDown");
   const shown = await page.getByTestId("row-name").allInnerTexts();
   const cut = await page.getByTestId("row-name").evaluateAll((els) => els.filter((e) => e.scrollWidth > e.clientWidth + 1).length);
   check(shown.every((n) => n.length <= 22) && cut === 0, `names fit their column, cut in the middle: ${shown.join(", ")}`);
@@ -299,6 +315,25 @@ try {
     els.filter((e) => e.scrollWidth > e.clientWidth + 1).map((e) => e.textContent),
   );
   check(clipped.length === 0, `finding names fit without breaking mid-word (${clipped})`);
+  // pinch: two fingers moving apart on the image zoom it
+  const pbox = await phone.getByTestId("pane").first().boundingBox();
+  const cdp = await phoneContext.newCDPSession(phone);
+  const cx = pbox.x + pbox.width / 2;
+  const cy = pbox.y + pbox.height / 2;
+  const touch = (type, d) =>
+    cdp.send("Input.dispatchTouchEvent", {
+      type,
+      touchPoints: type === "touchEnd" ? [] : [
+        { x: cx - d, y: cy, id: 1 },
+        { x: cx + d, y: cy, id: 2 },
+      ],
+    });
+  await touch("touchStart", 20);
+  for (const d of [30, 45, 60, 80]) await touch("touchMove", d);
+  await touch("touchEnd", 0);
+  const pinched = await phone.getByTestId("zoom").evaluate((e) => e.textContent);
+  check(Number(pinched.match(/\d+/)[0]) > 150, `pinch zooms the image (${pinched})`);
+  await phone.getByRole("button", { name: "Fit" }).click();
   await phone.evaluate(() => window.scrollTo(0, document.body.scrollHeight));
   await phone.locator(".findings .finding").last().tap();
   await phone.waitForTimeout(200);
