@@ -707,3 +707,17 @@ def test_heatmap_grid_layer_and_notes(client, engine, kermany_jpeg):
     other = next(f for f in engine.findings if f != body["top_finding"])
     assert body["heatmap_notes"].get(other, "").startswith("empty")
     assert upload(client, data, "a.jpeg", depth="12").status_code == 400
+
+
+def test_heatmap_notes_name_empty_and_identical_maps():
+    from cxr.inference.analysis import heatmap_notes
+
+    blob = np.zeros((8, 8), np.float32)
+    blob[2:5, 3:6] = 1.0
+    other = np.roll(blob, 3, axis=0)
+    notes = heatmap_notes({"A": blob, "B": np.zeros((8, 8), np.float32), "C": blob.copy(),
+                           "D": other})  # fmt: skip
+    assert notes == {
+        "B": "empty: Grad-CAM found no positive evidence for this finding",
+        "C": "identical to the map for A",
+    }

@@ -80,7 +80,7 @@ const watch = (page) => {
   page.on("pageerror", (err) => consoleErrors.push(String(err)));
 };
 try {
-  const context = await browser.newContext({ viewport: { width: 1440, height: 900 }, bypassCSP: true });
+  const context = await browser.newContext({ viewport: { width: 1440, height: 900 }, bypassCSP: true, acceptDownloads: true });
   const page = await context.newPage();
   watch(page);
 
@@ -267,6 +267,18 @@ try {
   const shown = await page.getByTestId("row-name").allInnerTexts();
   const cut = await page.getByTestId("row-name").evaluateAll((els) => els.filter((e) => e.scrollWidth > e.clientWidth + 1).length);
   check(shown.every((n) => n.length <= 22) && cut === 0, `names fit their column, cut in the middle: ${shown.join(", ")}`);
+  const [download] = await Promise.all([
+    page.waitForEvent("download"),
+    page.getByRole("button", { name: "Download CSV" }).click(),
+  ]);
+  const csv = readFileSync(await download.path(), "utf8").split("\r\n");
+  const head = csv[0].split(",");
+  check(
+    ["model", "model_version", "threshold_method", "exported_at", "PNEUMONIA_band_low", "PNEUMONIA_call"].every((c) =>
+      head.includes(c),
+    ) && csv[1].includes(basename(xray)),
+    "the CSV carries model, version, threshold method, time, band and call",
+  );
   await axe(page, "error (desktop)");
   await page.screenshot({ path: join(outDir, "error.png"), fullPage: true });
 
