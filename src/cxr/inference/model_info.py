@@ -61,15 +61,10 @@ def _calibration(run_dir: Path) -> dict | None:
     return {k: getattr(found, k) for k in keep if hasattr(found, k)}
 
 
-def _thresholds(predictor, calibration: dict | None) -> dict[str, float]:
-    """The thresholds the Predictor's calls use: its own, else calibrated, else model.json's."""
-    findings = predictor.findings
-    values = getattr(predictor, "thresholds", None)
-    if values is None and calibration and getattr(predictor, "calibration", None) is not None:
-        values = [calibration["thresholds"][f] for f in findings]
-    if values is None:
-        values = predictor.run.thresholds
-    return {f: float(t) for f, t in zip(findings, values, strict=True)}
+def _thresholds(predictor) -> dict[str, float]:
+    """The thresholds the Predictor's calls use (the engine's: calibrated when the run is)."""
+    values = predictor.engine.info.thresholds
+    return {f: float(t) for f, t in zip(predictor.findings, values, strict=True)}
 
 
 def model_info(run_dir: Path, predictor, gate, gate_note: str) -> dict:
@@ -81,7 +76,7 @@ def model_info(run_dir: Path, predictor, gate, gate_note: str) -> dict:
     n_train = data.get("n_train")
     trained_on = f"{n_train} images from {source}" if n_train else f"images from {source}"
     calibration = _calibration(run_dir)
-    thresholds = _thresholds(predictor, calibration)
+    thresholds = _thresholds(predictor)
     return {
         "name": run_dir.name,
         "version": __version__,
