@@ -21,7 +21,6 @@ from cxr.cli import main
 from cxr.data.image_io import decode_image
 from cxr.serve import create_app
 from cxr.serve.engine import Engine, heatmap_rgba
-from cxr.serve.server import waitress_options
 
 pytestmark = pytest.mark.slow
 
@@ -164,7 +163,7 @@ def test_openapi_spec_is_valid_and_names_every_route(engine, spec):
     routes = {
         (rule.rule, method.lower())
         for rule in app.url_map.iter_rules()
-        if rule.rule.startswith("/api/")
+        if rule.rule.startswith("/api/") and rule.endpoint != "api_miss"  # answers 404/405
         for method in rule.methods - {"HEAD", "OPTIONS"}
     }
     documented = {(path, m) for path, ops in spec["paths"].items() for m in ops}
@@ -447,12 +446,6 @@ def test_uploads_never_touch_the_disk(engine, nih_pixels, tmp_path, monkeypatch)
     assert upload(client, data, "../../etc/big.png", heatmaps="none").status_code == 200
     kept = list(saved.iterdir())
     assert len(kept) == 1 and kept[0].name.endswith("big.png") and kept[0].read_bytes() == data
-
-
-def test_waitress_keeps_uploads_in_memory(engine):
-    cfg = make_client(engine).application.extensions["cxr_engine"].cfg
-    options = waitress_options(cfg, "127.0.0.1", 0, 4)
-    assert options["inbuf_overflow"] > options["max_request_body_size"] >= cfg.max_batch_bytes
 
 
 # --- batch endpoint ------------------------------------------------------------------------------

@@ -71,7 +71,15 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--port", type=int, default=8000)
     v.add_argument("--backend", choices=["torch", "onnx"], default="torch",
                    help="onnx: ONNX Runtime on RUN/model.onnx (`cxr export` first)")  # fmt: skip
-    v.add_argument("--threads", type=int, default=4, help="waitress worker threads")
+    v.add_argument("--threads", type=int, default=4, help="requests in model work at once")
+    v.add_argument("--queue", type=int, default=16, help="requests waiting (503 past it)")
+    v.add_argument("--deadline-s", type=float, default=60.0, help="a request's time to its answer")
+    v.add_argument("--max-connections-per-client", type=int, default=16)
+    v.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="a Host to answer besides the bound address and localhost")  # fmt: skip
+    v.add_argument("--token-file", help="require the bearer token in this file (API routes)")
+    v.add_argument("--save-uploads-max-mb", type=float, default=1024.0)
+    v.add_argument("--log-level", choices=["debug", "info", "warning"], default="info")
     v.add_argument("--device", default="cpu", help="cpu|cuda|cuda:N")
     v.add_argument("--max-upload-mb", type=float, default=32.0, help="largest image file")
     v.add_argument("--max-batch-mb", type=float, default=128.0, help="largest batch request")

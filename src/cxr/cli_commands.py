@@ -141,18 +141,28 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from cxr.errors import ConfigError
     from cxr.serve.engine import serve_config
+    from cxr.serve.security import default_allowed_hosts
     from cxr.serve.server import run_server
 
+    if args.threads < 1 or args.queue < 0 or args.max_connections_per_client < 1:
+        raise ConfigError("--threads and --max-connections-per-client must be >= 1, --queue >= 0")
+    if not 1 <= args.port <= 65535:
+        raise ConfigError(f"--port {args.port}: expected a port number from 1 to 65535")
     cfg = serve_config(
         {
             "model": args.model, "device": args.device, "max_upload_mb": args.max_upload_mb,
             "max_batch_mb": args.max_batch_mb, "max_pixels": args.max_pixels,
             "save_uploads": args.save_uploads, "web_dir": args.web_dir,
             "ood_gate": not args.no_ood_gate, "backend": args.backend,
+            "workers": args.threads, "queue": args.queue, "deadline_s": args.deadline_s,
+            "allowed_hosts": (*default_allowed_hosts(args.host), *args.allowed_host),
+            "token_file": args.token_file, "save_uploads_max_mb": args.save_uploads_max_mb,
         }
     )  # fmt: skip
-    run_server(cfg, host=args.host, port=args.port, threads=args.threads)
+    run_server(cfg, host=args.host, port=args.port, log_level=args.log_level,
+               per_client_connections=args.max_connections_per_client)  # fmt: skip
     return 0
 
 

@@ -14,10 +14,15 @@ from pathlib import Path
 
 from flask import Flask, Request, jsonify, request, send_from_directory
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+from werkzeug.security import safe_join
 
 from cxr import NOT_A_MEDICAL_DEVICE
+from cxr.serve.access_log import AccessLog
 from cxr.serve.api import api, describe_error
 from cxr.serve.engine import Engine, ServeConfig, serve_config
+from cxr.serve.queue import ModelQueue
+from cxr.serve.saved_uploads import UploadFolder
+from cxr.serve.security import AccessGuard, read_token
 
 __all__ = ["create_app", "ServeConfig", "Engine", "default_web_dir"]
 
@@ -59,6 +64,15 @@ def create_app(config: ServeConfig | dict, engine: Engine | None = None) -> Flas
     app.config.update(MAX_CONTENT_LENGTH=cfg.max_upload_bytes + _REQUEST_OVERHEAD)
     app.json.sort_keys = False
     app.extensions["cxr_engine"] = engine
+    app.extensions["cxr_queue"] = ModelQueue(cfg.workers, cfg.queue, cfg.deadline_s)
+    if cfg.save_uploads:
+        app.extensions["cxr_upload_folder"] = UploadFolder(
+            cfg.save_uploads, int(cfg.save_uploads_max_mb * 2**20)
+        )
+    # Host, origin and token checks run before Flask reads a body; the access log sees all.
+    app.wsgi_app = AccessLog(
+        AccessGuard(app.wsgi_app, cfg.allowed_hosts, read_token(cfg.token_file))
+    )
     app.register_blueprint(api, url_prefix="/api")
     _register_errors(app)
     _register_front_end(app, Path(cfg.web_dir) if cfg.web_dir else default_web_dir())
@@ -84,7 +98,12 @@ def _register_errors(app: Flask) -> None:
         ood = getattr(exc, "ood", None)
         if ood:
             body["ood"] = ood
-        return jsonify(body), status
+        headers = {}
+        if isinstance(exc, HTTPException) and exc.code == 405:
+            headers = {k: v for k, v in exc.get_headers() if k == "Allow"}
+        if hasattr(exc, "retry_after"):
+            headers["Retry-After"] = str(exc.retry_after)
+        return jsonify(body), status, headers
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException):
@@ -97,24 +116,40 @@ def _register_errors(app: Flask) -> None:
         return as_json(exc)
 
 
+_METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
+
+
 def _api_miss(app: Flask, path: str) -> None:
-    """A GET under /api/ that no API route takes: 405 if it takes POST, else 404."""
+    """A request under /api/ that no API route takes: 405 (with Allow) if the path exists for
+    another method, else 404."""
     adapter = app.url_map.bind_to_environ(request.environ)
-    try:
-        adapter.match(f"/{path}", method="POST")
-    except HTTPException:
-        raise NotFound(f"no API endpoint /{path}; see /api/openapi.json") from None
-    raise MethodNotAllowed(["POST"], description=f"/{path} takes POST (see /api/openapi.json)")
+    allowed = []
+    for method in ("GET", "POST"):
+        try:
+            endpoint, _ = adapter.match(f"/{path}", method=method)
+        except HTTPException:
+            continue
+        if endpoint != "api_miss":
+            allowed.append(method)
+    if not allowed:
+        raise NotFound(f"no API endpoint /{path}; see /api/openapi.json")
+    if "GET" in allowed:
+        allowed.append("HEAD")
+    raise MethodNotAllowed(
+        allowed, description=f"/{path} takes {' or '.join(allowed)} (see /api/openapi.json)"
+    )
 
 
 def _register_front_end(app: Flask, web_dir: Path) -> None:
     index = web_dir / "index.html"
 
+    @app.route("/api/<path:path>", methods=_METHODS, endpoint="api_miss")
+    def api_miss(path: str):
+        _api_miss(app, f"api/{path}")
+
     @app.get("/", defaults={"path": ""})
     @app.get("/<path:path>")
     def front_end(path: str):
-        if path.startswith("api/"):
-            _api_miss(app, path)
         if not index.is_file():
             return (
                 "<!doctype html><title>cxr</title><h1>cxr API</h1>"
@@ -126,6 +161,9 @@ def _register_front_end(app: Flask, web_dir: Path) -> None:
                 200,
                 {"Content-Type": "text/html; charset=utf-8"},
             )
-        if path and (web_dir / path).is_file():
+        # the joined path is checked before the filesystem is asked: '../../etc/passwd' must
+        # answer exactly as a missing file does, or the route tells which files exist
+        inside = safe_join(str(web_dir), path) if path else None
+        if inside is not None and Path(inside).is_file():
             return send_from_directory(web_dir, path, max_age=3600 if "assets/" in path else 0)
         return send_from_directory(web_dir, "index.html", max_age=0)  # client-side routes

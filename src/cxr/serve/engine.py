@@ -39,6 +39,7 @@ HEATMAP_CHOICES = ("auto", "none", "top", "positive", "all")
 # Grad-CAM is a 7 x 7 grid at 224 px: a 256 px PNG carries all of it, and the browser stretches
 # it over the preview. At the preview's 1024 px an RGBA PNG cost ~10x more to encode and send.
 HEATMAP_SIZE = 256
+HEATMAP_SPEC_CHARS = 2048  # every finding's name, comma-separated, fits with room to spare
 
 
 class ServeConfig(BaseModel):
@@ -60,6 +61,14 @@ class ServeConfig(BaseModel):
     ood_gate: bool = Field(True, description="use the run's out-of-distribution gate, if any")
     colour_check: bool = True
     display_size: int = Field(1024, ge=64, le=4096, description="long side of returned images")
+    save_uploads_max_mb: float = Field(1024.0, gt=0, description="--save-uploads folder cap")
+    workers: int = Field(4, ge=1, description="requests in model work at once")
+    queue: int = Field(16, ge=0, description="requests waiting for model work; more get 503")
+    deadline_s: float = Field(60.0, gt=0, description="a request's time from arrival to answer")
+    allowed_hosts: tuple[str, ...] = Field(
+        ("localhost", "127.0.0.1", "::1"), description="Host headers answered; '*' for any"
+    )
+    token_file: str | None = Field(None, description="bearer token for the API; off if None")
 
     @property
     def max_upload_bytes(self) -> int:
@@ -204,6 +213,8 @@ class Engine:
     def heatmap_findings(self, spec: str | None, probs: dict[str, float], positive: set[str]):
         """Which findings get a heatmap: see HEATMAP_CHOICES, or comma-separated names."""
         spec = (spec or "auto").strip()
+        if len(spec) > HEATMAP_SPEC_CHARS:
+            raise BadRequest(f"heatmaps= is {len(spec)} characters; at most {HEATMAP_SPEC_CHARS}")
         top = max(probs, key=probs.get)
         if spec == "none":
             return []
@@ -215,7 +226,8 @@ class Engine:
             return [f for f in self.findings if f in positive]
         if spec == "auto":
             return [f for f in self.findings if f in positive or f == top]
-        names = [n.strip() for n in spec.split(",") if n.strip()]
+        # each finding once: a name repeated 2,048 times once cost 20 s and 2.4 GB
+        names = list(dict.fromkeys(n.strip() for n in spec.split(",") if n.strip()))
         unknown = [n for n in names if n not in self.findings]
         if unknown or not names:
             raise BadRequest(
@@ -377,7 +389,7 @@ def load_gate(run_dir: Path, run=None):
     except ImportError:
         return None, "no out-of-distribution gate in this install (cxr.ood is missing)"
     if not (run_dir / GATE_FILE).is_file():
-        return None, f"none in this run (fit one with `cxr ood-fit --model {run_dir}`)"
+        return None, f"none in this run (fit one with `cxr ood-fit --model {run_dir.name}`)"
     gate = OodGate.load(run_dir, run=run)  # a broken gate file stops start-up: never ignored
     action = getattr(getattr(gate, "config", None), "action", "refuse")
     return gate, f"on ({action}s when an image fails)"

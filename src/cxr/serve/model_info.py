@@ -72,11 +72,22 @@ def _thresholds(predictor, calibration: dict | None) -> dict[str, float]:
     return {f: float(t) for f, t in zip(findings, values, strict=True)}
 
 
+def _without_paths(value):
+    """Server paths are not the client's business: an absolute path keeps its last part only."""
+    if isinstance(value, dict):
+        return {k: _without_paths(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_paths(v) for v in value]
+    if isinstance(value, str) and (value.startswith(("/", "~")) or value[1:3] in (":\\", ":/")):
+        return Path(value.replace("\\", "/")).name
+    return value
+
+
 def model_info(run_dir: Path, predictor, gate, gate_note: str) -> dict:
     """What GET /api/model answers, read once at start-up (no request touches the model)."""
     run = predictor.run
     info = run.info
-    data = info.get("training_data") or {}
+    data = _without_paths(info.get("training_data") or {})
     source = data.get("source") or data.get("path") or "unknown data"
     n_train = data.get("n_train")
     trained_on = f"{n_train} images from {source}" if n_train else f"images from {source}"
