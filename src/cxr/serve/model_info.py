@@ -72,14 +72,15 @@ def _thresholds(predictor, calibration: dict | None) -> dict[str, float]:
     return {f: float(t) for f, t in zip(findings, values, strict=True)}
 
 
-def _without_paths(value):
-    """Server paths are not the client's business: an absolute path keeps its last part only."""
+def _without_paths(value, key: str = ""):
+    """Server paths are not the client's business: a path keeps its last part only."""
     if isinstance(value, dict):
-        return {k: _without_paths(v) for k, v in value.items()}
+        return {k: _without_paths(v, k) for k, v in value.items()}
     if isinstance(value, list):
-        return [_without_paths(v) for v in value]
-    if isinstance(value, str) and (value.startswith(("/", "~")) or value[1:3] in (":\\", ":/")):
-        return Path(value.replace("\\", "/")).name
+        return [_without_paths(v, key) for v in value]
+    absolute = isinstance(value, str) and (value.startswith(("/", "~")) or value[1:2] == ":")
+    if isinstance(value, str) and (key.endswith("path") or absolute):
+        return Path(value.replace("\\", "/").rstrip("/")).name
     return value
 
 

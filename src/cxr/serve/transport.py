@@ -99,7 +99,7 @@ class _Parser(HTTPRequestParser):
         consumed = super().received(data)
         if self.headers_finished and not self.limit_checked:
             self.limit_checked = True
-            limit, _ = self.limits.body_limit(self.command, self.path)
+            limit, _ = self.limits.body_limit(self.method, self.target)
             if self.error is None and self.content_length > limit:
                 self.error = RequestEntityTooLarge(self.too_large())
                 self.completed = True
@@ -109,16 +109,24 @@ class _Parser(HTTPRequestParser):
                 self.adj.max_request_body_size = limit + 1
         return consumed
 
+    @property
+    def method(self) -> str:
+        return getattr(self, "command", None) or "-"  # set once the request line is parsed
+
+    @property
+    def target(self) -> str:
+        return getattr(self, "path", None) or "-"
+
     def too_large(self) -> str:
         """The 413 message: the body's size, the route's limit and the flag that sets it."""
-        limit, flag = self.limits.body_limit(self.command, self.path)
+        limit, flag = self.limits.body_limit(self.method, self.target)
         size = f"{self.content_length / 2**20:.1f} MB" if self.content_length else "the body"
         if flag:
             return (
                 f"upload too large: {size} is over the {limit / 2**20:.1f} MB limit of "
-                f"{self.path} (cxr serve {flag})"
+                f"{self.target} (cxr serve {flag})"
             )
-        return f"{self.path} takes no upload: a body of at most {limit // 1024} KB"
+        return f"{self.target} takes no upload: a body of at most {limit // 1024} KB"
 
 
 class _ErrorTask(ErrorTask):
@@ -138,8 +146,8 @@ class _ErrorTask(ErrorTask):
         self.write(body)
         log.info(
             "%s %s %d %.1fms %dB (refused by the server)",
-            self.request.command or "-",
-            self.request.path or "-",
+            self.request.method,
+            self.request.target,
             error.code,
             0.0,
             len(body),
@@ -254,7 +262,7 @@ def create_guarded_server(
     app: Callable, host: str, port: int, threads: int, limits: TransportLimits
 ) -> GuardedServer:
     """Bind host:port (a clear ConfigError when taken) and return the server; `.run()` serves."""
-    if not 1 <= port <= 65535:
+    if not 0 <= port <= 65535:  # 0: any free port (tests)
         raise ConfigError(f"--port {port}: expected a port number from 1 to 65535")
     if threads < 1:
         raise ConfigError(f"--threads {threads}: expected at least 1 worker thread")
