@@ -9,6 +9,7 @@ import http.client
 import io
 import json
 import socket
+import sys
 import threading
 import time
 from pathlib import Path
@@ -378,6 +379,27 @@ def test_large_response_is_never_spooled_to_a_temporary_file(
     tmp_opens = [line for line in opened if "O_TMPFILE" in line or str(tmp) in line]
     assert not tmp_opens, tmp_opens[:3]
     assert not list(tmp.iterdir())
+
+
+def test_schemathesis_finds_no_failure_in_the_api(engine, tmp_path):
+    """Every check schemathesis has (status codes, schemas, headers, Allow, negative data)
+    against the live API, bounded: 5 examples per operation, a fixed seed."""
+    import shutil
+    import subprocess
+
+    cli = shutil.which("schemathesis") or str(Path(sys.executable).parent / "schemathesis")
+    if not Path(cli).exists():
+        pytest.skip("schemathesis is not installed (pip install -e .[dev])")
+    config = Path(__file__).parent / "schemathesis.toml"
+    with live_server(engine) as port:
+        done = subprocess.run(
+            [cli, "--config-file", str(config), "run", f"http://127.0.0.1:{port}/api/openapi.json",
+             "--checks", "all", "--max-examples", "5", "--seed", "1", "--workers", "1",
+             "--request-timeout", "30"],
+            capture_output=True, text=True, timeout=240, cwd=tmp_path,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout[-4000:]
+        assert_healthy(port)
 
 
 # --- 13: waitress's own errors are the API's JSON ----------------------------------------------

@@ -109,6 +109,9 @@ def _register_errors(app: Flask) -> None:
     def _http(exc: HTTPException):
         if not request.path.startswith("/api/") and exc.code == 404:
             return exc  # the front end's own 404 page
+        if request.path.startswith("/api/") and exc.code == 405:
+            # routing saw the front end's GET catch-all: say what the API itself takes
+            exc = _api_miss(app, request.path.lstrip("/"))
         return as_json(exc)
 
     @app.errorhandler(Exception)
@@ -116,40 +119,45 @@ def _register_errors(app: Flask) -> None:
         return as_json(exc)
 
 
-_METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
+def _api_methods(app: Flask, path: str) -> set[str]:
+    """The methods the API's own routes take at `path` (not the front end's catch-all)."""
+    methods: set[str] = set()
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint.startswith("api.") and rule.rule == path:
+            methods |= set(rule.methods or ()) - {"OPTIONS"}
+    return methods
 
 
-def _api_miss(app: Flask, path: str) -> None:
-    """A request under /api/ that no API route takes: 405 (with Allow) if the path exists for
-    another method, else 404."""
-    adapter = app.url_map.bind_to_environ(request.environ)
-    allowed = []
-    for method in ("GET", "POST"):
-        try:
-            endpoint, _ = adapter.match(f"/{path}", method=method)
-        except HTTPException:
-            continue
-        if endpoint != "api_miss":
-            allowed.append(method)
+def _api_miss(app: Flask, path: str) -> HTTPException:
+    """A request under /api/ that no API route takes: 405 (with exactly the API's methods in
+    Allow) if the path exists for another method, else 404."""
+    allowed = _api_methods(app, f"/{path}")
     if not allowed:
-        raise NotFound(f"no API endpoint /{path}; see /api/openapi.json")
-    if "GET" in allowed:
-        allowed.append("HEAD")
-    raise MethodNotAllowed(
-        allowed, description=f"/{path} takes {' or '.join(allowed)} (see /api/openapi.json)"
+        return NotFound(f"no API endpoint /{path}; see /api/openapi.json")
+    shown = " or ".join(sorted(allowed - {"HEAD"}))
+    return MethodNotAllowed(
+        sorted(allowed), description=f"/{path} takes {shown} (see /api/openapi.json)"
     )
 
 
 def _register_front_end(app: Flask, web_dir: Path) -> None:
     index = web_dir / "index.html"
 
-    @app.route("/api/<path:path>", methods=_METHODS, endpoint="api_miss")
-    def api_miss(path: str):
-        _api_miss(app, f"api/{path}")
+    @app.before_request
+    def _api_options():
+        """OPTIONS under /api/ lists the API's methods only, not the front end's GET."""
+        if request.method == "OPTIONS" and request.path.startswith("/api/"):
+            allowed = _api_methods(app, request.path)
+            if not allowed:
+                raise _api_miss(app, request.path.lstrip("/"))
+            return "", 204, {"Allow": ", ".join(sorted(allowed | {"OPTIONS"}))}
+        return None
 
     @app.get("/", defaults={"path": ""})
     @app.get("/<path:path>")
     def front_end(path: str):
+        if path.startswith("api/"):
+            raise _api_miss(app, path)
         if not index.is_file():
             return (
                 "<!doctype html><title>cxr</title><h1>cxr API</h1>"

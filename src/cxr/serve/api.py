@@ -90,7 +90,7 @@ def _model_turn():
 
 def _heatmaps_param(default: str | None) -> str | None:
     """`heatmaps` from the query or the form; both, and different, is an error."""
-    query, form = request.args.get("heatmaps"), request.form.get("heatmaps")
+    query, form = request.args.get("heatmaps"), request.form.get("heatmaps") or None
     if query is not None and form is not None and query != form:
         raise BadRequest(
             f"heatmaps is {query!r} in the query but {form!r} in the form: send it once"

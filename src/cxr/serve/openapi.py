@@ -57,13 +57,12 @@ _IMAGE_BODY = {
                         "format": "binary",
                         "description": "PNG, JPEG, BMP, TIFF or DICOM",
                     },
-                    "heatmaps": {"type": "string", "maxLength": HEATMAP_SPEC_CHARS},
                 },
                 "required": ["file"],
             }
         },
         "application/octet-stream": {
-            "schema": {"type": "string", "format": "binary"},
+            "schema": {"type": "string", "format": "binary", "minLength": 1},
         },
     },
 }
@@ -271,7 +270,8 @@ def heatmaps_pattern(findings: list[str]) -> dict:
         return {"maxLength": HEATMAP_SPEC_CHARS}
     name = "(" + "|".join(re.escape(f) for f in findings) + ")"
     choices = "|".join(HEATMAP_CHOICES)
-    return {"pattern": f"^({choices}|{name}(,{name})*)$", "maxLength": HEATMAP_SPEC_CHARS}
+    # empty means auto
+    return {"pattern": f"^({choices}|{name}(,{name})*|)$", "maxLength": HEATMAP_SPEC_CHARS}
 
 
 def openapi_spec(info: dict | None = None) -> dict:
@@ -351,7 +351,7 @@ def openapi_spec(info: dict | None = None) -> dict:
                     "summary": "Many images (form field `files`, repeated); per-file errors inline",
                     "operationId": "predictBatch",
                     "parameters": [
-                        {**heatmaps, "schema": {"type": "string", "default": "none"}},
+                        {**heatmaps, "schema": {**heatmaps["schema"], "default": "none"}},
                         {**images, "schema": {"type": "boolean", "default": False}},
                     ],
                     "requestBody": {
@@ -364,6 +364,7 @@ def openapi_spec(info: dict | None = None) -> dict:
                                         "files": {
                                             "type": "array",
                                             "items": {"type": "string", "format": "binary"},
+                                            "minItems": 1,
                                         }
                                     },
                                     "required": ["files"],
