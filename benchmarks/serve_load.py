@@ -131,6 +131,7 @@ def main() -> None:
             before = rss_mb(proc.pid)
             _, errors, _ = load(args.port, body, ctype, "none", 4, args.rss_requests)
             rss_rows.append((backend, before, rss_mb(proc.pid), len(errors)))
+            print(f"({backend}: server RSS {before:.0f} -> {rss_rows[-1][2]:.0f} MB)", flush=True)
         finally:
             proc.terminate()
             proc.wait(10)
