@@ -115,7 +115,8 @@ def main() -> None:
 
     import logging
 
-    from cxr.serve.engine import Engine, serve_config
+    from cxr.config import serve_config
+    from cxr.inference.analysis import Analyser as Engine
     from cxr.serve.server import build_server
 
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # "queue depth" is expected here

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 
 from cxr import NOT_A_MEDICAL_DEVICE, __version__
-from cxr.serve.engine import HEATMAP_CHOICES, HEATMAP_SPEC_CHARS
+from cxr.inference.analysis import HEATMAP_CHOICES, HEATMAP_SPEC_CHARS
 
 _NUM_OR_NULL = {"type": ["number", "null"]}
 _DATA_URL = {"type": "string", "pattern": "^data:image/png;base64,"}

@@ -24,6 +24,9 @@ _POLL_S = 0.25  # how often a waiting request checks that its client is still th
 class ServerBusy(CxrError):
     """The server cannot take this request now; the client should retry after `retry_after`."""
 
+    http_status = 503
+    code = "busy"
+
     def __init__(self, message: str, retry_after: int = 1):
         super().__init__(message)
         self.retry_after = retry_after
@@ -31,6 +34,9 @@ class ServerBusy(CxrError):
 
 class ClientGone(CxrError):
     """The client hung up before its turn: its work is dropped, nothing is answered."""
+
+    http_status = 503
+    code = "client_gone"
 
 
 class ModelQueue:

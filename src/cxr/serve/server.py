@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 
 from cxr import NOT_A_MEDICAL_DEVICE
-from cxr.errors import ConfigError
-from cxr.serve import _REQUEST_OVERHEAD, create_app, default_web_dir
-from cxr.serve.engine import Engine, ServeConfig, serve_config
+from cxr.config import ServeConfig, serve_config
+from cxr.inference.analysis import Analyser
+from cxr.serve import REQUEST_OVERHEAD, create_app, default_web_dir
 from cxr.serve.queue import ModelQueue
 from cxr.serve.security import is_loopback
 from cxr.serve.transport import GuardedServer, TransportLimits, create_guarded_server
@@ -26,26 +26,11 @@ def transport_limits(
     cfg: ServeConfig, per_client_connections: int = 16, header_timeout_s: float = 10.0
 ) -> TransportLimits:
     return TransportLimits(
-        upload_bytes=cfg.max_upload_bytes + _REQUEST_OVERHEAD,
-        batch_bytes=cfg.max_batch_bytes + _REQUEST_OVERHEAD,
+        upload_bytes=cfg.max_upload_bytes + REQUEST_OVERHEAD,
+        batch_bytes=cfg.max_batch_bytes + REQUEST_OVERHEAD,
         per_client_connections=per_client_connections,
         header_timeout_s=header_timeout_s,
     )
-
-
-def check_device(device: str) -> None:
-    """A clear error for a device this machine lacks, before the model is loaded onto it."""
-    if not device.startswith("cuda"):
-        return
-    import torch
-
-    if not torch.cuda.is_available():
-        raise ConfigError(f"--device {device}: no CUDA GPU is available here; use --device cpu")
-    index = int(device.split(":", 1)[1]) if ":" in device else 0
-    if index >= torch.cuda.device_count():
-        raise ConfigError(
-            f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)"
-        )
 
 
 def configure_logging(level: str = "info") -> None:
@@ -62,7 +47,7 @@ def build_server(
     port: int,
     per_client_connections: int = 16,
     header_timeout_s: float = 10.0,
-    engine: Engine | None = None,
+    engine: Analyser | None = None,
 ) -> GuardedServer:
     """The app on a bound, guarded waitress server (call `.run()`); used by tests too."""
     app = create_app(cfg, engine=engine)
@@ -81,8 +66,7 @@ def run_server(
     """Load the model once, then serve the API and the front end until interrupted."""
     cfg = serve_config(config)
     configure_logging(log_level)
-    check_device(cfg.device)
-    engine = Engine(cfg)  # fails here, with a clear CxrError, if the run folder is unusable
+    engine = Analyser(cfg)  # fails here, with a clear CxrError, if the run folder is unusable
     server = build_server(cfg, host, port, per_client_connections, engine=engine)
     web = Path(cfg.web_dir) if cfg.web_dir else default_web_dir()
     built = (web / "index.html").is_file()
