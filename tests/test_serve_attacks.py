@@ -318,7 +318,7 @@ def test_chunked_body_over_the_route_limit_is_cut_off(engine):
 
 _SERVE_ONE = """
 import http.client, sys, threading
-from cxr.serve.engine import ServeConfig
+from cxr.config import ServeConfig
 from cxr.serve.server import build_server
 cfg = ServeConfig(model=sys.argv[1], display_size=4096)
 server = build_server(cfg, "127.0.0.1", 0)
