@@ -281,8 +281,8 @@ def test_work_for_a_client_that_hung_up_is_dropped(engine, kermany_bytes, slow_m
 @pytest.mark.parametrize(
     ("method", "path", "length", "words"),
     [
-        ("POST", "/api/health", 120_000_000, "takes no upload"),
-        ("GET", "/", 120_000_000, "takes no upload"),
+        ("POST", "/api/health", 50_000_000, "takes no upload"),  # under the 101 MB ceiling
+        ("GET", "/", 50_000_000, "takes no upload"),
         ("POST", "/api/predict", 3 * 2**20, "--max-upload-mb"),
         ("POST", "/api/predict/batch", 200 * 2**20, "--max-batch-mb"),
     ],
@@ -675,3 +675,20 @@ def test_no_second_model_copy_until_a_heatmap_is_asked_for(tiny_kermany_run, ker
     upload = {"file": (io.BytesIO(kermany_bytes), "x.jpeg")}
     assert client.post("/api/predict?heatmaps=top&images=false", data=upload).status_code == 200
     assert fresh.predictor.model in explain._TWINS
+
+
+def test_pydicom_chatter_is_logged_at_debug_only():
+    import logging
+
+    from cxr.serve.server import configure_logging
+
+    pydicom_log = logging.getLogger("pydicom")
+    try:
+        configure_logging("info")
+        assert not pydicom_log.isEnabledFor(logging.ERROR)  # a bad upload's traceback: hidden
+        assert logging.getLogger("cxr.access").isEnabledFor(logging.INFO)
+        configure_logging("debug")
+        assert pydicom_log.isEnabledFor(logging.DEBUG)
+    finally:
+        pydicom_log.setLevel(logging.NOTSET)
+        logging.getLogger().setLevel(logging.WARNING)
