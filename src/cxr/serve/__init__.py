@@ -12,7 +12,7 @@ import copy
 import io
 from pathlib import Path
 
-from flask import Flask, Request, jsonify, request, send_from_directory
+from flask import Flask, Request, jsonify, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.security import safe_join
 
@@ -24,6 +24,7 @@ from cxr.serve.api import api, describe_error
 from cxr.serve.queue import ModelQueue
 from cxr.serve.saved_uploads import UploadFolder
 from cxr.serve.security import AccessGuard, read_token
+from cxr.serve.static import send_front_end_file
 
 __all__ = ["create_app", "default_web_dir"]
 
@@ -174,5 +175,5 @@ def _register_front_end(app: Flask, web_dir: Path) -> None:
         # answer exactly as a missing file does, or the route tells which files exist
         inside = safe_join(str(web_dir), path) if path else None
         if inside is not None and Path(inside).is_file():
-            return send_from_directory(web_dir, path, max_age=3600 if "assets/" in path else 0)
-        return send_from_directory(web_dir, "index.html", max_age=0)  # client-side routes
+            return send_front_end_file(web_dir, path)
+        return send_front_end_file(web_dir, "index.html")  # client-side routes

@@ -181,18 +181,27 @@ def openapi():
     return jsonify(openapi_spec(engine().info))
 
 
+def _depth() -> int:
+    raw = request.args.get("depth", request.form.get("depth", "8"))
+    if raw.strip() not in ("8", "16"):
+        raise BadRequest(f"depth={raw!r}: expected 8 or 16 (bits of the preview PNG)")
+    return int(raw)
+
+
 @api.post("/predict")
 def predict():
     name, data = _uploads("file", many=False)[0]
     _check_size(name, data)
-    heatmaps, images, overlays = (
-        _heatmaps_param(None),
-        _flag("images", True),
-        _flag("overlays", False),
-    )
+    heatmaps = _heatmaps_param(None)
+    options = {
+        "images": _flag("images", True),
+        "overlays": _flag("overlays", False),
+        "depth": _depth(),
+        "layer": request.args.get("heatmap_layer", request.form.get("heatmap_layer", "last")),
+    }
     engine().heatmap_findings(heatmaps, dict.fromkeys(engine().findings, 0.0), set())
     with _model_turn():
-        answer = engine().analyse(data, name, heatmaps=heatmaps, images=images, overlays=overlays)
+        answer = engine().analyse(data, name, heatmaps=heatmaps, **options)
     _save_if_asked(name, data)
     return jsonify(answer)
 
