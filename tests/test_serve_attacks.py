@@ -139,9 +139,9 @@ def test_repeated_heatmap_finding_is_computed_once_and_long_specs_refused(
     asked: list[list[str]] = []
     original = Engine._heatmaps
 
-    def spy(self, image, wanted):
+    def spy(self, image, wanted, *args, **kwargs):
         asked.append(list(wanted))
-        return original(self, image, wanted)
+        return original(self, image, wanted, *args, **kwargs)
 
     monkeypatch.setattr(Engine, "_heatmaps", spy)
     finding = engine.findings[0]
