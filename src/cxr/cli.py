@@ -126,6 +126,11 @@ def parser() -> argparse.ArgumentParser:
     x.add_argument("--model", required=True, help="run folder written by `cxr train`")
     x.add_argument("--out", help="ONNX file to write (default RUN/model.onnx; contract beside it)")
     x.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    x.add_argument("--int8", action="store_true",
+                   help="also write a static int8 model (model.int8.onnx) calibrated on "
+                        "the run's validation images; refused if it loses AUROC")  # fmt: skip
+    x.add_argument("--int8-tolerance", type=float, default=0.003,
+                   help="largest mean validation AUROC drop accepted for --int8")  # fmt: skip
     x.set_defaults(func=cmd_export)
 
     c = sub.add_parser("calibrate", help="fit temperature scaling on a run's validation split")

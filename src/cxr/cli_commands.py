@@ -81,6 +81,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"wrote {result.onnx_path} and its preprocessing contract {result.contract_path}")
     print(f"onnxruntime vs PyTorch: max |logit difference| {result.max_abs_diff:.2e} on "
           f"{result.verified_on} ({result.seconds:.1f} s)")  # fmt: skip
+    if args.int8:
+        from cxr.quantize import quantize_run
+
+        q = quantize_run(args.model, result.onnx_path, tolerance=args.int8_tolerance)
+        print(f"wrote {q.onnx_path} ({q.quant_format}, calibrated on "
+              f"{q.calibration_images} validation images, {q.seconds:.1f} s); "
+              "validation AUROC float32 -> int8:")  # fmt: skip
+        for finding, before in q.fp32_auroc.items():
+            after = q.int8_auroc[finding]
+            print(f"  {finding}: " + ("n/a" if before is None or after is None
+                                       else f"{before:.4f} -> {after:.4f}"))  # fmt: skip
+        print(f"  mean drop {q.mean_auroc_drop:+.4f} (limit {args.int8_tolerance:g})")
     print(NOT_A_MEDICAL_DEVICE)
     return 0
 
