@@ -37,6 +37,7 @@ from cxr.metrics import choose_thresholds, compute_metrics
 from cxr.models import build_model, probabilities
 from cxr.optim import Schedule, build_optimizer
 from cxr.preprocess import normalize, to_unit
+from cxr.progressive import epoch_image_size, resize_batch
 
 
 @dataclass
@@ -83,8 +84,20 @@ def batches(
         )
 
 
-def to_model(x_uint8: torch.Tensor, rt: Runtime) -> torch.Tensor:
-    x = to_unit(x_uint8).to(rt.device, non_blocking=True)
+def to_device(t: torch.Tensor, rt: Runtime) -> torch.Tensor:
+    """t on the training device; on a GPU through pinned memory with a non-blocking copy, so the
+    CPU can queue the next steps while the GPU still works (a pageable copy waits for the GPU)."""
+    if rt.device.type == "cuda":
+        return t.pin_memory().to(rt.device, non_blocking=True)
+    return t.to(rt.device)
+
+
+def to_model(x_uint8: torch.Tensor, rt: Runtime, size: int | None = None) -> torch.Tensor:
+    """uint8 batch -> float model input on the device (uint8 crosses the bus: 4x fewer bytes),
+    shrunk to `size` px for progressive resizing."""
+    x = to_unit(to_device(x_uint8, rt))
+    if size is not None:
+        x = resize_batch(x, size)
     return x.contiguous(memory_format=torch.channels_last) if rt.channels_last else x
 
 
@@ -100,19 +113,26 @@ def train_one_epoch(
     desc: str = "train",
     progress: bool = True,
     world: distributed.World | None = None,
+    image_size: int | None = None,
 ) -> dict:
-    """One pass over the training images; returns mean loss and measured images/s."""
+    """One pass over the training images; returns mean loss and measured images/s.
+
+    image_size: train at this side (progressive resizing); the cache's size when None.
+    """
     if world is not None and world.distributed:
         return _train_one_epoch_sharded(
-            model, images, loss_fn, optimizer, schedule, cfg, generator, rt, world, desc, progress
-        )
+            model, images, loss_fn, optimizer, schedule, cfg, generator, rt, world, desc, progress,
+            image_size,
+        )  # fmt: skip
     model.train()
-    total_loss, seen, start = 0.0, 0, time.perf_counter()
+    # The loss is summed on the device and read once at the end (and every 20 steps for the
+    # progress bar): reading it each step would make the CPU wait for the GPU every step.
+    total_loss, seen, start = torch.zeros((), device=rt.device), 0, time.perf_counter()
     bar = tqdm(total=len(images.table), desc=desc, unit="img", disable=not progress, leave=False)
-    for x, y in batches(images, cfg.train.batch_size, generator):
-        x = to_model(x, rt)
+    for step, (x, y) in enumerate(batches(images, cfg.train.batch_size, generator)):
+        x = to_model(x, rt, image_size)
         x = normalize(augment_batch(x, cfg.augment, generator))
-        y = y.to(rt.device, non_blocking=True)
+        y = to_device(y, rt)
         with _autocast(rt):
             logits = model(x)
         loss = loss_fn(logits.float(), y)
@@ -120,17 +140,20 @@ def train_one_epoch(
         loss.backward()
         optimizer.step()
         schedule.after_step()
-        total_loss += loss.item() * len(x)
+        total_loss += loss.detach() * len(x)
         seen += len(x)
         bar.update(len(x))
-        bar.set_postfix(loss=f"{total_loss / seen:.4f}")
+        if progress and step % 20 == 0:
+            bar.set_postfix(loss=f"{total_loss.item() / seen:.4f}")
     bar.close()
+    total_loss = total_loss.item()
     elapsed = time.perf_counter() - start
     return {"train_loss": total_loss / max(seen, 1), "images_per_s": seen / max(elapsed, 1e-9)}
 
 
 def _train_one_epoch_sharded(
-    model, images, loss_fn, optimizer, schedule, cfg, generator, rt, world, desc, progress
+    model, images, loss_fn, optimizer, schedule, cfg, generator, rt, world, desc, progress,
+    image_size=None,
 ) -> dict:
     """train_one_epoch as one of W processes (see cxr.distributed): the global batches and
     augmentations of a single process, this rank's rows of each; loss and images/s of all."""
@@ -140,8 +163,8 @@ def _train_one_epoch_sharded(
                disable=not (progress and world.is_main), leave=False)  # fmt: skip
     for x, y, rows in distributed.sharded_batches(images, cfg.train.batch_size, generator, world):
         n_batch = len(x)
-        x = normalize(augment_batch(to_model(x, rt), cfg.augment, generator)[rows])
-        y = y.to(rt.device, non_blocking=True)
+        x = normalize(augment_batch(to_model(x, rt, image_size), cfg.augment, generator)[rows])
+        y = to_device(y, rt)
         with _autocast(rt):
             logits = model(x)
         # A last batch smaller than W leaves a rank without images: its loss is a zero that
@@ -291,14 +314,21 @@ def train(
             print(f"resuming {run_dir} after epoch {state['epoch']}")
 
     net = distributed.wrap_model(model, world, rt.device)  # `model` itself for one process
+    if cfg.train.compile == "on":
+        # After the DDP wrap (PyTorch's advice: DDP then splits the graph at its buckets).
+        # Validation stays eager: it runs once an epoch and would compile a second graph.
+        net = torch.compile(net)
     best_metrics: dict = {}
     if world.is_main:
         _print_data_summary(data)
     for epoch in range(state["epoch"] + 1, cfg.train.epochs + 1):
-        row = {"epoch": epoch}
+        size = epoch_image_size(epoch, cfg.train.epochs, cfg.preprocess.image_size,
+                                cfg.train.progressive_start_size, cfg.train.progressive_fraction)
+        row = {"epoch": epoch, "image_size": size}
         row |= train_one_epoch(
             net, data.train, loss_fn, optimizer, schedule, cfg, generator, rt,
             desc=f"epoch {epoch}/{cfg.train.epochs}", progress=progress, world=world,
+            image_size=size,
         )  # fmt: skip
         distributed.sync_buffers(model, world)
         metrics, _ = validation_metrics(model, data.val, data.task, rt, world)
