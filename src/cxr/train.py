@@ -127,7 +127,8 @@ def train_one_epoch(
     model.train()
     # The loss is summed on the device and read once at the end (and every 20 steps for the
     # progress bar): reading it each step would make the CPU wait for the GPU every step.
-    total_loss, seen, start = torch.zeros((), device=rt.device), 0, time.perf_counter()
+    total_loss = torch.zeros((), dtype=torch.float64, device=rt.device)
+    seen, start = 0, time.perf_counter()
     bar = tqdm(total=len(images.table), desc=desc, unit="img", disable=not progress, leave=False)
     for step, (x, y) in enumerate(batches(images, cfg.train.batch_size, generator)):
         x = to_model(x, rt, image_size)
@@ -238,6 +239,8 @@ def _seed_everything(cfg: RunConfig) -> None:
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
+    else:  # batches keep one shape: cuDNN times its algorithms once per shape, then reuses them
+        torch.backends.cudnn.benchmark = True
 
 
 @dataclass
