@@ -129,6 +129,8 @@ def parser() -> argparse.ArgumentParser:
     x.add_argument("--int8", action="store_true",
                    help="also write a static int8 model (model.int8.onnx) calibrated on "
                         "the run's validation images; refused if it loses AUROC")  # fmt: skip
+    x.add_argument("--int8-format", choices=["qoperator", "qdq"], default="qoperator",
+                   help="ONNX layout of the int8 model (qoperator: faster here)")  # fmt: skip
     x.add_argument("--int8-tolerance", type=float, default=0.003,
                    help="largest mean validation AUROC drop accepted for --int8")  # fmt: skip
     x.set_defaults(func=cmd_export)

@@ -84,7 +84,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.int8:
         from cxr.quantize import quantize_run
 
-        q = quantize_run(args.model, result.onnx_path, tolerance=args.int8_tolerance)
+        q = quantize_run(args.model, result.onnx_path, args.int8_format, args.int8_tolerance)
         print(f"wrote {q.onnx_path} ({q.quant_format}, calibrated on "
               f"{q.calibration_images} validation images, {q.seconds:.1f} s); "
               "validation AUROC float32 -> int8:")  # fmt: skip

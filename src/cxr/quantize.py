@@ -5,12 +5,15 @@ Static (not dynamic) quantization: the activation ranges are fixed once, from a 
 over the run's own validation images (ONNX Runtime's MinMax calibrator), so at inference no
 range is computed per batch and every convolution runs as an integer kernel (VNNI / AVX-512
 where the CPU has it). Weights are quantized per output channel (a ResNet's filters differ by
-orders of magnitude in scale; one scale per tensor costs accuracy), activations per tensor.
+orders of magnitude in scale; one scale per tensor costs accuracy), activations per tensor as
+unsigned 8-bit (the U8S8 kernels ONNX Runtime has for x86).
 
 Two ONNX layouts exist for the same arithmetic: QDQ (QuantizeLinear/DequantizeLinear pairs
 around float ops, which ONNX Runtime fuses into integer kernels when it loads the graph) and
-QOperator (QLinearConv and friends written out). Both are supported; `DEFAULT_FORMAT` is the one
-measured faster here (`benchmarks/inference.py --int8-formats qdq,qoperator`).
+QOperator (QLinearConv and friends written out). Both are supported and, with unsigned
+activations, ran within each other's noise on the 2-core development CPU (AVX-512 VNNI;
+`benchmarks/inference.py` times both side by side); `DEFAULT_FORMAT` is QOperator, the faster
+at batch 32 there and in a separate batch-1 check of ResNet-18.
 
 The accuracy check runs the float32 export and the int8 model side by side on every validation
 image of the run and compares per-finding AUROC; a mean drop above `AUROC_TOLERANCE` raises a
@@ -43,9 +46,9 @@ INT8_FILE = "model.int8.onnx"
 AUROC_TOLERANCE = 0.003  # max mean validation AUROC the int8 model may lose against float32
 CALIBRATION_IMAGES = 256  # MinMax ranges settle within a few hundred images
 CALIBRATION_BATCH = 16
-QuantFormat = Literal["qdq", "qoperator"]
+Int8Format = Literal["qdq", "qoperator"]
 QUANT_FORMATS: tuple[str, ...] = ("qdq", "qoperator")
-DEFAULT_FORMAT: QuantFormat = "qdq"
+DEFAULT_FORMAT: Int8Format = "qoperator"
 
 
 @dataclass
@@ -105,7 +108,7 @@ def validation_images(run_dir: str | Path, progress: bool = False):
 def quantize_run(
     run_dir: str | Path,
     fp32_path: str | Path | None = None,
-    quant_format: QuantFormat = DEFAULT_FORMAT,
+    quant_format: Int8Format = DEFAULT_FORMAT,
     tolerance: float = AUROC_TOLERANCE,
     calibration_images: int = CALIBRATION_IMAGES,
     calibration: np.ndarray | None = None,
@@ -170,7 +173,7 @@ def quantize_run(
             "method": "static, onnxruntime.quantization.quantize_static, MinMax calibration",
             "format": quant_format,
             "weights": "int8 per output channel",
-            "activations": "8-bit per tensor",
+            "activations": "uint8 per tensor",
             "from": fp32_path.name,
             "calibration_images": int(len(calibration)),
             "checked_on": f"{len(pixels)} validation images of the run",
@@ -205,16 +208,16 @@ def quantize_onnx(
     # quantization (it lets the quantizer see every tensor's shape and fold what it can).
     quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
     input_name = onnx.load(str(prepared), load_external_data=False).graph.input[0].name
-    qdq = quant_format == "qdq"
     quantize_static(
         str(prepared),
         str(out),
         PixelsReader(calibration, input_name),
-        quant_format=QuantFormat.QDQ if qdq else QuantFormat.QOperator,
+        quant_format=QuantFormat.QDQ if quant_format == "qdq" else QuantFormat.QOperator,
         per_channel=True,
-        # QDQ: signed activations (ONNX Runtime's default and first choice for QDQ);
-        # QOperator: unsigned activations with signed weights (its U8S8 kernels).
-        activation_type=QuantType.QInt8 if qdq else QuantType.QUInt8,
+        # Unsigned activations with signed weights in both layouts: ONNX Runtime's x86 integer
+        # convolutions are U8S8. With signed activations (its QDQ default) the QDQ model ran
+        # no faster than float32 here, and QOperator S8S8 5x slower than float32.
+        activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
         calibrate_method=CalibrationMethod.MinMax,
         # Keep at most a few batches of intermediate outputs in memory while calibrating.
