@@ -1,10 +1,11 @@
 """Inference speed on this machine, in one run: PyTorch eager, ONNX Runtime float32 and int8.
 
 For ResNet-18 and ResNet-50 at 224 px (weights from a seeded initialisation: speed does not
-depend on their values; nothing is downloaded), both `cxr.engine` backends answer the same
-real Kermany radiographs, preprocessed exactly as `cxr predict` does; beside them the static
-int8 models `cxr export --int8` writes (cxr.quantize: per-channel weights, calibrated here on the
-same 32 radiographs), in each ONNX layout asked for (QDQ and QOperator by default):
+depend on their values; nothing is downloaded), both backends of `cxr.inference.backends`
+answer the same real Kermany radiographs, preprocessed exactly as `cxr predict` does; beside
+them the static int8 models `cxr export --int8` writes (cxr.inference.quantize: per-channel
+weights, calibrated here on the same 32 radiographs), in each ONNX layout asked for (QDQ and
+QOperator by default):
 
 - images/s and median latency per call at batch 1 and batch 32, the backends alternating
   in blocks of calls so that both see the same machine load (the first call of each block is
@@ -36,15 +37,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cxr.batch_predict import predict_files
 from cxr.checkpoint import save_weights
 from cxr.config import RunConfig, save_config
 from cxr.data.image_io import decode_image
-from cxr.engine import OnnxEngine, cpu_cores, make_engine
-from cxr.export import export_run
+from cxr.inference import make_engine
+from cxr.inference.backends import OnnxEngine, cpu_cores
+from cxr.inference.batch import predict_files
+from cxr.inference.export import export_run
+from cxr.inference.quantize import QUANT_FORMATS, quantize_onnx
 from cxr.models import build_model
 from cxr.preprocess import preprocess
-from cxr.quantize import QUANT_FORMATS, quantize_onnx
 
 KERMANY = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "kermany-pneumonia"
 FINDINGS = ["NORMAL", "PNEUMONIA"]

@@ -38,7 +38,8 @@ from cxr.data.folder import read_folder
 from cxr.losses import build_loss
 from cxr.models import build_model
 from cxr.optim import Schedule, build_optimizer
-from cxr.train import predict_cached, select_runtime, train_one_epoch
+from cxr.runtime import select_runtime
+from cxr.train import predict_cached, train_one_epoch
 
 KERMANY = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "kermany-pneumonia"
 
@@ -74,10 +75,10 @@ def cxr_epoch(model, images, loss_fn, optimizer, schedule, cfg, generator, rt) -
     return len(images.table) / (time.perf_counter() - start)
 
 
-def validation_rate(model, images, rt, batch_size: int) -> float:
+def validation_rate(model, images, rt) -> float:
     sync(rt.device)
     start = time.perf_counter()
-    predict_cached(model, images, "multiclass", rt, batch_size)
+    predict_cached(model, images, "multiclass", rt)
     sync(rt.device)
     return len(images.table) / (time.perf_counter() - start)
 
@@ -116,14 +117,14 @@ def measure(args, rt, batch_size: int, compiled: bool, train_images, val_images)
     start = time.perf_counter()
     bare_loop(net_bare, x, y, opt_bare, args.warmup_steps, rt)
     cxr_epoch(net_ours, train_images, loss_fn, opt_ours, schedule, cfg, gen, rt)
-    validation_rate(ours, val_images, rt, batch_size)
+    validation_rate(ours, val_images, rt)
     warmup_s = time.perf_counter() - start
     ours_rates, bare_rates, val_rates = [], [], []
     for _ in range(args.rounds):  # alternating, so both share any drift in machine load
         bare_rates.append(bare_loop(net_bare, x, y, opt_bare, steps, rt))
         ours_rates.append(cxr_epoch(net_ours, train_images, loss_fn, opt_ours, schedule, cfg,
                                     gen, rt))  # fmt: skip
-        val_rates.append(validation_rate(ours, val_images, rt, batch_size))
+        val_rates.append(validation_rate(ours, val_images, rt))
     return {
         "batch": batch_size,
         "compile": "on" if compiled else "off",

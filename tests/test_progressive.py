@@ -88,7 +88,8 @@ def test_a_real_run_trains_small_first_validates_at_full_size(kermany_train, tmp
 
     def recording_build(*args, **kwargs):
         model = real_build(*args, **kwargs)
-        model.register_forward_pre_hook(lambda m, inp: seen.append((m.training, inp[0].shape[-1])))
+        stem = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+        stem.register_forward_pre_hook(lambda m, inp: seen.append((m.training, inp[0].shape[-1])))
         return model
 
     compiled = []

@@ -14,9 +14,9 @@ import torch
 from tiny_runs import train_kermany_run
 
 from cxr.cli import main
-from cxr.engine import make_engine
 from cxr.errors import CxrError
-from cxr.quantize import int8_path, quantize_run, validation_images
+from cxr.inference import make_engine
+from cxr.inference.quantize import int8_path, quantize_run, validation_images
 
 pytestmark = pytest.mark.slow
 

@@ -23,7 +23,7 @@ decision, only ranges, so this is the data the issue asks for and no test data i
 
 Files written beside the float32 export: `model.int8.onnx` and its contract
 `model.int8.onnx.json` (the float32 contract with this file's fingerprint and a "quantization"
-section), so `cxr.engine.make_engine(run, "onnx", onnx_path=RUN/model.int8.onnx)` checks it the
+section), so `cxr.inference.make_engine(run, "onnx", onnx_path=RUN/model.int8.onnx)` checks it the
 same way before it loads.
 """
 
@@ -71,7 +71,7 @@ class PixelsReader:
         self.start = 0
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        from cxr.engine import normalise_numpy
+        from cxr.inference.backends import normalise_numpy
 
         if self.start >= len(self.pixels):
             return None
@@ -88,12 +88,11 @@ def validation_images(run_dir: str | Path, progress: bool = False):
     still there; rebuilt from the files named in split.csv otherwise)."""
     from cxr.data.cache import build_cache
     from cxr.data.prepare import resolve_table
-    from cxr.data.splits import keys_in_split
-    from cxr.evaluate import read_run_files
+    from cxr.run import read_run_files, split_keys
 
     run_dir = Path(run_dir)
     cfg, _ = read_run_files(run_dir)
-    wanted = keys_in_split(run_dir / "split.csv", "val")
+    wanted = split_keys(run_dir, "val")
     table = resolve_table(cfg.data, cfg.train.cache_dir, progress)
     table = table.subset([i for i, key in enumerate(table.keys) if key in wanted])
     if len(table) == 0:
@@ -120,8 +119,9 @@ def quantize_run(
     calibration: optional uint8 (N, S, S) images to calibrate on instead of the run's
     validation images (the accuracy check always uses the validation images).
     """
-    from cxr.engine import check_contract, read_engine_info
-    from cxr.export import ONNX_FILE, file_sha256
+    from cxr.inference.backends import read_engine_info
+    from cxr.inference.contract import check_contract, file_sha256
+    from cxr.run import RunDir
 
     start = time.perf_counter()
     if quant_format not in QUANT_FORMATS:
@@ -131,7 +131,7 @@ def quantize_run(
         raise CxrError(f"int8 AUROC tolerance must be >= 0, got {tolerance}")
     run_dir = Path(run_dir)
     info = read_engine_info(run_dir)
-    fp32_path = Path(fp32_path) if fp32_path is not None else run_dir / ONNX_FILE
+    fp32_path = Path(fp32_path) if fp32_path is not None else RunDir(run_dir).onnx
     contract = check_contract(info, fp32_path)  # the float32 export must fit this run
     images = validation_images(run_dir, progress)
     pixels, labels = np.asarray(images.pixels), images.table.labels
@@ -231,7 +231,8 @@ def _scores(onnx_path: Path, pixels: np.ndarray, info, batch: int = 64) -> np.nd
     them (run temperature included)."""
     import onnxruntime as ort
 
-    from cxr.engine import cpu_cores, normalise_numpy, probabilities_numpy
+    from cxr.inference.backends import cpu_cores, normalise_numpy
+    from cxr.models import probabilities_numpy
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = cpu_cores()
