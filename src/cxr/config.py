@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cxr.errors import ConfigError
 
@@ -108,6 +108,24 @@ class TrainConfig(StrictConfig):
     deterministic: bool = False
     threads: int | None = Field(None, ge=1)
     cache_dir: str = ".cache/cxr"
+    compile: Literal["off", "on"] = Field(
+        "off",
+        description="torch.compile the training model (worth it on GPUs; minutes to "
+        "compile on a CPU)",
+    )
+    progressive_start_size: int | None = Field(
+        None,
+        ge=16,
+        description="progressive resizing: train the first epoch at this size "
+        "(px), growing to preprocess.image_size; None turns it off",
+    )
+    progressive_fraction: float = Field(
+        0.5,
+        gt=0.0,
+        le=1.0,
+        description="progressive resizing: share of the epochs spent "
+        "growing to the full size (the rest train at full size)",
+    )
 
 
 class ServeConfig(StrictConfig):
@@ -152,6 +170,16 @@ class RunConfig(StrictConfig):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     out_dir: str = "runs/latest"
+
+    @model_validator(mode="after")
+    def _progressive_below_full_size(self) -> RunConfig:
+        start = self.train.progressive_start_size
+        if start is not None and start > self.preprocess.image_size:
+            raise ValueError(
+                f"train.progressive_start_size {start} is larger than preprocess.image_size "
+                f"{self.preprocess.image_size} (images are cached once, at the full size)"
+            )
+        return self
 
 
 def load_config(path: str | Path) -> RunConfig:

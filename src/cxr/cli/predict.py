@@ -10,7 +10,7 @@ from cxr.cli.common import device_flag, gate_flag, model_flag, resolve_device
 from cxr.config import serve_config
 from cxr.errors import ConfigError, CxrError
 from cxr.explain import LAYERS, METHODS, heatmaps, save_overlay
-from cxr.inference import Predictor, export_run, predict_folder
+from cxr.inference import Predictor, export_run, predict_folder, quantize_run
 from cxr.inference.screening import check_colour, decode_upload, gate_verdict, load_gate
 from cxr.ood import OodConfig, fit_ood_gate_for_run, flag_rate, iter_split_images
 from cxr.run import RunDir, load_run
@@ -108,6 +108,13 @@ def _overlay_path(image: Path, out: str | None, finding: str, method: str, sever
 def export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="ONNX file to write (default RUN/model.onnx; contract beside it)")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    p.add_argument("--int8", action="store_true",
+                   help="also write a static int8 model (model.int8.onnx) calibrated on "
+                        "the run's validation images; refused if it loses AUROC")  # fmt: skip
+    p.add_argument("--int8-format", choices=["qoperator", "qdq"], default="qoperator",
+                   help="ONNX layout of the int8 model (qoperator: faster here)")  # fmt: skip
+    p.add_argument("--int8-tolerance", type=float, default=0.003,
+                   help="largest mean validation AUROC drop accepted for --int8")  # fmt: skip
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -115,6 +122,16 @@ def run_export(args: argparse.Namespace) -> int:
     print(f"wrote {result.onnx_path} and its preprocessing contract {result.contract_path}")
     print(f"onnxruntime vs PyTorch: max |logit difference| {result.max_abs_diff:.2e} on "
           f"{result.verified_on} ({result.seconds:.1f} s)")  # fmt: skip
+    if args.int8:
+        q = quantize_run(args.model, result.onnx_path, args.int8_format, args.int8_tolerance)
+        print(f"wrote {q.onnx_path} ({q.quant_format}, calibrated on "
+              f"{q.calibration_images} validation images, {q.seconds:.1f} s); "
+              "validation AUROC float32 -> int8:")  # fmt: skip
+        for finding, before in q.fp32_auroc.items():
+            after = q.int8_auroc[finding]
+            print(f"  {finding}: " + ("n/a" if before is None or after is None
+                                       else f"{before:.4f} -> {after:.4f}"))  # fmt: skip
+        print(f"  mean drop {q.mean_auroc_drop:+.4f} (limit {args.int8_tolerance:g})")
     print(NOT_A_MEDICAL_DEVICE)
     return 0
 
