@@ -13,7 +13,13 @@ import pytest
 from dicom_files import write_dicom
 from PIL import Image, ImageOps
 
-from cxr.data.image_io import IMAGE_EXTENSIONS, decode_bytes, decode_image, to_unit_grey
+from cxr.data.image_io import (
+    IMAGE_EXTENSIONS,
+    DecodeOptions,
+    decode_bytes,
+    decode_image,
+    to_unit_grey,
+)
 from cxr.errors import DataError
 
 
@@ -76,10 +82,10 @@ def test_transparent_rgba_keeps_its_picture(tmp_path, grey_pixels):
 
 def test_colour_is_reduced_to_bt601_luminance(tmp_path):
     rgb = np.zeros((4, 4, 3), dtype=np.uint8)
-    rgb[..., 0] = 255  # pure red
+    rgb[1:, :, 0] = 255  # pure red below a black first row (a flat image would be refused)
     path = tmp_path / "red.png"
     cv2.imwrite(str(path), rgb[..., ::-1])  # OpenCV writes BGR
-    np.testing.assert_allclose(decode_image(path), 0.299, atol=1e-6)
+    np.testing.assert_allclose(decode_image(path)[1:], 0.299, atol=1e-6)
 
 
 def test_kermany_jpeg_grey_stored_as_rgb(kermany_jpeg):
@@ -98,10 +104,12 @@ def test_16_bit_png_gives_the_same_picture_as_8_bit(tmp_path, grey_png, grey_pix
     np.testing.assert_allclose(img, decode_image(grey_png), atol=1e-6)
 
 
-def test_16_bit_dark_image_stays_dark(tmp_path):
+def test_16_bit_dark_image_stays_dark_when_asked(tmp_path, grey_pixels):
     path = tmp_path / "dark.png"
-    cv2.imwrite(str(path), np.full((8, 8), 4095, dtype=np.uint16))  # 12-bit data in 16-bit PNG
-    np.testing.assert_allclose(decode_image(path), 4095 / 65535, atol=1e-7)
+    dark = grey_pixels.astype(np.uint16) * 8  # values up to 2040: dark if really 16-bit
+    cv2.imwrite(str(path), dark)
+    sixteen = DecodeOptions(png_bit_depth=16)
+    np.testing.assert_allclose(decode_image(path, options=sixteen), dark / 65535, atol=1e-7)
 
 
 @pytest.mark.parametrize("suffix", [".bmp", ".tif"])
@@ -225,11 +233,14 @@ def test_dicom_found_by_magic_without_extension(tmp_path, stored12, grey_pixels)
     np.testing.assert_array_equal(from_bytes, decode_image(path))
 
 
-def test_dicom_multi_frame_is_refused(tmp_path, stored12):
-    frames = np.stack([stored12, stored12])
+def test_dicom_multi_frame_takes_the_chosen_frame(tmp_path, stored12, grey_pixels):
+    frames = np.stack([stored12, 4095 - stored12])
     path = write_dicom(tmp_path / "cine.dcm", frames, NumberOfFrames=2)
-    with pytest.raises(DataError, match="multi-frame") as info:
-        decode_image(path)
+    np.testing.assert_allclose(decode_image(path), min_max(grey_pixels), atol=1e-3)
+    second = decode_image(path, options=DecodeOptions(frame=1))
+    np.testing.assert_allclose(second, 1 - min_max(grey_pixels), atol=1e-3)
+    with pytest.raises(DataError, match="frame 2 asked for.*2 frame") as info:
+        decode_image(path, options=DecodeOptions(frame=2))
     assert "cine.dcm" in str(info.value)
 
 
