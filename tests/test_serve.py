@@ -26,6 +26,12 @@ from cxr.serve.server import waitress_options
 pytestmark = pytest.mark.slow
 
 
+def near_blank() -> np.ndarray:
+    """Grey 128 with a faint diagonal: past the decoder's flat-image refusal (a few grey levels),
+    still a blank frame to the OOD gate (p99 - p1 = 0)."""
+    return np.full((224, 224), 128, np.uint8) + np.eye(224, dtype=np.uint8) * 3
+
+
 # --- fixtures: one tiny real run, one loaded engine, real files --------------------------------
 
 
@@ -378,7 +384,7 @@ def test_real_ood_gate_fitted_on_the_run(run_dir, kermany_jpeg, tmp_path):
     xray = kermany_jpeg.read_bytes()
     body = upload(client, xray, "x.jpeg").get_json()
     assert body["ood"]["checked"] is True and body["ood"]["ok"] is True, body["ood"]
-    blank = png_bytes(np.full((224, 224), 128, np.uint8))
+    blank = png_bytes(near_blank())
     response = upload(client, blank, "grey.png")
     assert response.status_code == 422
     assert response.get_json()["ood"]["checks"]["blank"]["ok"] is False
@@ -566,7 +572,7 @@ def test_cli_predict_rows_agree_with_the_api_and_the_gate_refuses_in_batches(
     for p in sorted((kermany_train / "NORMAL").iterdir())[:4]:
         (folder / p.name).write_bytes(p.read_bytes())
     (folder / nih_png.name).write_bytes(nih_png.read_bytes())
-    (folder / "blank.png").write_bytes(png_bytes(np.full((224, 224), 128, np.uint8)))
+    (folder / "blank.png").write_bytes(png_bytes(near_blank()))
     out = tmp_path / "predictions.csv"
     assert main(["predict", str(folder), "--model", str(run), "--out", str(out),
                  "--batch-size", "3", "--workers", "2", "--backend", backend]) == 0  # fmt: skip

@@ -55,7 +55,10 @@ def decode_dicom(
     ds = _read_dataset(data, name, max_pixels)
     meta = dicom_metadata(ds, keep_identifiers)
     warnings = _view_warnings(meta)
-    _check_header(ds, name, max_pixels, frame, allow_modality)
+    try:
+        _check_header(ds, name, max_pixels, frame, allow_modality)
+    except (TypeError, ValueError) as exc:  # e.g. Rows stored as text "1A"
+        raise DataError(f"malformed DICOM header: {exc}", path=name) from exc
     photometric = str(ds.get("PhotometricInterpretation", "")).upper()
     try:
         arr = pixel_array(ds, index=frame)
