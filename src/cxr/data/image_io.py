@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from cxr.data.png_info import read_png_info
+from cxr.data.png_info import PNG_SIGNATURE, read_png_info
 from cxr.data.sniff import DICOM_EXTENSIONS, IMAGE_EXTENSIONS, sniff_bytes
 from cxr.errors import DataError
 
@@ -225,8 +225,9 @@ def _decode_raster(data: bytes, name: str, opts: DecodeOptions) -> DecodedImage:
     OpenCV with IMREAD_UNCHANGED keeps 16-bit samples that PIL would squash or widen; PIL
     decodes what OpenCV's own size limits refuse (valid, very wide PNGs).
     """
+    # PNG chunks are walked first: PIL's own header read loops over every chunk before IDAT
+    png = read_png_info(data, name) if data.startswith(PNG_SIGNATURE) else None
     width, height, fmt, orientation, raw_bytes = _raster_header(data, name)
-    png = read_png_info(data, name) if fmt == "PNG" else None
     if png is not None:
         raw_bytes = png.raw_bytes
         if png.exif:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from cxr.errors import DataError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-MAX_CHUNKS = 100_000  # a 40 Mpx 16-bit image in 8 KiB IDAT chunks needs ~10,000
+MAX_CHUNKS = 20_000  # a 40 Mpx 16-bit image in 8 KiB IDAT chunks needs ~6,000
 _CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # colour type -> samples per pixel
 
 
