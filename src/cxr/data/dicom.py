@@ -104,6 +104,20 @@ def read_dicom_metadata(path, keep_identifiers: bool = False) -> dict[str, objec
     return dicom_metadata(ds, keep_identifiers)
 
 
+def dicom_table_meta(keys: list[str]) -> dict[str, list]:
+    """Table columns (sex, age, view, body_part, modality) from the DICOM headers among `keys`,
+    None for other files; {} when there is no DICOM, so other readers' tables are unchanged."""
+    from cxr.data.sniff import sniff_path
+
+    rows: list[dict[str, object] | None] = []
+    for key in keys:
+        rows.append(read_dicom_metadata(key) if sniff_path(key) == "dicom" else None)
+    if all(row is None for row in rows):
+        return {}
+    columns = ("sex", "age", "view", "body_part", "modality")
+    return {c: [None if r is None or r[c] == "" else r[c] for r in rows] for c in columns}
+
+
 def _age_years(text: str) -> float | None:
     """DICOM Age String ("058Y", "006M", "003W", "012D") in years; None if absent or malformed."""
     text = text.strip().upper()

@@ -59,8 +59,14 @@ def sniff_path(path: str | Path) -> str | None:
 
 
 def is_image_file(path: str | Path) -> bool:
-    """An image by its extension, or (extensionless or unknown suffix) by its content."""
+    """An image by its extension, or (extensionless or unknown suffix) by its content.
+
+    A DICOMDIR is the index of a DICOM media tree, never an image: its pixels are in the files
+    it lists, which are taken in themselves.
+    """
     path = Path(path)
+    if path.name.upper() == "DICOMDIR":
+        return False
     if path.suffix.lower() in IMAGE_EXTENSIONS:
         return True
     return sniff_path(path) is not None
@@ -68,6 +74,8 @@ def is_image_file(path: str | Path) -> bool:
 
 def skip_reason(path: str | Path) -> str:
     """Why a file was not taken as an image, for the folder readers' skipped lists."""
+    if Path(path).name.upper() == "DICOMDIR":
+        return "DICOMDIR index of a DICOM media tree (no pixels; its images are read themselves)"
     return (
         f"not an image file (extension '{Path(path).suffix}', and its content is not PNG, JPEG, "
         "BMP, TIFF or DICOM)"
