@@ -24,6 +24,29 @@ from cxr.cli_commands import (  # noqa: F401 - build_config: used by tests and t
 from cxr.errors import CxrError
 
 
+def add_decode_flags(parser: argparse.ArgumentParser) -> None:
+    """How images are decoded (cxr.data.image_io.DecodeOptions)."""
+    parser.add_argument(
+        "--frame", type=int, default=0, help="multi-frame DICOM: the frame to read (default 0)"
+    )
+    parser.add_argument(
+        "--png-bit-depth",
+        default="auto",
+        help="16-bit PNG without an sBIT chunk: significant bits (8-16), or auto (a maximum "
+        "below 4096 is read as 12-bit, with a warning)",
+    )
+    parser.add_argument(
+        "--allow-modality",
+        action="store_true",
+        help="read DICOM modalities other than CR/DX/DR/RG/OT (CT, MR, ...)",
+    )
+    parser.add_argument(
+        "--keep-identifiers",
+        action="store_true",
+        help="write DICOM patient name, ID, birth date and accession number to the output",
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="cxr",
@@ -98,6 +121,7 @@ def parser() -> argparse.ArgumentParser:
                         "(default: one per core)")  # fmt: skip
     r.add_argument("--no-ood-gate", action="store_true",
                    help="skip the run's out-of-distribution gate")  # fmt: skip
+    add_decode_flags(r)
     r.set_defaults(func=cmd_predict)
 
     u = sub.add_parser("tune", help="hyperparameter search with Optuna (one or many workers)")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from cxr import NOT_A_MEDICAL_DEVICE
 from cxr.config import RunConfig, config_from_dict, load_config
-from cxr.errors import CxrError
+from cxr.errors import ConfigError, CxrError
 
 # flag -> config field; every flag is optional and overrides the config file.
 TRAIN_FLAGS = {
@@ -156,15 +156,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def decode_options(args: argparse.Namespace):
+    """DecodeOptions from the decode flags (cli.add_decode_flags); ConfigError names a bad one."""
+    from pydantic import ValidationError
+
+    from cxr.data.image_io import DecodeOptions
+
+    depth = args.png_bit_depth
+    try:
+        return DecodeOptions(
+            max_pixels=args.max_pixels, frame=args.frame,
+            png_bit_depth=depth if depth == "auto" else int(depth),
+            allow_modality=args.allow_modality, keep_identifiers=args.keep_identifiers,
+        )  # fmt: skip
+    except (ValueError, ValidationError) as exc:
+        raise ConfigError(f"--frame / --png-bit-depth: {exc}") from exc
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from cxr.predict_folder import predict_folder
 
     result = predict_folder(args.model, args.folder, args.out, force=args.force,
                             max_pixels=args.max_pixels, ood_gate=not args.no_ood_gate,
                             backend=args.backend, batch_size=args.batch_size,
-                            workers=args.workers)  # fmt: skip
-    print(f"{result.n_ok} image(s) predicted, {result.n_failed} could not be used "
-          f"(see the error column); written to {result.out}")  # fmt: skip
+                            workers=args.workers, decode=decode_options(args))  # fmt: skip
+    print(f"{result.n_ok} image(s) predicted, {result.n_failed} could not be used, "
+          f"{result.n_skipped} file(s) skipped as not images (see the status and error "
+          f"columns); written to {result.out}")  # fmt: skip
     print(f"{result.wall_s:.1f} s from the first file to the CSV (model loading not counted): "
           f"{result.images_per_s:.1f} images/s, {args.backend}, "
           f"batches of {args.batch_size}")  # fmt: skip

@@ -17,8 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr.data.image_io import IMAGE_EXTENSIONS
+from cxr.data.image_io import IMAGE_EXTENSIONS, DecodeOptions
+from cxr.data.sniff import list_images
 from cxr.errors import CxrError, DataError
+
+IDENTIFIER_COLUMNS = ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber")
 
 
 @dataclass
@@ -28,6 +31,7 @@ class FolderResult:
     n_failed: int
     seconds: float  # summed per-file time (decode + preprocess + share of the model)
     wall_s: float = 0.0  # the whole folder, start to finish
+    n_skipped: int = 0  # files that are not images (each has a row saying why)
 
     @property
     def images_per_s(self) -> float:
@@ -37,25 +41,27 @@ class FolderResult:
 
 def image_files(folder: str | Path) -> list[Path]:
     """Every image file under `folder` (recursively, sorted), or `folder` itself if a file."""
+    return _folder_files(folder)[0]
+
+
+def _folder_files(folder: str | Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Images by extension or content (extensionless PACS files), and the others with why."""
     root = Path(folder)
     if not root.exists():
         raise DataError("no such file or folder", path=str(root))
-    if root.is_file():
-        return [root]
-    files = sorted(
-        p
-        for p in root.rglob("*")
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
-    )
+    files, skipped = list_images(root)
     if not files:
         wanted = ", ".join(sorted(IMAGE_EXTENSIONS))
-        raise DataError(f"no image files found (looked for {wanted})", path=str(root))
-    return files
+        raise DataError(
+            f"no image files found (looked for {wanted}, or DICOM by content)", path=str(root)
+        )
+    return files, skipped
 
 
-def csv_columns(findings: list[str]) -> list[str]:
+def csv_columns(findings: list[str], identifiers: bool = False) -> list[str]:
     per = [f"{f}_{part}" for f in findings for part in ("probability", "positive")]
-    return ["file", "status", "top_finding", *per, "ood_score", "seconds", "warning", "error"]
+    ids = list(IDENTIFIER_COLUMNS) if identifiers else []
+    return ["file", "status", "top_finding", *per, "ood_score", "seconds", "warning", "error", *ids]
 
 
 def predict_folder(
@@ -69,6 +75,7 @@ def predict_folder(
     backend: str = "torch",
     batch_size: int = 32,
     workers: int | None = None,
+    decode: DecodeOptions | None = None,
 ) -> FolderResult:
     """Predict every image under `folder` with the run in `model`; one CSV row per file."""
     from cxr.batch_predict import predict_files
@@ -83,7 +90,8 @@ def predict_folder(
         raise CxrError(f"--batch-size must be at least 1, got {batch_size}")
     if workers is not None and workers < 1:
         raise CxrError(f"--workers must be at least 1, got {workers}")
-    files = image_files(folder)
+    files, not_images = _folder_files(folder)
+    decode = decode or DecodeOptions()
     serve = Engine(
         {"model": str(model), "max_pixels": max_pixels, "ood_gate": ood_gate, "backend": backend}
     )
@@ -93,10 +101,11 @@ def predict_folder(
     start = time.perf_counter()
     results = predict_files(
         serve.predictor.engine, files, batch_size=batch_size, workers=workers,
-        prepare=_preparer(serve), screen=_screen(serve), progress=progress,
+        prepare=_preparer(serve, decode), screen=_screen(serve), progress=progress,
     )  # fmt: skip
     for r in results:
         row = {"file": r.path.relative_to(root).as_posix()}
+        row |= {k: v for k, v in (r.extra.get("identifiers") or {}).items()}
         ood = r.extra.get("ood") or {}
         if ood.get("score") is not None:
             row["ood_score"] = ood["score"]
@@ -116,11 +125,16 @@ def predict_folder(
             row[f"{f}_probability"] = f"{p:.6f}"
             row[f"{f}_positive"] = int(pos)
         rows.append(row)
-    _write_csv(out, csv_columns(findings), rows)
-    return FolderResult(out, n_ok, len(rows) - n_ok, total, time.perf_counter() - start)
+    for path, reason in not_images:
+        rows.append({"file": path.relative_to(root).as_posix(), "status": "skipped",
+                     "error": reason})  # fmt: skip
+    _write_csv(out, csv_columns(findings, decode.keep_identifiers), rows)
+    n_skipped = len(not_images)
+    return FolderResult(out, n_ok, len(rows) - n_ok - n_skipped, total,
+                        time.perf_counter() - start, n_skipped)  # fmt: skip
 
 
-def _preparer(serve):
+def _preparer(serve, decode: DecodeOptions):
     """path -> Prepared, in a worker thread: read, decode with the API's limits, refuse colour
     photographs, preprocess; keeps only what the gate needs (not the full-size image)."""
     from cxr.batch_predict import Prepared
@@ -132,11 +146,15 @@ def _preparer(serve):
 
     def prepare(path: Path) -> Prepared:
         tick = time.perf_counter()
-        decoded = decode_upload(path.read_bytes(), str(path), serve.cfg.max_pixels)
+        decoded = decode_upload(path.read_bytes(), str(path), serve.cfg.max_pixels, decode)
         serve.check_colour(decoded, str(path))
         tock = time.perf_counter()
         pixels = preprocess(decoded.image, cfg)
         extra = {"path": str(path), "raw": decoded.colour}
+        if decoded.warnings:
+            extra["warning"] = "; ".join(decoded.warnings)
+        if decode.keep_identifiers:  # only when asked: names and IDs never reach a CSV otherwise
+            extra["identifiers"] = {k: decoded.meta.get(k, "") for k in IDENTIFIER_COLUMNS}
         if serve.gate is not None:
             extra["contrast"] = contrast(decoded.image)
         return Prepared(pixels, extra, tock - tick, time.perf_counter() - tock)
@@ -172,7 +190,8 @@ def _screen(serve):
                 continue
             item.extra["ood"] = ood
             if ood.get("ok") is False:
-                item.extra["warning"] = ood_warning(ood)
+                before = item.extra.get("warning")
+                item.extra["warning"] = "; ".join(filter(None, [before, ood_warning(ood)]))
             errors.append(None)
         return errors
 

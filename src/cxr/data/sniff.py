@@ -80,3 +80,22 @@ def skip_reason(path: str | Path) -> str:
         f"not an image file (extension '{Path(path).suffix}', and its content is not PNG, JPEG, "
         "BMP, TIFF or DICOM)"
     )
+
+
+def list_images(root: str | Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Every image under `root` (recursively, sorted; `root` itself if a file), and every other
+    visible file with the reason it is not taken, so a folder's summary accounts for each file."""
+    root = Path(root)
+    if root.is_file():
+        return [root], []
+    images: list[Path] = []
+    skipped: list[tuple[Path, str]] = []
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root)
+        if any(part.startswith(".") for part in rel.parts) or not path.is_file():
+            continue
+        if is_image_file(path):
+            images.append(path)
+        else:
+            skipped.append((path, skip_reason(path)))
+    return images, skipped

@@ -13,7 +13,7 @@ import io
 import threading
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -22,7 +22,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cxr import NOT_A_MEDICAL_DEVICE
-from cxr.data.image_io import decode_bytes
+from cxr.data.image_io import DecodeOptions, read_image_bytes
 from cxr.errors import ConfigError, CxrError, DataError
 from cxr.serve.model_info import model_info
 
@@ -99,14 +99,20 @@ class Decoded:
     image: np.ndarray  # float32 (H, W) in [0, 1]: the intensity contract
     colour: np.ndarray | None  # small RGB uint8 copy when the file stores colour, else None
     coloured_fraction: float  # share of clearly coloured pixels (0 for grey files)
+    warnings: list[str] = field(default_factory=list)  # the decoder's choices (fallback window)
+    meta: dict = field(default_factory=dict)  # DICOM modality, body part, view, sex, age
 
 
-def decode_upload(data: bytes, name: str, max_pixels: int) -> Decoded:
-    """decode_bytes (limits, DICOM, clear errors) plus a small colour copy for the checks."""
-    image = decode_bytes(data, name=name, max_pixels=max_pixels)
-    colour = _colour_sample(data)
+def decode_upload(
+    data: bytes, name: str, max_pixels: int, options: DecodeOptions | None = None
+) -> Decoded:
+    """The shared decoder (limits, DICOM, clear errors) plus a small colour copy for the checks;
+    colour DICOM (RGB, YBR, palette) brings its own copy, so it meets the same colour check."""
+    opts = options.model_copy(update={"max_pixels": max_pixels}) if options else None
+    decoded = read_image_bytes(data, name, opts or DecodeOptions(max_pixels=max_pixels))
+    colour = decoded.colour if decoded.format == "dicom" else _colour_sample(data)
     fraction = 0.0 if colour is None else coloured_fraction(colour)
-    return Decoded(image, colour, fraction)
+    return Decoded(decoded.image, colour, fraction, decoded.warnings, decoded.meta)
 
 
 def coloured_fraction(rgb: np.ndarray) -> float:
@@ -292,7 +298,7 @@ class Engine:
         tick = time.perf_counter()
         ood = self.check_gate(decoded, prediction.preprocessed, features, name)
         timing["checks"] = time.perf_counter() - tick
-        warnings_ = []
+        warnings_ = list(decoded.warnings)  # the decoder's choices, e.g. a fallback window
         if ood.get("ok") is False:  # the gate is set to warn, not refuse
             warnings_.append(ood_warning(ood))
         answer = prediction.as_dict()
