@@ -176,7 +176,8 @@ def test_non_radiograph_modality_is_refused_unless_allowed(name, modality):
 def test_colour_dicom_gives_the_colour_check_the_same_pixels_as_a_png(tmp_path):
     import cv2
 
-    from cxr.serve.engine import _colour_sample, coloured_fraction
+    from cxr.inference.screening import coloured_fraction
+    from cxr.ood.gate import colour_sample
 
     path = real_file("SC_rgb_jpeg_dcmtk.dcm")  # YBR_FULL JPEG: pydicom converts to RGB
     decoded = read_image(path)
@@ -185,7 +186,7 @@ def test_colour_dicom_gives_the_colour_check_the_same_pixels_as_a_png(tmp_path):
     np.testing.assert_array_equal(decoded.colour, rgb)
     ok, png = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
     assert ok
-    as_png = coloured_fraction(_colour_sample(png.tobytes()))
+    as_png = coloured_fraction(colour_sample(png.tobytes()))
     assert coloured_fraction(decoded.colour) == pytest.approx(as_png) and as_png > 0.15
     luma = rgb.astype(np.float64) @ [0.299, 0.587, 0.114] / 255
     np.testing.assert_allclose(decoded.image, luma, atol=1e-5)

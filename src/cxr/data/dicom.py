@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cxr.errors import DataError
+from cxr.errors import DataError, TooLarge
 
 # Radiographs: CR/DX/DR (digital), RG (digitised film), OT (secondary capture of a radiograph).
 RADIOGRAPH_MODALITIES = frozenset({"CR", "DX", "DR", "RG", "OT"})
@@ -209,7 +209,7 @@ def _inflate_bounded(raw: bytes, name: str, max_pixels: int) -> bytes:
     except zlib.error as exc:
         raise DataError(f"corrupt Deflated DICOM: {exc}", path=name) from exc
     if total > limit:
-        raise DataError(
+        raise TooLarge(
             f"Deflated DICOM inflates to over {limit:,} bytes, more than its header's "
             "Rows x Columns x frames needs (a decompression bomb); refused",
             path=name,
@@ -239,7 +239,7 @@ def _check_pixels(columns: int, rows: int, max_pixels: int, name: str) -> None:
     if columns <= 0 or rows <= 0:
         raise DataError(f"zero-size DICOM image ({columns} x {rows})", path=name)
     if columns * rows > max_pixels:
-        raise DataError(
+        raise TooLarge(
             f"image is {columns} x {rows} = {columns * rows:,} pixels, over the limit of "
             f"{max_pixels:,} (refused before decoding)",
             path=name,
@@ -285,7 +285,7 @@ def _check_codestream(ds, name: str, frame: int, frames: int, rows: int, columns
         raise DataError(f"corrupt encapsulated DICOM pixel data: {exc}", path=name) from exc
     size = codestream_size(stream[:65536])
     if size is not None and (size[0] > columns or size[1] > rows):
-        raise DataError(
+        raise TooLarge(
             f"the compressed image inside is {size[0]} x {size[1]}, larger than the header's "
             f"{columns} x {rows}; refused before decoding",
             path=name,

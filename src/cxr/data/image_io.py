@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cxr.data.png_info import PNG_SIGNATURE, read_png_info
 from cxr.data.sniff import DICOM_EXTENSIONS, IMAGE_EXTENSIONS, sniff_bytes
-from cxr.errors import DataError
+from cxr.errors import DataError, TooLarge
 
 __all__ = [
     "DICOM_EXTENSIONS",
@@ -212,7 +212,7 @@ def _check_size(width: int, height: int, max_pixels: int, name: str) -> None:
     if width <= 0 or height <= 0:
         raise DataError(f"zero-size image ({width} x {height})", path=name)
     if width * height > max_pixels:
-        raise DataError(
+        raise TooLarge(
             f"image is {width} x {height} = {width * height:,} pixels, over the limit of "
             f"{max_pixels:,} (refused before decoding)",
             path=name,
@@ -234,7 +234,7 @@ def _decode_raster(data: bytes, name: str, opts: DecodeOptions) -> DecodedImage:
             orientation = _orientation_from_exif(png.exif)
     _check_size(width, height, opts.max_pixels, name)
     if raw_bytes > opts.max_pixels * 3:
-        raise DataError(
+        raise TooLarge(
             f"image is {width} x {height} with {raw_bytes:,} bytes of samples, over the limit of "
             f"{opts.max_pixels * 3:,} (refused before decoding)",
             path=name,
@@ -326,7 +326,7 @@ def _raster_header(data: bytes, name: str) -> tuple[int, int, str, int, int]:
                 sample_bytes = 2 if header.mode.startswith("I;16") else 1
                 raw = width * height * len(header.getbands()) * sample_bytes
     except Image.DecompressionBombError as exc:
-        raise DataError(f"image too large, refused before decoding: {exc}", path=name) from exc
+        raise TooLarge(f"image too large, refused before decoding: {exc}", path=name) from exc
     except Exception as exc:  # noqa: BLE001 - untrusted bytes: any parser failure means unreadable
         raise DataError(
             "not a readable image (expected PNG, JPEG, BMP, TIFF or DICOM)", path=name

@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from cxr.errors import DataError
+from cxr.errors import DataError, TooLarge
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_CHUNKS = 20_000  # a 40 Mpx 16-bit image in 8 KiB IDAT chunks needs ~6,000
@@ -49,7 +49,7 @@ def read_png_info(data: bytes, name: str, max_chunks: int = MAX_CHUNKS) -> PngIn
         length, kind = struct.unpack(">I4s", data[pos : pos + 8])
         count += 1
         if count > max_chunks:
-            raise DataError(
+            raise TooLarge(
                 f"PNG has over {max_chunks:,} chunks (refused before decoding: a real image "
                 "needs far fewer)",
                 path=name,
