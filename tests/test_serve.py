@@ -514,12 +514,14 @@ def test_cli_predict_folder_writes_a_csv_and_never_overwrites(run_dir, kermany_t
         (folder / p.name).write_bytes(p.read_bytes())
     (folder / "sub" / nih_png.name).write_bytes(nih_png.read_bytes())
     (folder / "broken.png").write_bytes(b"not a png")
-    (folder / "readme.txt").write_text("ignored: not an image name")
+    (folder / "readme.txt").write_text("not an image: listed as skipped, with why")
     out = tmp_path / "predictions.csv"
     assert main(["predict", str(folder), "--model", str(run_dir), "--out", str(out)]) == 0
     rows = list(csv.DictReader(out.open()))
-    assert len(rows) == 5
+    assert len(rows) == 6
     by_file = {r["file"]: r for r in rows}
+    assert by_file["readme.txt"]["status"] == "skipped"
+    assert "not an image" in by_file["readme.txt"]["error"]
     assert by_file["broken.png"]["status"] == "error"
     assert "broken.png" in by_file["broken.png"]["error"]
     good = by_file[f"sub/{nih_png.name}"]
@@ -527,7 +529,7 @@ def test_cli_predict_folder_writes_a_csv_and_never_overwrites(run_dir, kermany_t
     p = float(good["NORMAL_probability"]) + float(good["PNEUMONIA_probability"])
     assert p == pytest.approx(1.0, abs=1e-5)
     printed = capsys.readouterr().out
-    assert "4 image(s) predicted, 1 could not be used" in printed
+    assert "4 image(s) predicted, 1 could not be used, 1 file(s) skipped" in printed
     assert NOT_A_MEDICAL_DEVICE in printed
 
     before = out.read_bytes()
