@@ -82,3 +82,23 @@ def test_identifiers_only_when_asked(tiny_kermany_run, pacs_folder, tmp_path):
     rows = predict(tiny_kermany_run, pacs_folder, tmp_path / "ids.csv", "--keep-identifiers")
     row = next(r for name, r in rows.items() if name.endswith("IM000000"))
     assert row["PatientName"] == "CompressedSamples^RG1"
+
+
+def test_api_refuses_other_modalities_and_colour_dicom(tiny_kermany_run):
+    from cxr.serve import create_app
+
+    def post(data: bytes, name: str, **cfg):
+        app = create_app({"model": str(tiny_kermany_run), "ood_gate": False, **cfg})
+        client = app.test_client()
+        return client.post("/api/predict?heatmaps=none",
+                           data={"file": (io.BytesIO(data), name)})  # fmt: skip
+
+    ct = real("CT_small.dcm").read_bytes()
+    refused = post(ct, "ct.dcm")
+    assert refused.status_code == 422 and "modality CT" in refused.get_json()["error"]
+    assert post(ct, "ct.dcm", allow_modality=True).status_code == 200
+    colour = post(real("SC_rgb_jpeg_dcmtk.dcm").read_bytes(), "sc.dcm")
+    assert colour.status_code == 422 and colour.get_json()["code"] == "not_a_chest_xray"
+    rg1 = post(real("RG1_UNCR.dcm").read_bytes(), "IM000000")
+    assert rg1.status_code == 200
+    assert "CompressedSamples" not in rg1.get_data(as_text=True)  # no patient name echoed

@@ -89,6 +89,8 @@ def explain_arguments(p: argparse.ArgumentParser) -> None:
                    "~160 px, see README); layer4/layer3 name them on a ResNet")  # fmt: skip
     p.add_argument("--out", help="overlay PNG (with several findings: OUT_<finding>.png; "
                    "default ./<image>_<method>_<finding>.png)")  # fmt: skip
+    p.add_argument("--max-pixels", type=int, default=40_000_000)
+    decode_arguments(p)
 
 
 def run_explain(args: argparse.Namespace) -> int:
@@ -98,7 +100,9 @@ def run_explain(args: argparse.Namespace) -> int:
     if not path.is_file():
         raise CxrError(f"image file not found: {path}")
     predictor = Predictor.from_run_dir(args.model, device=resolve_device(args.device))
-    decoded = decode_upload(path.read_bytes(), str(path), max_pixels=40_000_000)
+    decoded = decode_upload(path.read_bytes(), str(path), 40_000_000, decode_options(args))
+    for warning in decoded.warnings:
+        print(f"warning: {warning}")
     check_colour(decoded, str(path))
     prediction, features = predictor.predict_with_features(decoded.image)
     gate, note = (None, "turned off") if args.no_ood_gate else load_gate(args.model, predictor.run)
@@ -166,6 +170,8 @@ def serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-uploads", metavar="DIR",
                    help="keep a copy of each upload here (default: memory only)")  # fmt: skip
     p.add_argument("--web-dir", help="built front end to serve (default: web/dist)")
+    p.add_argument("--allow-modality", action="store_true",
+                   help="read DICOM modalities other than CR/DX/DR/RG/OT (CT, MR, ...)")
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -177,6 +183,7 @@ def run_serve(args: argparse.Namespace) -> int:
             "max_upload_mb": args.max_upload_mb, "max_batch_mb": args.max_batch_mb,
             "max_pixels": args.max_pixels, "save_uploads": args.save_uploads,
             "web_dir": args.web_dir, "ood_gate": not args.no_ood_gate, "backend": args.backend,
+            "allow_modality": args.allow_modality,
         }
     )  # fmt: skip
     run_server(cfg, host=args.host, port=args.port, threads=args.threads)

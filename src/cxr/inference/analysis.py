@@ -17,6 +17,7 @@ import numpy as np
 
 from cxr import NOT_A_MEDICAL_DEVICE
 from cxr.config import ServeConfig, serve_config
+from cxr.data.image_io import DecodeOptions
 from cxr.errors import BadRequest
 from cxr.explain.gradcam import overlay
 from cxr.inference.model_info import model_info
@@ -142,7 +143,8 @@ class Analyser:
         start = time.perf_counter()
         timing: dict[str, float] = {}
         self.heatmap_findings(heatmaps, dict.fromkeys(self.findings, 0.0), set())  # fail early
-        decoded = decode_upload(data, name, self.cfg.max_pixels)
+        decoded = decode_upload(data, name, self.cfg.max_pixels,
+                                DecodeOptions(allow_modality=self.cfg.allow_modality))  # fmt: skip
         timing["decode"] = time.perf_counter() - start
         self.check_colour(decoded, name)
         # One forward pass: the probabilities, and on PyTorch the features the OOD gate scores.
