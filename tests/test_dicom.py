@@ -140,7 +140,8 @@ def test_undecodable_file_is_refused_with_its_cause(name, cause):
 
 
 def test_j2k_pixel_representation_mismatch_is_not_flat():
-    """The TOSHIBA-style J2K CT that Pillow decoded to zeros comes out as the reference."""
+    """A J2K CT whose codestream and header disagree on signedness (the TOSHIBA_J2K_SIZ1_PixRep0
+    family; that exact file is not among the installed fixtures) decodes as the reference."""
     path = real_file("J2K_pixelrep_mismatch.dcm")
     img = read_image(path, ALLOW).image
     assert img.std() > 0.1

@@ -109,9 +109,11 @@ def dicom_table_meta(keys: list[str]) -> dict[str, list]:
     None for other files; {} when there is no DICOM, so other readers' tables are unchanged."""
     from cxr.data.sniff import sniff_path
 
+    raster = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")  # skip opening these
     rows: list[dict[str, object] | None] = []
     for key in keys:
-        rows.append(read_dicom_metadata(key) if sniff_path(key) == "dicom" else None)
+        dicom = not key.lower().endswith(raster) and sniff_path(key) == "dicom"
+        rows.append(read_dicom_metadata(key) if dicom else None)
     if all(row is None for row in rows):
         return {}
     columns = ("sex", "age", "view", "body_part", "modality")
