@@ -68,8 +68,8 @@ def chunk_bomb(n: int) -> bytes:
     ihdr = struct.pack(">IIBBBBB", 64, 64, 8, 0, 0, 0, 0)
     idat = png_chunk(b"IDAT", zlib.compress(b"\0" * (65 * 64)))
     empty = png_chunk(b"prVt", b"")
-    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + empty * n + idat + png_chunk(
-        b"IEND", b""
+    return (
+        b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + empty * n + idat + png_chunk(b"IEND", b"")
     )
 
 

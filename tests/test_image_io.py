@@ -415,7 +415,7 @@ def test_png_named_dcm_is_decoded_as_png(grey_png, grey_pixels):
 
 def test_very_wide_valid_png_is_not_corrupt(grey_pixels):
     """Wider than OpenCV's 2^20-pixel limit: PIL decodes it."""
-    row = np.tile(grey_pixels[0], 2100)[: 1_100_000]
+    row = np.tile(grey_pixels[0], 2100)[:1_100_000]
     wide = np.stack([row, row[::-1]])
     buf = io.BytesIO()
     Image.fromarray(wide).save(buf, "PNG")

@@ -32,13 +32,23 @@ def predict_arguments(p: argparse.ArgumentParser) -> None:
 
 def decode_arguments(p: argparse.ArgumentParser) -> None:
     """How images are decoded (cxr.data.image_io.DecodeOptions)."""
-    p.add_argument("--frame", type=int, default=0,
-                   help="multi-frame DICOM: the frame to read (default 0, the first)")
-    p.add_argument("--png-bit-depth", default="auto",
-                   help="16-bit PNG without an sBIT chunk: significant bits (8-16), or auto "
-                        "(a maximum below 4096 is read as 12-bit, with a warning)")
-    p.add_argument("--allow-modality", action="store_true",
-                   help="read DICOM modalities other than CR/DX/DR/RG/OT (CT, MR, ...)")
+    p.add_argument(
+        "--frame",
+        type=int,
+        default=0,
+        help="multi-frame DICOM: the frame to read (default 0, the first)",
+    )
+    p.add_argument(
+        "--png-bit-depth",
+        default="auto",
+        help="16-bit PNG without an sBIT chunk: significant bits (8-16), or auto "
+        "(a maximum below 4096 is read as 12-bit, with a warning)",
+    )
+    p.add_argument(
+        "--allow-modality",
+        action="store_true",
+        help="read DICOM modalities other than CR/DX/DR/RG/OT (CT, MR, ...)",
+    )
     p.add_argument("--keep-identifiers", action="store_true",
                    help="write DICOM patient name, ID, birth date and accession number to the "
                         "output (left out by default)")  # fmt: skip
@@ -170,8 +180,11 @@ def serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-uploads", metavar="DIR",
                    help="keep a copy of each upload here (default: memory only)")  # fmt: skip
     p.add_argument("--web-dir", help="built front end to serve (default: web/dist)")
-    p.add_argument("--allow-modality", action="store_true",
-                   help="read DICOM modalities other than CR/DX/DR/RG/OT (CT, MR, ...)")
+    p.add_argument(
+        "--allow-modality",
+        action="store_true",
+        help="read DICOM modalities other than CR/DX/DR/RG/OT (CT, MR, ...)",
+    )
 
 
 def run_serve(args: argparse.Namespace) -> int:

@@ -52,7 +52,7 @@ def decode_dicom(
     """One frame of a DICOM file to the contract; DataError names the file and the cause."""
     from pydicom.pixels import apply_color_lut, pixel_array
 
-    ds = _read_dataset(data, name, max_pixels)
+    ds = read_dataset(data, name, max_pixels)
     meta = dicom_metadata(ds, keep_identifiers)
     warnings = _view_warnings(meta)
     try:
@@ -147,7 +147,7 @@ def _view_warnings(meta: dict[str, object]) -> list[str]:
 # --- reading the header --------------------------------------------------------------------------
 
 
-def _read_dataset(data: bytes, name: str, max_pixels: int):
+def read_dataset(data: bytes, name: str, max_pixels: int):
     """The data set, with a Transfer Syntax UID set; Deflated ones inflated under a cap."""
     import pydicom
     from pydicom.dataset import FileMetaDataset

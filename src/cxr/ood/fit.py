@@ -17,10 +17,10 @@ from cxr.data.prepare import resolve_table
 from cxr.data.table import load_image
 from cxr.errors import CxrError
 from cxr.ood.gate import (
-    _MIDLINE_MARGIN,
+    MIDLINE_MARGIN,
+    Mahalanobis,
     OodConfig,
     OodGate,
-    _Mahalanobis,
     colour_sample,
     midline_score,
     penultimate_features,
@@ -56,13 +56,13 @@ def fit_ood_gate(
     feats = penultimate_features(run.model, pixels)
     thumbs = thumbnails(pixels, config.thumbnail)
     midline = np.array([midline_score(p) for p in pixels])
-    features = _Mahalanobis.fit(feats[fit_idx])
-    layout = _Mahalanobis.fit(thumbs[fit_idx])
+    features = Mahalanobis.fit(feats[fit_idx])
+    layout = Mahalanobis.fit(thumbs[fit_idx])
     q = config.percentile
     limits = {
         "feature_max": float(np.percentile(features.distance(feats[cal_idx]), q)),
         "layout_max": float(np.percentile(layout.distance(thumbs[cal_idx]), q)),
-        "midline_min": float(np.percentile(midline, config.midline_percentile) - _MIDLINE_MARGIN),
+        "midline_min": float(np.percentile(midline, config.midline_percentile) - MIDLINE_MARGIN),
         "contrast_min": config.min_contrast,
         "colour_max": config.colour_max,
     }

@@ -51,7 +51,7 @@ from cxr.runtime import Runtime, forward
 GATE_FILE = "ood.json"
 TENSORS_FILE = "ood.safetensors"
 GATE_VERSION = 1
-_MIDLINE_MARGIN = 0.05  # grey levels (of 1) below the training percentile before we call it
+MIDLINE_MARGIN = 0.05  # grey levels (of 1) below the training percentile before we call it
 _REASONS = {
     "colour": "a colour image (a photograph?), not a grey radiograph",
     "blank": "a blank or near-constant image",
@@ -180,12 +180,12 @@ def penultimate_features(model: torch.nn.Module, pixels: np.ndarray) -> np.ndarr
 
 
 @dataclass
-class _Mahalanobis:
+class Mahalanobis:
     mean: np.ndarray  # (F,)
     precision: np.ndarray  # (F, F), inverse of the shrunk covariance
 
     @classmethod
-    def fit(cls, x: np.ndarray) -> _Mahalanobis:
+    def fit(cls, x: np.ndarray) -> Mahalanobis:
         from sklearn.covariance import LedoitWolf
 
         lw = LedoitWolf().fit(x)
@@ -206,8 +206,8 @@ class OodGate:
         self,
         run: LoadedRun,
         config: OodConfig,
-        features: _Mahalanobis,
-        layout: _Mahalanobis,
+        features: Mahalanobis,
+        layout: Mahalanobis,
         limits: dict[str, float],
         info: dict,
     ):
@@ -376,8 +376,8 @@ class OodGate:
             raise ConfigError(f"{path}: gate version {payload.get('version')}, expected "
                               f"{GATE_VERSION}: refit with `cxr ood-fit`")  # fmt: skip
         run = run or load_run(run_dir)
-        features = _Mahalanobis(tensors["feature_mean"], tensors["feature_precision"])
-        layout = _Mahalanobis(tensors["layout_mean"], tensors["layout_precision"])
+        features = Mahalanobis(tensors["feature_mean"], tensors["feature_precision"])
+        layout = Mahalanobis(tensors["layout_mean"], tensors["layout_precision"])
         return cls(run, config, features, layout, limits, payload.get("info", {}))
 
 

@@ -12,17 +12,18 @@ import copy
 import io
 from pathlib import Path
 
-from flask import Flask, Request, jsonify, request, send_from_directory
+from flask import Flask, Request, jsonify, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from cxr import NOT_A_MEDICAL_DEVICE
 from cxr.config import ServeConfig, serve_config
 from cxr.inference.analysis import Analyser
 from cxr.serve.api import api, describe_error
+from cxr.serve.static import send_front_end_file
 
 __all__ = ["create_app", "default_web_dir"]
 
-_REQUEST_OVERHEAD = 1024 * 1024  # multipart headers and form fields around the files
+REQUEST_OVERHEAD = 1024 * 1024  # multipart headers and form fields around the files
 _CSP = (
     "default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
     "object-src 'none'; frame-ancestors 'none'; base-uri 'none'"
@@ -57,7 +58,7 @@ def create_app(config: ServeConfig | dict, engine: Analyser | None = None) -> Fl
     app = Flask(__name__, static_folder=None)
     app.request_class = InMemoryRequest
     # One image per request by default; the batch endpoint raises it for its own requests.
-    app.config.update(MAX_CONTENT_LENGTH=cfg.max_upload_bytes + _REQUEST_OVERHEAD)
+    app.config.update(MAX_CONTENT_LENGTH=cfg.max_upload_bytes + REQUEST_OVERHEAD)
     app.json.sort_keys = False
     app.extensions["cxr_engine"] = engine
     app.register_blueprint(api, url_prefix="/api")
@@ -128,5 +129,5 @@ def _register_front_end(app: Flask, web_dir: Path) -> None:
                 {"Content-Type": "text/html; charset=utf-8"},
             )
         if path and (web_dir / path).is_file():
-            return send_from_directory(web_dir, path, max_age=3600 if "assets/" in path else 0)
-        return send_from_directory(web_dir, "index.html", max_age=0)  # client-side routes
+            return send_front_end_file(web_dir, path)
+        return send_front_end_file(web_dir, "index.html")  # client-side routes

@@ -14,11 +14,11 @@ from pathlib import Path
 from cxr import NOT_A_MEDICAL_DEVICE
 from cxr.config import ServeConfig, serve_config
 from cxr.inference.analysis import Analyser
-from cxr.serve import _REQUEST_OVERHEAD, create_app, default_web_dir
+from cxr.serve import REQUEST_OVERHEAD, create_app, default_web_dir
 
 
 def waitress_options(cfg: ServeConfig, host: str, port: int, threads: int) -> dict:
-    largest = max(cfg.max_upload_bytes, cfg.max_batch_bytes) + _REQUEST_OVERHEAD
+    largest = max(cfg.max_upload_bytes, cfg.max_batch_bytes) + REQUEST_OVERHEAD
     return {
         "host": host,
         "port": port,
