@@ -318,7 +318,8 @@ def test_extensionless_and_misnamed_files_are_decoded_by_content(tmp_path, nih_s
 # --- bombs: refused from headers, before any large allocation ---------------------------------
 
 
-def test_deflated_bomb_is_refused_while_inflating():
+@pytest.fixture(scope="module")
+def deflate_bomb() -> bytes:
     """A Deflated data set claiming 64 x 64 pixels that inflates to 256 MiB (an edited copy of
     pydicom's real Deflated file)."""
     ds = header(real_file("image_dfl.dcm"))
@@ -326,10 +327,13 @@ def test_deflated_bomb_is_refused_while_inflating():
     ds.PixelData = bytes(256 << 20)
     buf = io.BytesIO()
     ds.save_as(buf)
-    ds.PixelData = b""
-    data = buf.getvalue()
     assert ds.file_meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian
-    assert len(data) < 1_000_000
+    assert len(buf.getvalue()) < 1_000_000
+    return buf.getvalue()
+
+
+def test_deflated_bomb_is_refused_while_inflating(deflate_bomb):
+    data = deflate_bomb
     tracemalloc.start()
     try:
         with pytest.raises(DataError, match="decompression bomb"):
@@ -338,6 +342,20 @@ def test_deflated_bomb_is_refused_while_inflating():
     finally:
         tracemalloc.stop()
     assert peak < 64 << 20  # the cap is the header's pixels + 16 MiB, never the whole payload
+
+
+def test_deflated_bomb_is_refused_by_the_upload_screening_too(deflate_bomb):
+    """The API reads the header first (to refuse CT, MR...): that read is bounded as well."""
+    from cxr.inference.screening import decode_upload
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match="decompression bomb"):
+            decode_upload(deflate_bomb, "bomb.dcm", 40_000_000)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 20
 
 
 def test_real_deflated_file_decodes():

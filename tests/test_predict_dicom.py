@@ -71,7 +71,7 @@ def test_every_file_is_predicted_or_says_why(tiny_kermany_run, pacs_folder, tmp_
     assert row["IM000000"]["NORMAL_probability"] == row["IM000001"]["NORMAL_probability"]
     assert "saturates every stored value" in row["saturated.dcm"]["warning"]
     assert row["flat.dcm"]["status"] == "error" and "blank image" in row["flat.dcm"]["error"]
-    assert "modality CT is not a radiograph" in row["ct.dcm"]["error"]
+    assert "(Modality CT), not a chest radiograph" in row["ct.dcm"]["error"]
     assert "colour photograph" in row["colour.dcm"]["error"]
     assert row["notes.txt"]["status"] == "skipped" and "not an image" in row["notes.txt"]["error"]
     text = (tmp_path / "p.csv").read_text()
@@ -95,7 +95,7 @@ def test_api_refuses_other_modalities_and_colour_dicom(tiny_kermany_run):
 
     ct = real("CT_small.dcm").read_bytes()
     refused = post(ct, "ct.dcm")
-    assert refused.status_code == 422 and "modality CT" in refused.get_json()["error"]
+    assert refused.status_code == 422 and "(Modality CT)" in refused.get_json()["error"]
     assert post(ct, "ct.dcm", allow_modality=True).status_code == 200
     colour = post(real("SC_rgb_jpeg_dcmtk.dcm").read_bytes(), "sc.dcm")
     assert colour.status_code == 422 and colour.get_json()["code"] == "not_a_chest_xray"
