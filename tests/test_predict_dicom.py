@@ -63,6 +63,7 @@ def test_every_file_is_predicted_or_says_why(tiny_kermany_run, pacs_folder, tmp_
     rows = predict(tiny_kermany_run, pacs_folder, tmp_path / "p.csv")
     said = capsys.readouterr().out
     assert "3 image(s) predicted, 3 could not be used, 1 file(s) skipped" in said
+    assert "skipped DICOM/S0001/notes.txt: not an image file" in said
     row = {Path(name).name: r for name, r in rows.items()}
     assert len(row) == 7
     for ok in ("IM000000", "IM000001", "saturated.dcm"):

@@ -81,6 +81,8 @@ def run_predict(args: argparse.Namespace) -> int:
     print(f"{result.n_ok} image(s) predicted, {result.n_failed} could not be used, "
           f"{result.n_skipped} file(s) skipped as not images (see the status and error "
           f"columns); written to {result.out}")  # fmt: skip
+    for line in result.skipped:
+        print(f"  skipped {line}")
     print(f"{result.wall_s:.1f} s from the first file to the CSV (model loading not counted): "
           f"{result.images_per_s:.1f} images/s, {args.backend} on {device}, "
           f"batches of {args.batch_size}")  # fmt: skip

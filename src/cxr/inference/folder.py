@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +43,7 @@ class FolderResult:
     seconds: float  # summed per-file time (decode + preprocess + share of the model)
     wall_s: float = 0.0  # the whole folder, start to finish
     n_skipped: int = 0  # files that are not images (each has a row saying why)
+    skipped: list[str] = field(default_factory=list)  # "file: why", for the summary on screen
 
     @property
     def images_per_s(self) -> float:
@@ -141,9 +142,9 @@ def predict_folder(
         rows.append({"file": path.relative_to(root).as_posix(), "status": "skipped",
                      "error": reason})  # fmt: skip
     _write_csv(out, csv_columns(findings, decode.keep_identifiers), rows)
-    n_skipped = len(not_images)
-    return FolderResult(out, n_ok, len(rows) - n_ok - n_skipped, total,
-                        time.perf_counter() - start, n_skipped)  # fmt: skip
+    skipped = [f"{p.relative_to(root).as_posix()}: {why}" for p, why in not_images]
+    return FolderResult(out, n_ok, len(rows) - n_ok - len(skipped), total,
+                        time.perf_counter() - start, len(skipped), skipped)  # fmt: skip
 
 
 @dataclass
