@@ -1,105 +1,24 @@
 // The API's JSON shapes (see /api/openapi.json) and the calls the page makes.
 
-export type Call = "positive" | "possible" | "negative";
+import type { components } from "./api-schema";
 
-export interface Finding {
-  finding: string;
-  probability: number;
-  threshold: number;
-  positive: boolean; // probability >= threshold (kept for older clients)
-  call?: Call; // positive / possible (inside the borderline band) / negative
-  margin?: number; // probability - threshold
-  band?: [number, number]; // [low, high] borderline band from validation
-  auroc?: number | null; // validation AUROC; null when not estimable
-  reliable?: boolean; // validation AUROC > 0.6
-}
+// The server's shapes, generated from its OpenAPI document (web/openapi.json, itself generated
+// from cxr.serve.schemas): `make api-types` rewrites both, and tests/test_api_types.py fails when
+// they are stale. Only what the page adds on its own side is declared here.
+type Schemas = components["schemas"];
 
-export interface OodResult {
-  checked: boolean;
-  ok?: boolean;
-  score?: number | null;
-  threshold?: number | null;
-  reason?: string;
-}
-
-export interface DicomHeader {
-  modality: string | null;
-  view_position: string | null;
-  body_part: string | null;
-  rows: number | null;
-  columns: number | null;
-  bits_stored: number | null;
-  bits_allocated: number | null;
-  photometric_interpretation: string | null;
-  transfer_syntax: string | null;
-}
-
-export interface Prediction {
-  file: string;
-  findings: Finding[]; // highest probability first
-  top_finding: string;
-  image: {
-    width: number;
-    height: number;
-    display_width: number;
-    display_height: number;
-    original?: string; // PNG data URL (8- or 16-bit grey)
-    preprocessed?: string; // PNG data URL: what the model saw
-    depth?: 8 | 16;
-  };
-  heatmaps: Record<string, string>; // finding -> RGBA PNG data URL, display size
-  heatmap_layer?: string;
-  heatmap_grid?: number | null; // cells a side of the Grad-CAM layer
-  heatmap_notes?: Record<string, string>; // finding -> why its map shows nothing useful
+export type Finding = Schemas["Finding"];
+export type Call = NonNullable<Finding["call"]>;
+export type OodResult = Schemas["OodResult"];
+export type DicomHeader = Schemas["DicomHeader"];
+export type FindingMetrics = Schemas["FindingMetrics"];
+export type MetricsSummary = Schemas["MetricsSummary"];
+export type OperatingPoint = Schemas["OperatingPoint"];
+export type ModelInfo = Schemas["ModelInfo"];
+export type BatchResult = Schemas["BatchResult"];
+export type Prediction = Schemas["Prediction"] & {
   heatmap_grids?: Record<string, number | null>; // client side: grid of each layer fetched
-  dicom?: DicomHeader | null;
-  ood: OodResult;
-  seconds: number;
-  timing: Record<string, number>;
-  warnings?: string[];
-  notice: string;
-}
-
-export interface FindingMetrics {
-  auroc: number | null;
-  sensitivity: number | null;
-  specificity: number | null;
-  n_positive?: number | null;
-}
-
-export interface MetricsSummary {
-  n_images: number | null;
-  mean_auroc: number | null;
-  accuracy: number | null;
-  per_finding: Record<string, FindingMetrics>;
-}
-
-export interface OperatingPoint {
-  threshold: number;
-  low: number;
-  high: number;
-  band_source: string;
-  auroc: number | null;
-  reliable: boolean;
-}
-
-export interface ModelInfo {
-  name: string;
-  version?: string;
-  arch: string;
-  task: string;
-  findings: string[];
-  thresholds: Record<string, number>;
-  threshold_method?: string;
-  image_size: number;
-  training_data: { source?: string; path?: string; n_train?: number; n_val?: number };
-  metrics: { validation: MetricsSummary | null; test: MetricsSummary | null };
-  ood_gate?: { enabled: boolean; note: string };
-  operating_points?: Record<string, OperatingPoint>;
-  reliable_auroc?: number;
-  model_card: { intended_use: string; not_for: string; training_data: string; limitations: string };
-  notice: string;
-}
+};
 
 /** An error the page can show: a plain sentence, and the server's own words as details. */
 export class ApiError extends Error {

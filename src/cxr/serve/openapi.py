@@ -1,18 +1,22 @@
 """The OpenAPI 3.1 description of the API, served at /api/openapi.json.
 
-Written out by hand (it is small) rather than generated, and kept honest by tests/test_serve.py:
-the spec must validate, name every route the app has, and every real response must validate
-against the schema given here for it.
+The response shapes come from the pydantic models of `cxr.serve.schemas` (declared once); the
+paths, parameters and request bodies are described here. tests/test_serve.py checks that the
+spec validates, names every route the app has, and that every real response validates against
+its schema; `write_document` writes the generic document the front end's types are generated
+from.
 """
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
 from cxr import NOT_A_MEDICAL_DEVICE, __version__
 from cxr.inference.analysis import HEATMAP_CHOICES, HEATMAP_SPEC_CHARS
+from cxr.serve.schemas import component_schemas
 
-_NUM_OR_NULL = {"type": ["number", "null"]}
 _DATA_URL = {"type": "string", "pattern": "^data:image/png;base64,"}
 
 
@@ -66,221 +70,6 @@ _IMAGE_BODY = {
         },
     },
 }
-
-_SCHEMAS: dict = {
-    "Error": {
-        "type": "object",
-        "required": ["error", "code", "status"],
-        "properties": {
-            "error": {"type": "string", "description": "what is wrong and what to do about it"},
-            "code": {"type": "string", "examples": ["unreadable_image", "not_a_chest_xray"]},
-            "status": {"type": "integer"},
-            "ood": {"$ref": "#/components/schemas/OodResult"},
-        },
-    },
-    "Health": {
-        "type": "object",
-        "required": ["status", "model_loaded", "model", "version", "notice"],
-        "properties": {
-            "status": {"const": "ok"},
-            "model_loaded": {"type": "boolean"},
-            "model": {"type": "string"},
-            "version": {"type": "string"},
-            "uptime_s": {"type": "number"},
-            "notice": {"type": "string"},
-        },
-    },
-    "FindingMetrics": {
-        "type": "object",
-        "properties": {
-            "auroc": _NUM_OR_NULL,
-            "sensitivity": _NUM_OR_NULL,
-            "specificity": _NUM_OR_NULL,
-            "n_positive": {"type": ["integer", "null"]},
-        },
-    },
-    "MetricsSummary": {
-        "type": ["object", "null"],
-        "properties": {
-            "n_images": {"type": ["integer", "null"]},
-            "mean_auroc": _NUM_OR_NULL,
-            "accuracy": _NUM_OR_NULL,
-            "per_finding": {
-                "type": "object",
-                "additionalProperties": {"$ref": "#/components/schemas/FindingMetrics"},
-            },
-        },
-    },
-    "ModelInfo": {
-        "type": "object",
-        "required": [
-            "name",
-            "arch",
-            "task",
-            "findings",
-            "thresholds",
-            "image_size",
-            "training_data",
-            "metrics",
-            "model_card",
-            "notice",
-        ],
-        "properties": {
-            "name": {"type": "string"},
-            "version": {"type": "string"},
-            "arch": {"type": "string"},
-            "task": {"enum": ["multilabel", "multiclass"]},
-            "findings": {"type": "array", "items": {"type": "string"}, "minItems": 1},
-            "thresholds": {"type": "object", "additionalProperties": {"type": "number"}},
-            "threshold_method": {"type": "string"},
-            "image_size": {"type": "integer"},
-            "preprocess": {"type": "object"},
-            "training_data": {"type": "object"},
-            "best_epoch": {"type": ["integer", "null"]},
-            "metrics": {
-                "type": "object",
-                "properties": {
-                    "validation": {"$ref": "#/components/schemas/MetricsSummary"},
-                    "test": {"$ref": "#/components/schemas/MetricsSummary"},
-                },
-            },
-            "ood_gate": {"type": "object"},
-            "model_card": {
-                "type": "object",
-                "required": ["intended_use", "not_for", "training_data", "limitations"],
-                "additionalProperties": {"type": "string"},
-            },
-            "notice": {"type": "string"},
-        },
-    },
-    "Finding": {
-        "type": "object",
-        "required": ["finding", "probability", "threshold", "positive"],
-        "properties": {
-            "finding": {"type": "string"},
-            "probability": {"type": "number", "minimum": 0, "maximum": 1},
-            "threshold": {"type": "number"},
-            "positive": {"type": "boolean", "description": "probability >= threshold"},
-            "call": {
-                "enum": ["positive", "possible", "negative"],
-                "description": "possible: inside the borderline band (see band)",
-            },
-            "margin": {"type": "number", "description": "probability - threshold"},
-            "band": {
-                "type": "array",
-                "items": {"type": "number"},
-                "description": "[low, high]: validation sensitivity-0.95 to specificity-0.95 "
-                "thresholds (low == high when the run has no operating points)",
-            },
-            "auroc": {**_NUM_OR_NULL, "description": "validation AUROC; null: not estimable"},
-            "reliable": {"type": "boolean", "description": "validation AUROC > 0.6"},
-        },
-    },
-    "OodResult": {
-        "type": "object",
-        "required": ["checked"],
-        "properties": {
-            "checked": {"type": "boolean"},
-            "ok": {"type": "boolean"},
-            "score": _NUM_OR_NULL,
-            "threshold": _NUM_OR_NULL,
-            "reason": {"type": "string"},
-        },
-    },
-    "Prediction": {
-        "type": "object",
-        "required": [
-            "file",
-            "findings",
-            "top_finding",
-            "image",
-            "heatmaps",
-            "ood",
-            "seconds",
-            "timing",
-            "notice",
-        ],
-        "properties": {
-            "file": {"type": "string"},
-            "findings": {
-                "type": "array",
-                "items": {"$ref": "#/components/schemas/Finding"},
-                "description": "highest probability first",
-            },
-            "top_finding": {"type": "string"},
-            "image": {
-                "type": "object",
-                "required": ["width", "height", "display_width", "display_height"],
-                "properties": {
-                    "width": {"type": "integer"},
-                    "height": {"type": "integer"},
-                    "display_width": {"type": "integer"},
-                    "display_height": {"type": "integer"},
-                    "original": {**_DATA_URL, "description": "the upload, grey, display size"},
-                    "preprocessed": {**_DATA_URL, "description": "what the model saw (CLAHE)"},
-                    "depth": {"enum": [8, 16], "description": "bits per pixel of `original`"},
-                },
-            },
-            "heatmap_method": {"const": "gradcam"},
-            "heatmap_layer": {"enum": ["last", "finer"]},
-            "heatmap_grid": {
-                "type": ["integer", "null"],
-                "description": "cells a side of the Grad-CAM layer: the maps' true resolution",
-            },
-            "heatmap_notes": {
-                "type": "object",
-                "additionalProperties": {"type": "string"},
-                "description": "finding -> why its map shows nothing useful (empty, identical)",
-            },
-            "dicom": {
-                "type": ["object", "null"],
-                "description": "technical DICOM header fields (no identifiers); null otherwise",
-            },
-            "heatmaps": {
-                "type": "object",
-                "description": (
-                    "finding -> RGBA PNG (Grad-CAM colours, opacity following the map) of the "
-                    "original's aspect ratio, at most 256 px a side: stretch it over `original`"
-                ),
-                "additionalProperties": _DATA_URL,
-            },
-            "overlays": {"type": "object", "additionalProperties": _DATA_URL},
-            "ood": {"$ref": "#/components/schemas/OodResult"},
-            "seconds": {"type": "number", "description": "server time for this image"},
-            "timing": {"type": "object", "additionalProperties": {"type": "number"}},
-            "warnings": {"type": "array", "items": {"type": "string"}},
-            "notice": {"type": "string"},
-        },
-    },
-    "BatchItem": {
-        "oneOf": [
-            {"$ref": "#/components/schemas/Prediction"},
-            {
-                "type": "object",
-                "required": ["file", "error", "code", "status"],
-                "properties": {
-                    "file": {"type": "string"},
-                    "error": {"type": "string"},
-                    "code": {"type": "string"},
-                    "status": {"type": "integer"},
-                    "ood": {"$ref": "#/components/schemas/OodResult"},
-                },
-            },
-        ]
-    },
-    "BatchResult": {
-        "type": "object",
-        "required": ["results", "n_ok", "n_failed", "seconds", "notice"],
-        "properties": {
-            "results": {"type": "array", "items": {"$ref": "#/components/schemas/BatchItem"}},
-            "n_ok": {"type": "integer"},
-            "n_failed": {"type": "integer"},
-            "seconds": {"type": "number"},
-            "notice": {"type": "string"},
-        },
-    },
-}
-
 
 def _query(name: str, description: str, schema: dict) -> dict:
     return {
@@ -417,5 +206,11 @@ def openapi_spec(info: dict | None = None) -> dict:
                 }
             },
         },
-        "components": {"schemas": _SCHEMAS},
+        "components": {"schemas": component_schemas()},
     }
+
+
+def write_document(path: str | Path) -> None:
+    """The model-independent document, from which the front end's types are generated
+    (`make api-types`); tests/test_api_types.py fails when the committed copy is stale."""
+    Path(path).write_text(json.dumps(openapi_spec(), indent=2) + "\n")

@@ -136,7 +136,7 @@ export function Viewer(props: Props) {
       label={`The uploaded X-ray ${result.file}${heatmap && overlay ? `, with the Grad-CAM map for ${finding}` : ""}`}
       title="Original"
       grey={grey}
-      fallbackSrc={result.image.original}
+      fallbackSrc={result.image.original ?? undefined}
       win={win}
       overlaySrc={overlay && !heatmapNote ? heatmap : undefined}
       opacity={opacity}
@@ -153,7 +153,7 @@ export function Viewer(props: Props) {
         key="model"
         label="What the model saw: resized, CLAHE contrast, padded to a square"
         title="What the model saw"
-        fallbackSrc={result.image.preprocessed}
+        fallbackSrc={result.image.preprocessed ?? undefined}
         pixelated
         view={view}
         setView={setView}
