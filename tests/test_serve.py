@@ -26,6 +26,12 @@ from cxr.serve import create_app
 pytestmark = pytest.mark.slow
 
 
+def near_blank() -> np.ndarray:
+    """Grey 128 with a faint diagonal: past the decoder's flat-image refusal (a few grey levels),
+    still a blank frame to the OOD gate (p99 - p1 = 0)."""
+    return np.full((224, 224), 128, np.uint8) + np.eye(224, dtype=np.uint8) * 3
+
+
 # --- fixtures: one tiny real run, one loaded engine, real files --------------------------------
 
 
@@ -366,7 +372,7 @@ def test_real_ood_gate_fitted_on_the_run(run_dir, kermany_jpeg, tmp_path):
     xray = kermany_jpeg.read_bytes()
     body = upload(client, xray, "x.jpeg").get_json()
     assert body["ood"]["checked"] is True and body["ood"]["ok"] is True, body["ood"]
-    blank = png_bytes(np.full((224, 224), 128, np.uint8))
+    blank = png_bytes(near_blank())
     response = upload(client, blank, "grey.png")
     assert response.status_code == 422
     assert response.get_json()["ood"]["checks"]["blank"]["ok"] is False
@@ -523,12 +529,14 @@ def test_cli_predict_folder_writes_a_csv_and_never_overwrites(run_dir, kermany_t
         (folder / p.name).write_bytes(p.read_bytes())
     (folder / "sub" / nih_png.name).write_bytes(nih_png.read_bytes())
     (folder / "broken.png").write_bytes(b"not a png")
-    (folder / "readme.txt").write_text("ignored: not an image name")
+    (folder / "readme.txt").write_text("not an image: listed as skipped, with why")
     out = tmp_path / "predictions.csv"
     assert main(["predict", str(folder), "--model", str(run_dir), "--out", str(out)]) == 0
     rows = list(csv.DictReader(out.open()))
-    assert len(rows) == 5
+    assert len(rows) == 6
     by_file = {r["file"]: r for r in rows}
+    assert by_file["readme.txt"]["status"] == "skipped"
+    assert "not an image" in by_file["readme.txt"]["error"]
     assert by_file["broken.png"]["status"] == "error"
     assert "broken.png" in by_file["broken.png"]["error"]
     good = by_file[f"sub/{nih_png.name}"]
@@ -536,7 +544,7 @@ def test_cli_predict_folder_writes_a_csv_and_never_overwrites(run_dir, kermany_t
     p = float(good["NORMAL_probability"]) + float(good["PNEUMONIA_probability"])
     assert p == pytest.approx(1.0, abs=1e-5)
     printed = capsys.readouterr().out
-    assert "4 image(s) predicted, 1 could not be used" in printed
+    assert "4 image(s) predicted, 1 could not be used, 1 file(s) skipped" in printed
     assert NOT_A_MEDICAL_DEVICE in printed
 
     before = out.read_bytes()
@@ -570,7 +578,7 @@ def test_cli_predict_rows_agree_with_the_api_and_the_gate_refuses_in_batches(
     for p in sorted((kermany_train / "NORMAL").iterdir())[:4]:
         (folder / p.name).write_bytes(p.read_bytes())
     (folder / nih_png.name).write_bytes(nih_png.read_bytes())
-    (folder / "blank.png").write_bytes(png_bytes(np.full((224, 224), 128, np.uint8)))
+    (folder / "blank.png").write_bytes(png_bytes(near_blank()))
     out = tmp_path / "predictions.csv"
     assert main(["predict", str(folder), "--model", str(run), "--out", str(out),
                  "--batch-size", "3", "--workers", "2", "--backend", backend]) == 0  # fmt: skip

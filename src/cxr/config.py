@@ -144,6 +144,9 @@ class ServeConfig(StrictConfig):
     web_dir: str | None = Field(None, description="built front end; None: web/dist if built")
     ood_gate: bool = Field(True, description="use the run's out-of-distribution gate, if any")
     colour_check: bool = True
+    allow_modality: bool = Field(
+        False, description="read DICOM CT, MR, US... (default: radiographs CR/DX/DR/RG/OT only)"
+    )
     display_size: int = Field(1024, ge=64, le=4096, description="long side of returned images")
     save_uploads_max_mb: float = Field(1024.0, gt=0, description="--save-uploads folder cap")
     workers: int = Field(4, ge=1, description="requests in model work at once")

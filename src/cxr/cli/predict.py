@@ -27,6 +27,48 @@ def predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=None,
                    help="threads decoding and preprocessing ahead of the model "
                         "(default: one per core)")  # fmt: skip
+    decode_arguments(p)
+
+
+def decode_arguments(p: argparse.ArgumentParser) -> None:
+    """How images are decoded (cxr.data.image_io.DecodeOptions)."""
+    p.add_argument(
+        "--frame",
+        type=int,
+        default=0,
+        help="multi-frame DICOM: the frame to read (default 0, the first)",
+    )
+    p.add_argument(
+        "--png-bit-depth",
+        default="auto",
+        help="16-bit PNG without an sBIT chunk: significant bits (8-16), or auto "
+        "(a maximum below 4096 is read as 12-bit, with a warning)",
+    )
+    p.add_argument(
+        "--allow-modality",
+        action="store_true",
+        help="read DICOM modalities other than CR/DX/DR/RG/OT (CT, MR, ...)",
+    )
+    p.add_argument("--keep-identifiers", action="store_true",
+                   help="write DICOM patient name, ID, birth date and accession number to the "
+                        "output (left out by default)")  # fmt: skip
+
+
+def decode_options(args: argparse.Namespace):
+    """DecodeOptions from the decode flags; ConfigError names a bad one."""
+    from pydantic import ValidationError
+
+    from cxr.data.image_io import DecodeOptions
+
+    depth = args.png_bit_depth
+    try:
+        return DecodeOptions(
+            max_pixels=args.max_pixels, frame=args.frame,
+            png_bit_depth=depth if depth == "auto" else int(depth),
+            allow_modality=args.allow_modality, keep_identifiers=args.keep_identifiers,
+        )  # fmt: skip
+    except (ValueError, ValidationError) as exc:
+        raise ConfigError(f"--frame / --png-bit-depth: {exc}") from exc
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -34,9 +76,13 @@ def run_predict(args: argparse.Namespace) -> int:
     result = predict_folder(args.model, args.folder, args.out, force=args.force,
                             max_pixels=args.max_pixels, ood_gate=not args.no_ood_gate,
                             backend=args.backend, batch_size=args.batch_size,
-                            workers=args.workers, device=device)  # fmt: skip
-    print(f"{result.n_ok} image(s) predicted, {result.n_failed} could not be used "
-          f"(see the error column); written to {result.out}")  # fmt: skip
+                            workers=args.workers, device=device,
+                            decode=decode_options(args))  # fmt: skip
+    print(f"{result.n_ok} image(s) predicted, {result.n_failed} could not be used, "
+          f"{result.n_skipped} file(s) skipped as not images (see the status and error "
+          f"columns); written to {result.out}")  # fmt: skip
+    for line in result.skipped:
+        print(f"  skipped {line}")
     print(f"{result.wall_s:.1f} s from the first file to the CSV (model loading not counted): "
           f"{result.images_per_s:.1f} images/s, {args.backend} on {device}, "
           f"batches of {args.batch_size}")  # fmt: skip
@@ -55,6 +101,8 @@ def explain_arguments(p: argparse.ArgumentParser) -> None:
                    "~160 px, see README); layer4/layer3 name them on a ResNet")  # fmt: skip
     p.add_argument("--out", help="overlay PNG (with several findings: OUT_<finding>.png; "
                    "default ./<image>_<method>_<finding>.png)")  # fmt: skip
+    p.add_argument("--max-pixels", type=int, default=40_000_000)
+    decode_arguments(p)
 
 
 def run_explain(args: argparse.Namespace) -> int:
@@ -64,7 +112,9 @@ def run_explain(args: argparse.Namespace) -> int:
     if not path.is_file():
         raise CxrError(f"image file not found: {path}")
     predictor = Predictor.from_run_dir(args.model, device=resolve_device(args.device))
-    decoded = decode_upload(path.read_bytes(), str(path), max_pixels=40_000_000)
+    decoded = decode_upload(path.read_bytes(), str(path), 40_000_000, decode_options(args))
+    for warning in decoded.warnings:
+        print(f"warning: {warning}")
     check_colour(decoded, str(path))
     prediction, features = predictor.predict_with_features(decoded.image)
     gate, note = (None, "turned off") if args.no_ood_gate else load_gate(args.model, predictor.run)
@@ -157,6 +207,11 @@ def serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-uploads", metavar="DIR",
                    help="keep a copy of each upload here (default: memory only)")  # fmt: skip
     p.add_argument("--web-dir", help="built front end to serve (default: web/dist)")
+    p.add_argument(
+        "--allow-modality",
+        action="store_true",
+        help="read DICOM modalities other than CR/DX/DR/RG/OT (CT, MR, ...)",
+    )
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -177,6 +232,7 @@ def run_serve(args: argparse.Namespace) -> int:
             "workers": args.threads, "queue": args.queue, "deadline_s": args.deadline_s,
             "allowed_hosts": (*default_allowed_hosts(args.host), *args.allowed_host),
             "token_file": args.token_file, "save_uploads_max_mb": args.save_uploads_max_mb,
+            "allow_modality": args.allow_modality,
         }
     )  # fmt: skip
     run_server(cfg, host=args.host, port=args.port, log_level=args.log_level,

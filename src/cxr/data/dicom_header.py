@@ -7,10 +7,6 @@ shown in the browser without echoing a patient identifier.
 
 from __future__ import annotations
 
-import io
-
-from cxr.errors import DataError
-
 # Cross-sectional and other non-radiograph modalities: a chest X-ray model's scores on them are
 # meaningless (an axial CT slice scored "Consolidation 88%"), so they are refused.
 REFUSED_MODALITIES = {
@@ -36,14 +32,15 @@ def is_dicom(data: bytes) -> bool:
     return data[128:132] == b"DICM"
 
 
-def dicom_header(data: bytes, name: str = "upload") -> dict:
-    """Technical header fields of DICOM bytes (no identifiers); DataError when unreadable."""
-    import pydicom
+def dicom_header(data: bytes, name: str = "upload", max_pixels: int = 100_000_000) -> dict:
+    """Technical header fields of DICOM bytes (no identifiers); DataError when unreadable.
 
-    try:
-        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
-    except Exception as exc:  # noqa: BLE001 - untrusted bytes: any parser failure means unreadable
-        raise DataError(f"not a readable DICOM file ({type(exc).__name__})", path=name) from exc
+    Read by the decoder's own reader, so a Deflated data set is inflated under the cap its
+    header allows (pydicom's dcmread inflates all of it, even with stop_before_pixels).
+    """
+    from cxr.data.dicom import read_dataset
+
+    ds = read_dataset(data, name, max_pixels)
     header: dict = {}
     for key, keyword in _FIELDS.items():
         value = ds.get(keyword)

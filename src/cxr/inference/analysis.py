@@ -18,6 +18,7 @@ import numpy as np
 
 from cxr import NOT_A_MEDICAL_DEVICE
 from cxr.config import ServeConfig, serve_config
+from cxr.data.image_io import DecodeOptions
 from cxr.errors import BadRequest
 from cxr.explain.gradcam import overlay
 from cxr.inference.borderline import RELIABLE_AUROC, finding_bands, grade
@@ -166,8 +167,11 @@ class Analyser:
         if layer not in HEATMAP_LAYERS:
             raise BadRequest(f"heatmap_layer={layer!r}: expected one of {list(HEATMAP_LAYERS)}")
         layer = HEATMAP_LAYERS[layer]
-        decoded = decode_upload(data, name, self.cfg.max_pixels)  # refuses CT, MR, US DICOMs
+        decoded = decode_upload(data, name, self.cfg.max_pixels,
+                                DecodeOptions(allow_modality=self.cfg.allow_modality))  # fmt: skip
+        # the header's doubts, then the decoder's choices (e.g. a fallback window)
         warnings_ = [decoded.caution] if decoded.caution else []
+        warnings_ += decoded.warnings
         timing["decode"] = time.perf_counter() - start
         self.check_colour(decoded, name)
         # One forward pass: the probabilities, and on PyTorch the features the OOD gate scores.

@@ -6,13 +6,13 @@ the run's out-of-distribution gate (when the run has one). A refusal is always `
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from cxr.data.dicom_header import chest_radiograph_problem, dicom_header, is_dicom
-from cxr.data.image_io import decode_bytes
+from cxr.data.image_io import DecodeOptions, read_image_bytes
 from cxr.errors import NotAChestXray
 from cxr.ood.gate import GATE_FILE, OodGate, OodResult, colour_sample
 
@@ -42,21 +42,32 @@ class Decoded:
     coloured_fraction: float  # share of clearly coloured pixels (0 for grey files)
     dicom: dict | None = None  # a DICOM's technical header fields (no identifiers)
     caution: str | None = None  # why the DICOM header doubts this is a chest radiograph
+    warnings: list[str] = field(default_factory=list)  # the decoder's choices (fallback window)
+    meta: dict = field(default_factory=dict)  # DICOM modality, body part, view, sex, age
 
 
-def decode_upload(data: bytes, name: str, max_pixels: int) -> Decoded:
-    """decode_bytes (limits, DICOM, clear errors) plus a small colour copy for the checks; a
-    DICOM whose header says CT, MR, US... is refused before its pixels are decoded."""
+def decode_upload(
+    data: bytes, name: str, max_pixels: int, options: DecodeOptions | None = None
+) -> Decoded:
+    """The shared decoder (limits, DICOM, clear errors) plus a small colour copy for the checks;
+    colour DICOM (RGB, YBR, palette) brings its own copy, so it meets the same colour check. A
+    DICOM whose header says CT, MR, US... is refused before its pixels are decoded, unless
+    `options.allow_modality`."""
+    opts = options.model_copy(update={"max_pixels": max_pixels}) if options else None
+    opts = opts or DecodeOptions(max_pixels=max_pixels)
     header = caution = None
     if is_dicom(data):
-        header = dicom_header(data, name)
+        header = dicom_header(data, name, max_pixels)
         refusal, caution = chest_radiograph_problem(header)
-        if refusal:
+        if refusal and not opts.allow_modality:
             raise NotAChestXray(refusal, path=name)
-    image = decode_bytes(data, name=name, max_pixels=max_pixels)
-    colour = colour_sample(data)
+    decoded = read_image_bytes(data, name, opts)
+    colour = decoded.colour if decoded.format == "dicom" else colour_sample(data)
     fraction = 0.0 if colour is None else coloured_fraction(colour)
-    return Decoded(image, colour, fraction, header, caution)
+    notes = decoded.warnings
+    if caution:  # the header's caution already names a body part that is not the chest
+        notes = [w for w in notes if not w.startswith("DICOM BodyPartExamined")]
+    return Decoded(decoded.image, colour, fraction, header, caution, notes, decoded.meta)
 
 
 def coloured_fraction(rgb: np.ndarray) -> float:
