@@ -80,7 +80,7 @@ def check_colour(decoded: Decoded, name: str) -> None:
     """Refuse a colour photograph before the model sees it (the one colour check)."""
     if decoded.coloured_fraction > COLOUR_FRACTION:
         raise NotAChestXray(
-            f"this looks like a colour photograph ({decoded.coloured_fraction:.0%} of its "
+            f"refused: this looks like a colour photograph ({decoded.coloured_fraction:.0%} of its "
             "pixels are clearly coloured), not a chest X-ray; upload the radiograph itself "
             "(DICOM, or a greyscale PNG/JPEG export)",
             path=name,
