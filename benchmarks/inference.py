@@ -1,9 +1,11 @@
-"""Inference speed on this machine, in one run: PyTorch eager against ONNX Runtime.
+"""Inference speed on this machine, in one run: PyTorch eager, ONNX Runtime float32 and int8.
 
 For ResNet-18 and ResNet-50 at 224 px (weights from a seeded initialisation: speed does not
-depend on their values; nothing is downloaded), both backends of
-`cxr.inference.backends` answer the same
-real Kermany radiographs, preprocessed exactly as `cxr predict` does:
+depend on their values; nothing is downloaded), both backends of `cxr.inference.backends`
+answer the same real Kermany radiographs, preprocessed exactly as `cxr predict` does; beside
+them the static int8 models `cxr export --int8` writes (cxr.inference.quantize: per-channel
+weights, calibrated here on the same 32 radiographs), in each ONNX layout asked for (QDQ and
+QOperator by default):
 
 - images/s and median latency per call at batch 1 and batch 32, the backends alternating
   in blocks of calls so that both see the same machine load (the first call of each block is
@@ -18,7 +20,7 @@ real Kermany radiographs, preprocessed exactly as `cxr predict` does:
     .venv/bin/python benchmarks/inference.py [--archs resnet18,resnet50] [--rounds 20]
 
 Targets (issue 6): ONNX Runtime at batch 1 at least 1.5x PyTorch eager; the model within 3x of
-the FLOP floor.
+the FLOP floor. Issue 16: int8 at batch 1 at least 1.8x float32 ONNX Runtime on 2 cores.
 """
 
 from __future__ import annotations
@@ -39,9 +41,10 @@ from cxr.checkpoint import save_weights
 from cxr.config import RunConfig, save_config
 from cxr.data.image_io import decode_image
 from cxr.inference import make_engine
-from cxr.inference.backends import cpu_cores
+from cxr.inference.backends import OnnxEngine, cpu_cores
 from cxr.inference.batch import predict_files
 from cxr.inference.export import export_run
+from cxr.inference.quantize import QUANT_FORMATS, quantize_onnx
 from cxr.models import build_model
 from cxr.preprocess import preprocess
 
@@ -111,7 +114,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=20, help="calls per backend at batch 1")
     ap.add_argument("--rounds-32", type=int, default=3, help="calls per backend at batch 32")
     ap.add_argument("--threads", type=int, default=None, help="both backends (default: cores)")
+    ap.add_argument("--int8-formats", default=",".join(QUANT_FORMATS),
+                    help="int8 ONNX layouts to time beside float32: qdq,qoperator ('' for "
+                         "none)")  # fmt: skip
     args = ap.parse_args()
+    int8_formats = [f for f in args.int8_formats.split(",") if f]
     size, threads = args.image_size, args.threads or cpu_cores()
 
     # Decode and preprocess 32 real radiographs once, timing each stage per image.
@@ -135,6 +142,12 @@ def main() -> None:
             run = make_run(Path(tmp) / arch, arch, size)
             export = export_run(run, images=pixels[:8])
             engines = {b: make_engine(run, backend=b, threads=threads) for b in ("torch", "onnx")}
+            for fmt in int8_formats:
+                # Calibrated on the 32 radiographs (speed does not depend on the ranges); the
+                # engine is built directly: this int8 file has no contract of its own.
+                path = Path(tmp) / arch / f"model.int8-{fmt}.onnx"
+                quantize_onnx(export.onnx_path, path, pixels, fmt)
+                engines[f"int8-{fmt}"] = OnnxEngine(engines["onnx"].info, path, threads=threads)
             flops = flops_per_image(engines["torch"].model, size)
             for batch_size, calls in ((1, args.rounds), (32, args.rounds_32)):
                 batch = pixels[:batch_size]
@@ -157,7 +170,7 @@ def main() -> None:
                                  fastest_ms))  # fmt: skip
             # The floor ratio takes the fastest call at batch 32 of either backend, as the
             # matmul rate takes the fastest product: both are the machine at its least loaded.
-            fastest = min(min(t) for t in times.values()) / 32
+            fastest = min(min(times["torch"]), min(times["onnx"])) / 32  # float32 only
             rates.append(matmul_rate(threads))
             floors.append((arch, flops, fastest))
             if arch == args.archs.split(",")[0]:
@@ -181,7 +194,7 @@ def main() -> None:
     print("| model | backend | batch | images/s | median latency (ms) | fastest call (ms) |")
     print("|---|---|---|---|---|---|")
     for arch, name, batch_size, ips, ms, fastest_ms in rows:
-        print(f"| {arch} | {'PyTorch eager' if name == 'torch' else 'ONNX Runtime'} | "
+        print(f"| {arch} | {_backend_name(name)} | "
               f"{batch_size} | {ips:.1f} | {ms:.1f} | {fastest_ms:.1f} |")  # fmt: skip
     print()
     for arch in args.archs.split(","):
@@ -191,6 +204,13 @@ def main() -> None:
         o1f = next(r[5] for r in rows if r[:3] == (arch, "onnx", 1))
         print(f"{arch}: ONNX Runtime / PyTorch eager at batch 1: {t1 / o1:.2f}x in median "
               f"latency, {t1f / o1f:.2f}x in the fastest call (target >= 1.5x)")  # fmt: skip
+        for fmt in int8_formats:
+            for batch_size in (1, 32):
+                q = next(r for r in rows if r[:3] == (arch, f"int8-{fmt}", batch_size))
+                o = next(r for r in rows if r[:3] == (arch, "onnx", batch_size))
+                print(f"{arch}: int8 ({fmt}) / float32 ONNX Runtime at batch {batch_size}: "
+                      f"{o[4] / q[4]:.2f}x in median latency, {o[5] / q[5]:.2f}x in the fastest "
+                      "call" + (" (target >= 1.8x)" if batch_size == 1 else ""))  # fmt: skip
     print()
     rate = max(rates)
     spread = ", ".join(f"{r:.0f}" for r in rates)
@@ -218,6 +238,12 @@ def main() -> None:
           f"overlapped with the model): {len(files) / pipeline['seconds']:.1f} images/s, "
           f"against {1 / total:.1f} images/s for the stages one after another")  # fmt: skip
     print(f"export check: max |ONNX - PyTorch| logit difference {pipeline['diff']:.1e}")
+
+
+def _backend_name(name: str) -> str:
+    if name.startswith("int8-"):
+        return f"ONNX Runtime int8 ({name.removeprefix('int8-')})"
+    return {"torch": "PyTorch eager", "onnx": "ONNX Runtime float32"}[name]
 
 
 def _ort_version() -> str:

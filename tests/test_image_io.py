@@ -13,7 +13,14 @@ import pytest
 from dicom_files import write_dicom
 from PIL import Image, ImageOps
 
-from cxr.data.image_io import IMAGE_EXTENSIONS, decode_bytes, decode_image, to_unit_grey
+from cxr.data.image_io import (
+    IMAGE_EXTENSIONS,
+    DecodeOptions,
+    DecodeWarning,
+    decode_bytes,
+    decode_image,
+    to_unit_grey,
+)
 from cxr.errors import DataError
 
 
@@ -76,10 +83,10 @@ def test_transparent_rgba_keeps_its_picture(tmp_path, grey_pixels):
 
 def test_colour_is_reduced_to_bt601_luminance(tmp_path):
     rgb = np.zeros((4, 4, 3), dtype=np.uint8)
-    rgb[..., 0] = 255  # pure red
+    rgb[1:, :, 0] = 255  # pure red below a black first row (a flat image would be refused)
     path = tmp_path / "red.png"
     cv2.imwrite(str(path), rgb[..., ::-1])  # OpenCV writes BGR
-    np.testing.assert_allclose(decode_image(path), 0.299, atol=1e-6)
+    np.testing.assert_allclose(decode_image(path)[1:], 0.299, atol=1e-6)
 
 
 def test_kermany_jpeg_grey_stored_as_rgb(kermany_jpeg):
@@ -98,10 +105,12 @@ def test_16_bit_png_gives_the_same_picture_as_8_bit(tmp_path, grey_png, grey_pix
     np.testing.assert_allclose(img, decode_image(grey_png), atol=1e-6)
 
 
-def test_16_bit_dark_image_stays_dark(tmp_path):
+def test_16_bit_dark_image_stays_dark_when_asked(tmp_path, grey_pixels):
     path = tmp_path / "dark.png"
-    cv2.imwrite(str(path), np.full((8, 8), 4095, dtype=np.uint16))  # 12-bit data in 16-bit PNG
-    np.testing.assert_allclose(decode_image(path), 4095 / 65535, atol=1e-7)
+    dark = grey_pixels.astype(np.uint16) * 8  # values up to 2040: dark if really 16-bit
+    cv2.imwrite(str(path), dark)
+    sixteen = DecodeOptions(png_bit_depth=16)
+    np.testing.assert_allclose(decode_image(path, options=sixteen), dark / 65535, atol=1e-7)
 
 
 @pytest.mark.parametrize("suffix", [".bmp", ".tif"])
@@ -225,11 +234,14 @@ def test_dicom_found_by_magic_without_extension(tmp_path, stored12, grey_pixels)
     np.testing.assert_array_equal(from_bytes, decode_image(path))
 
 
-def test_dicom_multi_frame_is_refused(tmp_path, stored12):
-    frames = np.stack([stored12, stored12])
+def test_dicom_multi_frame_takes_the_chosen_frame(tmp_path, stored12, grey_pixels):
+    frames = np.stack([stored12, 4095 - stored12])
     path = write_dicom(tmp_path / "cine.dcm", frames, NumberOfFrames=2)
-    with pytest.raises(DataError, match="multi-frame") as info:
-        decode_image(path)
+    np.testing.assert_allclose(decode_image(path), min_max(grey_pixels), atol=1e-3)
+    second = decode_image(path, options=DecodeOptions(frame=1))
+    np.testing.assert_allclose(second, 1 - min_max(grey_pixels), atol=1e-3)
+    with pytest.raises(DataError, match="frame 2 asked for.*2 frame") as info:
+        decode_image(path, options=DecodeOptions(frame=2))
     assert "cine.dcm" in str(info.value)
 
 
@@ -337,3 +349,98 @@ def test_pil_can_read_our_bomb_header():
     """Guards the test above: the header is well-formed, so the refusal is about its size."""
     with Image.open(io.BytesIO(png_header_only(300, 200))) as im:
         assert im.size == (300, 200)
+
+
+# --- PNG headers: sBIT, eXIf, chunk count, sample bytes; content over extension ---------------
+
+
+def png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def with_chunk(png: bytes, kind: bytes, body: bytes) -> bytes:
+    """Insert an ancillary chunk right after IHDR (8-byte signature + 25-byte IHDR chunk)."""
+    return png[:33] + png_chunk(kind, body) + png[33:]
+
+
+@pytest.fixture(scope="module")
+def png12(grey_pixels) -> tuple[np.ndarray, bytes]:
+    """The real image as 12-bit values in a 16-bit PNG, as CR/DX exports write them."""
+    values = (grey_pixels.astype(np.uint32) * 4095 // 255).astype(np.uint16)
+    ok, buf = cv2.imencode(".png", values)
+    assert ok
+    return values, buf.tobytes()
+
+
+def test_png_sbit_12_is_honoured(png12):
+    values, png = png12
+    img = decode_bytes(with_chunk(png, b"sBIT", b"\x0c"), "sbit12.png")
+    np.testing.assert_allclose(img, values / 4095, atol=1e-6)
+
+
+def test_png_sbit_with_spec_scaled_values_stays_16_bit(grey_pixels):
+    values = grey_pixels.astype(np.uint16) * 257  # 8-bit data scaled up to 16 bits, sBIT = 8
+    ok, buf = cv2.imencode(".png", values)
+    img = decode_bytes(with_chunk(buf.tobytes(), b"sBIT", b"\x08"), "sbit8.png")
+    np.testing.assert_allclose(img, grey_pixels / 255, atol=1e-6)
+
+
+def test_png_12_bit_without_sbit_auto_warns_and_says_what_it_did(png12):
+    values, png = png12
+    with pytest.warns(DecodeWarning, match="read as 12-bit.*--png-bit-depth 16"):
+        img = decode_bytes(png, "export.png")
+    np.testing.assert_allclose(img, values / 4095, atol=1e-6)
+    explicit = decode_bytes(png, "export.png", options=DecodeOptions(png_bit_depth=12))
+    np.testing.assert_array_equal(explicit, img)
+    with pytest.raises(DataError, match="--png-bit-depth 10 but the PNG holds values up to 4095"):
+        decode_bytes(png, "export.png", options=DecodeOptions(png_bit_depth=10))
+
+
+def test_png_exif_orientation_is_applied(grey_pixels):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    buf = io.BytesIO()
+    Image.fromarray(grey_pixels[:, :300]).save(buf, "PNG", exif=exif)
+    assert b"eXIf" in buf.getvalue()
+    img = decode_bytes(buf.getvalue(), "rotated.png")
+    shown = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(buf.getvalue()))))
+    np.testing.assert_allclose(img, shown / 255.0, atol=1e-6)
+    assert img.shape == (300, 512)
+
+
+def test_png_named_dcm_is_decoded_as_png(grey_png, grey_pixels):
+    img = decode_bytes(grey_png.read_bytes(), name="x.dcm")
+    np.testing.assert_allclose(img, grey_pixels / 255.0, atol=1e-6)
+
+
+def test_very_wide_valid_png_is_not_corrupt(grey_pixels):
+    """Wider than OpenCV's 2^20-pixel limit: PIL decodes it."""
+    row = np.tile(grey_pixels[0], 2100)[:1_100_000]
+    wide = np.stack([row, row[::-1]])
+    buf = io.BytesIO()
+    Image.fromarray(wide).save(buf, "PNG")
+    np.testing.assert_allclose(decode_bytes(buf.getvalue(), "wide.png"), wide / 255.0, atol=1e-6)
+
+
+def test_png_of_millions_of_chunks_is_refused_quickly(grey_png):
+    data = grey_png.read_bytes()
+    empty = png_chunk(b"prVt", b"")
+    bomb = data[:33] + empty * 2_600_000 + data[33:]  # 31 MB, as in the report
+    with pytest.raises(DataError, match="over 20,000 chunks"):
+        decode_bytes(bomb, "chunks.png")
+
+
+def test_16_bit_rgba_header_is_refused_by_sample_bytes():
+    """6300 x 6300 is under 40 Mpx, but 16-bit RGBA needs 318 MB of samples."""
+    ihdr = struct.pack(">IIBBBBB", 6300, 6300, 16, 6, 0, 0, 0)
+    data = b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IEND", b"")
+    with pytest.raises(DataError, match="bytes of samples, over the limit"):
+        decode_bytes(data, "rgba16.png", max_pixels=40_000_000)
+
+
+def test_flat_png_is_refused_as_blank(tmp_path):
+    path = tmp_path / "flat.png"
+    cv2.imwrite(str(path), np.full((64, 64), 128, np.uint8))
+    with pytest.raises(DataError, match="blank image") as info:
+        decode_image(path)
+    assert "flat.png" in str(info.value)

@@ -510,3 +510,32 @@ def test_read_table_unknown_path(tmp_path):
     csv.write_text("a,b\n1,2\n")
     with pytest.raises(DataError, match="unknown CSV layout"):
         read_table(DataConfig(path=str(csv)))
+
+
+# --- PACS exports: extensionless DICOM, DICOMDIR, header metadata -------------------------------
+
+
+def test_pacs_folder_with_extensionless_dicom(tmp_path, kermany_train):
+    """Real CR files (pydicom-data) as a PACS export names them, beside JPEGs in another class."""
+    from pydicom.data import get_testdata_file
+
+    rg1 = get_testdata_file("RG1_UNCR.dcm", download=False)
+    rg3 = get_testdata_file("RG3_UNCR.dcm", download=False)
+    if rg1 is None or rg3 is None:
+        pytest.skip("pydicom-data is not installed")
+    series = tmp_path / "DICOM" / "S00001"
+    series.mkdir(parents=True)
+    (series / "IM000000").write_bytes(Path(rg1).read_bytes())
+    (series / "1.2.840.113619.2.55.3").write_bytes(Path(rg3).read_bytes())  # a UID name
+    (tmp_path / "DICOM" / "DICOMDIR").write_bytes(Path(rg1).read_bytes()[:132])
+    copy_jpegs(kermany_train, tmp_path / "NORMAL", "NORMAL", 2)
+    table = read_folder(tmp_path)
+    names = sorted(Path(k).name for k in table.keys)
+    assert "IM000000" in names and "1.2.840.113619.2.55.3" in names and len(table) == 4
+    assert len(table.skipped) == 1 and "DICOMDIR" in table.skipped[0]
+    i = [Path(k).name for k in table.keys].index("IM000000")
+    assert table.meta["sex"][i] == "F" and table.meta["view"][i] == "PA"
+    assert table.meta["body_part"][i] == "CHEST" and table.meta["modality"][i] == "CR"
+    assert load_image(table, i).shape == (1955, 1841)
+    jpeg = next(n for n, k in enumerate(table.keys) if k.endswith(".jpeg"))
+    assert table.meta["sex"][jpeg] is None

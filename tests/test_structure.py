@@ -19,7 +19,7 @@ LAYERS = [
     {"cxr", "cxr.errors", "cxr.config"},
     {"cxr.data", "cxr.preprocess"},
     {"cxr.augment", "cxr.losses", "cxr.optim", "cxr.checkpoint", "cxr.distributed", "cxr.metrics",
-     "cxr.bootstrap", "cxr.plots"},
+     "cxr.bootstrap", "cxr.plots", "cxr.progressive"},
     {"cxr.models"},
     {"cxr.run", "cxr.runtime"},
     {"cxr.train", "cxr.calibration", "cxr.evaluate", "cxr.averaging", "cxr.ensemble", "cxr.adapt"},

@@ -54,6 +54,8 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generato
     n = x.shape[0]
     u = torch.rand((n, _N_DRAWS), generator=generator, device=generator.device)
     noise_seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+    if x.is_cuda and not u.is_cuda:  # pinned + non-blocking: a pageable copy waits for the GPU
+        u = u.pin_memory().to(x.device, non_blocking=True)
     u = u.to(device=x.device, dtype=torch.float32)
 
     out = _affine(x, u, cfg)

@@ -166,6 +166,24 @@ class TrainConfig(StrictConfig):
     deterministic: bool = False
     threads: int | None = Field(None, ge=1)
     cache_dir: str = ".cache/cxr"
+    compile: Literal["off", "on"] = Field(
+        "off",
+        description="torch.compile the training model (worth it on GPUs; minutes to "
+        "compile on a CPU)",
+    )
+    progressive_start_size: int | None = Field(
+        None,
+        ge=16,
+        description="progressive resizing: train the first epoch at this size "
+        "(px), growing to preprocess.image_size; None turns it off",
+    )
+    progressive_fraction: float = Field(
+        0.5,
+        gt=0.0,
+        le=1.0,
+        description="progressive resizing: share of the epochs spent "
+        "growing to the full size (the rest train at full size)",
+    )
 
 
 class ServeConfig(StrictConfig):
@@ -184,7 +202,18 @@ class ServeConfig(StrictConfig):
     web_dir: str | None = Field(None, description="built front end; None: web/dist if built")
     ood_gate: bool = Field(True, description="use the run's out-of-distribution gate, if any")
     colour_check: bool = True
+    allow_modality: bool = Field(
+        False, description="read DICOM CT, MR, US... (default: radiographs CR/DX/DR/RG/OT only)"
+    )
     display_size: int = Field(1024, ge=64, le=4096, description="long side of returned images")
+    save_uploads_max_mb: float = Field(1024.0, gt=0, description="--save-uploads folder cap")
+    workers: int = Field(4, ge=1, description="requests in model work at once")
+    queue: int = Field(16, ge=0, description="requests waiting for model work; more get 503")
+    deadline_s: float = Field(60.0, gt=0, description="a request's time from arrival to answer")
+    allowed_hosts: tuple[str, ...] = Field(
+        ("localhost", "127.0.0.1", "::1"), description="Host headers answered; '*' for any"
+    )
+    token_file: str | None = Field(None, description="bearer token for the API; off if None")
 
     @property
     def max_upload_bytes(self) -> int:
@@ -202,6 +231,16 @@ class RunConfig(StrictConfig):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     out_dir: str = "runs/latest"
+
+    @model_validator(mode="after")
+    def _progressive_below_full_size(self) -> RunConfig:
+        start = self.train.progressive_start_size
+        if start is not None and start > self.preprocess.image_size:
+            raise ValueError(
+                f"train.progressive_start_size {start} is larger than preprocess.image_size "
+                f"{self.preprocess.image_size} (images are cached once, at the full size)"
+            )
+        return self
 
 
 def load_config(path: str | Path) -> RunConfig:

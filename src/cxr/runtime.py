@@ -22,7 +22,7 @@ from cxr.data.cache import CachedImages
 from cxr.errors import ConfigError
 from cxr.preprocess import normalize, to_unit
 
-__all__ = ["Runtime", "autocast", "batches", "forward", "select_runtime", "to_model"]
+__all__ = ["Runtime", "autocast", "batches", "forward", "select_runtime", "to_device", "to_model"]
 
 
 @dataclass
@@ -83,11 +83,21 @@ def batches(
         yield x, torch.from_numpy(labels[index])
 
 
+def to_device(t: torch.Tensor, rt: Runtime) -> torch.Tensor:
+    """t on the runtime's device; on a GPU through pinned memory with a non-blocking copy, so the
+    CPU can queue the next steps while the GPU still works (a pageable copy waits for the GPU)."""
+    if rt.device.type == "cuda":
+        return t.pin_memory().to(rt.device, non_blocking=True)
+    return t.to(rt.device)
+
+
 def to_model(x_uint8: torch.Tensor, rt: Runtime) -> torch.Tensor:
-    """uint8 (N, S, S) or (N, 1, S, S) -> float [0, 1] (N, 1, S, S) on the runtime's device."""
+    """uint8 (N, S, S) or (N, 1, S, S) -> float [0, 1] (N, 1, S, S) on the runtime's device.
+
+    The uint8 batch crosses to the device and is converted there: a quarter of the bytes."""
     if x_uint8.ndim == 3:
         x_uint8 = x_uint8[:, None]
-    x = to_unit(x_uint8).to(rt.device, non_blocking=True)
+    x = to_unit(to_device(x_uint8, rt))
     return x.contiguous(memory_format=torch.channels_last) if rt.channels_last else x
 
 

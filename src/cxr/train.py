@@ -37,8 +37,9 @@ from cxr.metrics import choose_thresholds, compute_metrics
 from cxr.models import build_model, check_arch, check_pretrained, probabilities_numpy
 from cxr.optim import Schedule, build_optimizer
 from cxr.preprocess import normalize
+from cxr.progressive import epoch_image_size, resize_batch
 from cxr.run import RunDir
-from cxr.runtime import Runtime, autocast, forward, select_runtime, to_model
+from cxr.runtime import Runtime, autocast, forward, select_runtime, to_device, to_model
 
 
 def train_one_epoch(
@@ -54,21 +55,31 @@ def train_one_epoch(
     progress: bool = True,
     world: distributed.World = distributed.SINGLE,
     after_step: Callable[[], None] | None = None,
+    image_size: int | None = None,
 ) -> dict:
     """One pass over the training images; returns mean loss and measured images/s.
+
+    image_size: train at this side (progressive resizing); the cache's size when None.
 
     One loop for one process and for W (torchrun): every rank draws the same global batches and
     augmentations, and trains on its own rows of each (`distributed.sharded_batches`); one
     process is world size 1, whose rows are the whole batch.
     """
     model.train()
-    total_loss, seen, start = 0.0, 0, time.perf_counter()
-    bar = tqdm(total=len(images.table), desc=desc, unit="img",
-               disable=not (progress and world.is_main), leave=False)  # fmt: skip
-    for x, y, rows in distributed.sharded_batches(images, cfg.train.batch_size, generator, world):
+    # The loss is summed on the device and read once at the end (and every 20 steps for the
+    # progress bar): reading it each step would make the CPU wait for the GPU every step.
+    total_loss = torch.zeros((), dtype=torch.float64, device=rt.device)
+    seen, start = 0, time.perf_counter()
+    show = progress and world.is_main
+    bar = tqdm(total=len(images.table), desc=desc, unit="img", disable=not show, leave=False)
+    batches = distributed.sharded_batches(images, cfg.train.batch_size, generator, world)
+    for step, (x, y, rows) in enumerate(batches):
         n_batch = len(x)
-        x = augment_batch(to_model(x, rt), cfg.augment, generator)[rows]
-        x, y = mix_batch(x, y.to(rt.device, non_blocking=True), cfg.augment, generator)
+        x = to_model(x, rt)
+        if image_size is not None:
+            x = resize_batch(x, image_size)
+        x = augment_batch(x, cfg.augment, generator)[rows]
+        x, y = mix_batch(x, to_device(y, rt), cfg.augment, generator)
         x = normalize(x)
         with autocast(rt):
             logits = model(x)
@@ -84,13 +95,13 @@ def train_one_epoch(
         schedule.after_step()
         if after_step is not None:
             after_step()
-        total_loss += loss.item() * len(y)
+        total_loss += loss.detach() * len(y)
         seen += len(y)
         bar.update(n_batch)
-        if seen:
-            bar.set_postfix(loss=f"{total_loss / seen:.4f}")
+        if show and seen and step % 20 == 0:
+            bar.set_postfix(loss=f"{total_loss.item() / seen:.4f}")
     bar.close()
-    total_loss, seen = distributed.all_reduce_sum(world, [total_loss, float(seen)])
+    total_loss, seen = distributed.all_reduce_sum(world, [total_loss.item(), float(seen)])
     elapsed = time.perf_counter() - start
     return {"train_loss": total_loss / max(seen, 1), "images_per_s": seen / max(elapsed, 1e-9)}
 
@@ -140,6 +151,8 @@ def _seed_everything(cfg: RunConfig) -> None:
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
+    else:  # batches keep one shape: cuDNN times its algorithms once per shape, then reuses them
+        torch.backends.cudnn.benchmark = True
 
 
 @dataclass
@@ -222,15 +235,23 @@ def train(
             print(f"resuming {run_dir} after epoch {state['epoch']}")
 
     net = distributed.wrap_model(model, world, rt.device)  # `model` itself for one process
+    if cfg.train.compile == "on":
+        # After the DDP wrap (PyTorch's advice: DDP then splits the graph at its buckets).
+        # Validation stays eager: it runs once an epoch and would compile a second graph.
+        net = torch.compile(net)
     best_metrics: dict = {}
     if world.is_main:
         _print_data_summary(data)
     for epoch in range(state["epoch"] + 1, cfg.train.epochs + 1):
-        row = {"epoch": epoch}
+        size = epoch_image_size(epoch, cfg.train.epochs, cfg.preprocess.image_size,
+                                cfg.train.progressive_start_size,
+                                cfg.train.progressive_fraction)  # fmt: skip
+        row = {"epoch": epoch, "image_size": size}
         row |= train_one_epoch(
             net, data.train, loss_fn, optimizer, schedule, cfg, generator, rt,
             desc=f"epoch {epoch}/{cfg.train.epochs}", progress=progress, world=world,
             after_step=lambda: averages.after_step(model, optimizer, epoch),  # noqa: B023
+            image_size=size,
         )  # fmt: skip
         distributed.sync_buffers(model, world)
         averages.after_epoch(model, epoch)

@@ -32,11 +32,13 @@ export function prediction(overrides: Partial<Prediction> = {}): Prediction {
 
 export const modelInfo: ModelInfo = {
   name: "run",
+  version: "0.1.0",
   arch: "resnet18",
   task: "multiclass",
   findings: ["NORMAL", "PNEUMONIA"],
   thresholds: { NORMAL: 0.45, PNEUMONIA: 0.55 },
   image_size: 48,
+  preprocess: { image_size: 48, clahe: true },
   training_data: { source: "kermany/train", n_train: 85, n_val: 15 },
   metrics: {
     validation: {

@@ -10,7 +10,7 @@ from cxr.cli.common import device_flag, gate_flag, model_flag, resolve_device
 from cxr.config import serve_config
 from cxr.errors import ConfigError, CxrError
 from cxr.explain import LAYERS, METHODS, heatmaps, save_overlay
-from cxr.inference import Predictor, export_run, predict_folder
+from cxr.inference import Predictor, export_run, predict_folder, quantize_run
 from cxr.inference.screening import check_colour, decode_upload, gate_verdict, load_gate
 from cxr.ood import OodConfig, fit_ood_gate_for_run, flag_rate, iter_split_images
 from cxr.run import RunDir, load_run
@@ -27,6 +27,48 @@ def predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=None,
                    help="threads decoding and preprocessing ahead of the model "
                         "(default: one per core)")  # fmt: skip
+    decode_arguments(p)
+
+
+def decode_arguments(p: argparse.ArgumentParser) -> None:
+    """How images are decoded (cxr.data.image_io.DecodeOptions)."""
+    p.add_argument(
+        "--frame",
+        type=int,
+        default=0,
+        help="multi-frame DICOM: the frame to read (default 0, the first)",
+    )
+    p.add_argument(
+        "--png-bit-depth",
+        default="auto",
+        help="16-bit PNG without an sBIT chunk: significant bits (8-16), or auto "
+        "(a maximum below 4096 is read as 12-bit, with a warning)",
+    )
+    p.add_argument(
+        "--allow-modality",
+        action="store_true",
+        help="read DICOM modalities other than CR/DX/DR/RG/OT (CT, MR, ...)",
+    )
+    p.add_argument("--keep-identifiers", action="store_true",
+                   help="write DICOM patient name, ID, birth date and accession number to the "
+                        "output (left out by default)")  # fmt: skip
+
+
+def decode_options(args: argparse.Namespace):
+    """DecodeOptions from the decode flags; ConfigError names a bad one."""
+    from pydantic import ValidationError
+
+    from cxr.data.image_io import DecodeOptions
+
+    depth = args.png_bit_depth
+    try:
+        return DecodeOptions(
+            max_pixels=args.max_pixels, frame=args.frame,
+            png_bit_depth=depth if depth == "auto" else int(depth),
+            allow_modality=args.allow_modality, keep_identifiers=args.keep_identifiers,
+        )  # fmt: skip
+    except (ValueError, ValidationError) as exc:
+        raise ConfigError(f"--frame / --png-bit-depth: {exc}") from exc
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -34,9 +76,13 @@ def run_predict(args: argparse.Namespace) -> int:
     result = predict_folder(args.model, args.folder, args.out, force=args.force,
                             max_pixels=args.max_pixels, ood_gate=not args.no_ood_gate,
                             backend=args.backend, batch_size=args.batch_size,
-                            workers=args.workers, device=device)  # fmt: skip
-    print(f"{result.n_ok} image(s) predicted, {result.n_failed} could not be used "
-          f"(see the error column); written to {result.out}")  # fmt: skip
+                            workers=args.workers, device=device,
+                            decode=decode_options(args))  # fmt: skip
+    print(f"{result.n_ok} image(s) predicted, {result.n_failed} could not be used, "
+          f"{result.n_skipped} file(s) skipped as not images (see the status and error "
+          f"columns); written to {result.out}")  # fmt: skip
+    for line in result.skipped:
+        print(f"  skipped {line}")
     print(f"{result.wall_s:.1f} s from the first file to the CSV (model loading not counted): "
           f"{result.images_per_s:.1f} images/s, {args.backend} on {device}, "
           f"batches of {args.batch_size}")  # fmt: skip
@@ -55,6 +101,8 @@ def explain_arguments(p: argparse.ArgumentParser) -> None:
                    "~160 px, see README); layer4/layer3 name them on a ResNet")  # fmt: skip
     p.add_argument("--out", help="overlay PNG (with several findings: OUT_<finding>.png; "
                    "default ./<image>_<method>_<finding>.png)")  # fmt: skip
+    p.add_argument("--max-pixels", type=int, default=40_000_000)
+    decode_arguments(p)
 
 
 def run_explain(args: argparse.Namespace) -> int:
@@ -64,7 +112,9 @@ def run_explain(args: argparse.Namespace) -> int:
     if not path.is_file():
         raise CxrError(f"image file not found: {path}")
     predictor = Predictor.from_run_dir(args.model, device=resolve_device(args.device))
-    decoded = decode_upload(path.read_bytes(), str(path), max_pixels=40_000_000)
+    decoded = decode_upload(path.read_bytes(), str(path), 40_000_000, decode_options(args))
+    for warning in decoded.warnings:
+        print(f"warning: {warning}")
     check_colour(decoded, str(path))
     prediction, features = predictor.predict_with_features(decoded.image)
     gate, note = (None, "turned off") if args.no_ood_gate else load_gate(args.model, predictor.run)
@@ -108,6 +158,13 @@ def _overlay_path(image: Path, out: str | None, finding: str, method: str, sever
 def export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="ONNX file to write (default RUN/model.onnx; contract beside it)")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    p.add_argument("--int8", action="store_true",
+                   help="also write a static int8 model (model.int8.onnx) calibrated on "
+                        "the run's validation images; refused if it loses AUROC")  # fmt: skip
+    p.add_argument("--int8-format", choices=["qoperator", "qdq"], default="qoperator",
+                   help="ONNX layout of the int8 model (qoperator: faster here)")  # fmt: skip
+    p.add_argument("--int8-tolerance", type=float, default=0.003,
+                   help="largest mean validation AUROC drop accepted for --int8")  # fmt: skip
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -115,6 +172,16 @@ def run_export(args: argparse.Namespace) -> int:
     print(f"wrote {result.onnx_path} and its preprocessing contract {result.contract_path}")
     print(f"onnxruntime vs PyTorch: max |logit difference| {result.max_abs_diff:.2e} on "
           f"{result.verified_on} ({result.seconds:.1f} s)")  # fmt: skip
+    if args.int8:
+        q = quantize_run(args.model, result.onnx_path, args.int8_format, args.int8_tolerance)
+        print(f"wrote {q.onnx_path} ({q.quant_format}, calibrated on "
+              f"{q.calibration_images} validation images, {q.seconds:.1f} s); "
+              "validation AUROC float32 -> int8:")  # fmt: skip
+        for finding, before in q.fp32_auroc.items():
+            after = q.int8_auroc[finding]
+            print(f"  {finding}: " + ("n/a" if before is None or after is None
+                                       else f"{before:.4f} -> {after:.4f}"))  # fmt: skip
+        print(f"  mean drop {q.mean_auroc_drop:+.4f} (limit {args.int8_tolerance:g})")
     print(NOT_A_MEDICAL_DEVICE)
     return 0
 
@@ -124,7 +191,15 @@ def serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--backend", choices=["torch", "onnx"], default="torch",
                    help="onnx: ONNX Runtime on RUN/model.onnx (`cxr export` first)")  # fmt: skip
-    p.add_argument("--threads", type=int, default=4, help="waitress worker threads")
+    p.add_argument("--threads", type=int, default=4, help="requests in model work at once")
+    p.add_argument("--queue", type=int, default=16, help="requests waiting (503 past it)")
+    p.add_argument("--deadline-s", type=float, default=60.0, help="a request's time to its answer")
+    p.add_argument("--max-connections-per-client", type=int, default=16)
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="a Host to answer besides the bound address and localhost")  # fmt: skip
+    p.add_argument("--token-file", help="require the bearer token in this file (API routes)")
+    p.add_argument("--save-uploads-max-mb", type=float, default=1024.0)
+    p.add_argument("--log-level", choices=["debug", "info", "warning"], default="info")
     p.add_argument("--max-upload-mb", type=float, default=32.0, help="largest image file")
     p.add_argument("--max-batch-mb", type=float, default=128.0, help="largest batch request")
     p.add_argument("--max-pixels", type=int, default=40_000_000,
@@ -132,20 +207,36 @@ def serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-uploads", metavar="DIR",
                    help="keep a copy of each upload here (default: memory only)")  # fmt: skip
     p.add_argument("--web-dir", help="built front end to serve (default: web/dist)")
+    p.add_argument(
+        "--allow-modality",
+        action="store_true",
+        help="read DICOM modalities other than CR/DX/DR/RG/OT (CT, MR, ...)",
+    )
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    from cxr.errors import ConfigError
+    from cxr.serve.security import default_allowed_hosts
     from cxr.serve.server import run_server  # the only command that needs Flask
 
+    if args.threads < 1 or args.queue < 0 or args.max_connections_per_client < 1:
+        raise ConfigError("--threads and --max-connections-per-client must be >= 1, --queue >= 0")
+    if not 1 <= args.port <= 65535:
+        raise ConfigError(f"--port {args.port}: expected a port number from 1 to 65535")
     cfg = serve_config(
         {
             "model": args.model, "device": resolve_device(args.device),
             "max_upload_mb": args.max_upload_mb, "max_batch_mb": args.max_batch_mb,
             "max_pixels": args.max_pixels, "save_uploads": args.save_uploads,
             "web_dir": args.web_dir, "ood_gate": not args.no_ood_gate, "backend": args.backend,
+            "workers": args.threads, "queue": args.queue, "deadline_s": args.deadline_s,
+            "allowed_hosts": (*default_allowed_hosts(args.host), *args.allowed_host),
+            "token_file": args.token_file, "save_uploads_max_mb": args.save_uploads_max_mb,
+            "allow_modality": args.allow_modality,
         }
     )  # fmt: skip
-    run_server(cfg, host=args.host, port=args.port, threads=args.threads)
+    run_server(cfg, host=args.host, port=args.port, log_level=args.log_level,
+               per_client_connections=args.max_connections_per_client)  # fmt: skip
     return 0
 
 

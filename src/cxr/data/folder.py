@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr.data.image_io import IMAGE_EXTENSIONS
+from cxr.data.dicom import dicom_table_meta
+from cxr.data.sniff import is_image_file, skip_reason
 from cxr.data.table import ImageTable
 from cxr.errors import DataError
 
@@ -65,7 +66,7 @@ def read_folder(root: str | Path, skip_bad: bool = False) -> ImageTable:
         task="multiclass",
         patient_ids=[patient for patient, _ in parsed],
         official_split=split_of if has_splits else None,
-        meta={"subtype": [subtype for _, subtype in parsed]},
+        meta={"subtype": [subtype for _, subtype in parsed], **dicom_table_meta(keys)},
         source=str(root),
         skipped=skipped,
     )
@@ -148,7 +149,8 @@ def _check_same_classes(root: Path, layout: list[tuple[str, Path, list[Path]]]) 
 
 
 def _is_image_name(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS
+    """By extension, or by content for extensionless PACS files (`IM000000`, UID names)."""
+    return is_image_file(path)
 
 
 def _check_loose_images(folder: Path, skip_bad: bool, skipped: list[str]) -> None:
@@ -171,10 +173,10 @@ def _image_files(folder: Path, skip_bad: bool, skipped: list[str]) -> list[Path]
         if _is_image_name(path):
             found.append(path)
             continue
-        reason = (
-            f"not an image file (extension '{path.suffix}'; expected one of "
-            f"{', '.join(sorted(IMAGE_EXTENSIONS))})"
-        )
+        reason = skip_reason(path)
+        if path.name.upper() == "DICOMDIR":  # a PACS tree's index: expected, never an error
+            skipped.append(f"{path} ({reason})")
+            continue
         if not skip_bad:
             raise DataError(reason + "; remove it or use skip_bad", path=str(path))
         skipped.append(f"{path} ({reason})")

@@ -9,6 +9,7 @@ from cxr.inference.contract import check_contract
 from cxr.inference.export import ExportResult, export_run
 from cxr.inference.folder import FolderResult, predict_folder
 from cxr.inference.predictor import Prediction, Predictor, make_engine
+from cxr.inference.quantize import Int8Result, quantize_run
 from cxr.inference.screening import decode_upload, gate_verdict, load_gate
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "ExportResult",
     "FileResult",
     "FolderResult",
+    "Int8Result",
     "InferenceEngine",
     "OnnxEngine",
     "Prediction",
@@ -30,4 +32,5 @@ __all__ = [
     "make_engine",
     "predict_files",
     "predict_folder",
+    "quantize_run",
 ]

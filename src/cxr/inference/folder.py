@@ -12,12 +12,13 @@ from __future__ import annotations
 import csv
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from cxr.data.image_io import IMAGE_EXTENSIONS
+from cxr.data.image_io import IMAGE_EXTENSIONS, DecodeOptions
+from cxr.data.sniff import list_images
 from cxr.errors import CxrError, DataError, NotAChestXray
 from cxr.inference.batch import Prepared, predict_files
 from cxr.inference.predictor import Predictor
@@ -31,6 +32,8 @@ from cxr.inference.screening import (
 from cxr.ood.gate import OodGate, contrast
 from cxr.preprocess import preprocess
 
+IDENTIFIER_COLUMNS = ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber")
+
 
 @dataclass
 class FolderResult:
@@ -39,6 +42,8 @@ class FolderResult:
     n_failed: int
     seconds: float  # summed per-file time (decode + preprocess + share of the model)
     wall_s: float = 0.0  # the whole folder, start to finish
+    n_skipped: int = 0  # files that are not images (each has a row saying why)
+    skipped: list[str] = field(default_factory=list)  # "file: why", for the summary on screen
 
     @property
     def images_per_s(self) -> float:
@@ -48,25 +53,27 @@ class FolderResult:
 
 def image_files(folder: str | Path) -> list[Path]:
     """Every image file under `folder` (recursively, sorted), or `folder` itself if a file."""
+    return _folder_files(folder)[0]
+
+
+def _folder_files(folder: str | Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Images by extension or content (extensionless PACS files), and the others with why."""
     root = Path(folder)
     if not root.exists():
         raise DataError("no such file or folder", path=str(root))
-    if root.is_file():
-        return [root]
-    files = sorted(
-        p
-        for p in root.rglob("*")
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
-    )
+    files, skipped = list_images(root)
     if not files:
         wanted = ", ".join(sorted(IMAGE_EXTENSIONS))
-        raise DataError(f"no image files found (looked for {wanted})", path=str(root))
-    return files
+        raise DataError(
+            f"no image files found (looked for {wanted}, or DICOM by content)", path=str(root)
+        )
+    return files, skipped
 
 
-def csv_columns(findings: list[str]) -> list[str]:
+def csv_columns(findings: list[str], identifiers: bool = False) -> list[str]:
     per = [f"{f}_{part}" for f in findings for part in ("probability", "positive")]
-    return ["file", "status", "top_finding", *per, "ood_score", "seconds", "warning", "error"]
+    ids = list(IDENTIFIER_COLUMNS) if identifiers else []
+    return ["file", "status", "top_finding", *per, "ood_score", "seconds", "warning", "error", *ids]
 
 
 def predict_folder(
@@ -81,6 +88,7 @@ def predict_folder(
     batch_size: int = 32,
     workers: int | None = None,
     device: str = "cpu",
+    decode: DecodeOptions | None = None,
 ) -> FolderResult:
     """Predict every image under `folder` with the run in `model`; one CSV row per file."""
 
@@ -93,12 +101,13 @@ def predict_folder(
         raise CxrError(f"--batch-size must be at least 1, got {batch_size}")
     if workers is not None and workers < 1:
         raise CxrError(f"--workers must be at least 1, got {workers}")
-    files = image_files(folder)
+    files, not_images = _folder_files(folder)
+    decode = decode or DecodeOptions()
     predictor = Predictor.from_run_dir(model, device=device, backend=backend)
     gate, note = (None, "turned off (--no-ood-gate)")
     if ood_gate:
         gate, note = load_gate(Path(model), predictor.run)
-    checks = _Checks(predictor, gate, note, max_pixels)
+    checks = _Checks(predictor, gate, note, max_pixels, decode)
     root = Path(folder) if Path(folder).is_dir() else Path(folder).parent
     findings = predictor.findings
     rows, n_ok, total = [], 0, 0.0
@@ -109,6 +118,7 @@ def predict_folder(
     )  # fmt: skip
     for r in results:
         row = {"file": r.path.relative_to(root).as_posix()}
+        row |= r.extra.get("identifiers") or {}
         ood = r.extra.get("ood") or {}
         if ood.get("score") is not None:
             row["ood_score"] = ood["score"]
@@ -128,8 +138,13 @@ def predict_folder(
             row[f"{f}_probability"] = f"{p:.6f}"
             row[f"{f}_positive"] = int(pos)
         rows.append(row)
-    _write_csv(out, csv_columns(findings), rows)
-    return FolderResult(out, n_ok, len(rows) - n_ok, total, time.perf_counter() - start)
+    for path, reason in not_images:
+        rows.append({"file": path.relative_to(root).as_posix(), "status": "skipped",
+                     "error": reason})  # fmt: skip
+    _write_csv(out, csv_columns(findings, decode.keep_identifiers), rows)
+    skipped = [f"{p.relative_to(root).as_posix()}: {why}" for p, why in not_images]
+    return FolderResult(out, n_ok, len(rows) - n_ok - len(skipped), total,
+                        time.perf_counter() - start, len(skipped), skipped)  # fmt: skip
 
 
 @dataclass
@@ -140,6 +155,7 @@ class _Checks:
     gate: OodGate | None
     gate_note: str
     max_pixels: int
+    decode: DecodeOptions
 
 
 def _preparer(serve: _Checks):
@@ -149,11 +165,15 @@ def _preparer(serve: _Checks):
 
     def prepare(path: Path) -> Prepared:
         tick = time.perf_counter()
-        decoded = decode_upload(path.read_bytes(), str(path), serve.max_pixels)
+        decoded = decode_upload(path.read_bytes(), str(path), serve.max_pixels, serve.decode)
         check_colour(decoded, str(path))
         tock = time.perf_counter()
         pixels = preprocess(decoded.image, cfg)
         extra = {"path": str(path), "raw": decoded.colour}
+        if decoded.warnings:
+            extra["warning"] = "; ".join(decoded.warnings)
+        if serve.decode.keep_identifiers:  # only when asked: never in a CSV otherwise
+            extra["identifiers"] = {k: decoded.meta.get(k, "") for k in IDENTIFIER_COLUMNS}
         if serve.gate is not None:
             extra["contrast"] = contrast(decoded.image)
         return Prepared(pixels, extra, tock - tick, time.perf_counter() - tock)
@@ -187,7 +207,8 @@ def _screen(serve: _Checks):
                 continue
             item.extra["ood"] = ood
             if ood.get("ok") is False:
-                item.extra["warning"] = ood_warning(ood)
+                before = item.extra.get("warning")
+                item.extra["warning"] = "; ".join(filter(None, [before, ood_warning(ood)]))
             errors.append(None)
         return errors
 

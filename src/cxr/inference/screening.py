@@ -6,12 +6,13 @@ the run's out-of-distribution gate (when the run has one). A refusal is always `
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from cxr.data.image_io import decode_bytes
+from cxr.data.dicom_header import chest_radiograph_problem, dicom_header, is_dicom
+from cxr.data.image_io import DecodeOptions, read_image_bytes
 from cxr.errors import NotAChestXray
 from cxr.ood.gate import GATE_FILE, OodGate, OodResult, colour_sample
 
@@ -39,14 +40,34 @@ class Decoded:
     image: np.ndarray  # float32 (H, W) in [0, 1]: the intensity contract
     colour: np.ndarray | None  # small RGB uint8 copy when the file stores colour, else None
     coloured_fraction: float  # share of clearly coloured pixels (0 for grey files)
+    dicom: dict | None = None  # a DICOM's technical header fields (no identifiers)
+    caution: str | None = None  # why the DICOM header doubts this is a chest radiograph
+    warnings: list[str] = field(default_factory=list)  # the decoder's choices (fallback window)
+    meta: dict = field(default_factory=dict)  # DICOM modality, body part, view, sex, age
 
 
-def decode_upload(data: bytes, name: str, max_pixels: int) -> Decoded:
-    """decode_bytes (limits, DICOM, clear errors) plus a small colour copy for the checks."""
-    image = decode_bytes(data, name=name, max_pixels=max_pixels)
-    colour = colour_sample(data)
+def decode_upload(
+    data: bytes, name: str, max_pixels: int, options: DecodeOptions | None = None
+) -> Decoded:
+    """The shared decoder (limits, DICOM, clear errors) plus a small colour copy for the checks;
+    colour DICOM (RGB, YBR, palette) brings its own copy, so it meets the same colour check. A
+    DICOM whose header says CT, MR, US... is refused before its pixels are decoded, unless
+    `options.allow_modality`."""
+    opts = options.model_copy(update={"max_pixels": max_pixels}) if options else None
+    opts = opts or DecodeOptions(max_pixels=max_pixels)
+    header = caution = None
+    if is_dicom(data):
+        header = dicom_header(data, name, max_pixels)
+        refusal, caution = chest_radiograph_problem(header)
+        if refusal and not opts.allow_modality:
+            raise NotAChestXray(refusal, path=name)
+    decoded = read_image_bytes(data, name, opts)
+    colour = decoded.colour if decoded.format == "dicom" else colour_sample(data)
     fraction = 0.0 if colour is None else coloured_fraction(colour)
-    return Decoded(image, colour, fraction)
+    notes = decoded.warnings
+    if caution:  # the header's caution already names a body part that is not the chest
+        notes = [w for w in notes if not w.startswith("DICOM BodyPartExamined")]
+    return Decoded(decoded.image, colour, fraction, header, caution, notes, decoded.meta)
 
 
 def coloured_fraction(rgb: np.ndarray) -> float:
@@ -59,7 +80,7 @@ def check_colour(decoded: Decoded, name: str) -> None:
     """Refuse a colour photograph before the model sees it (the one colour check)."""
     if decoded.coloured_fraction > COLOUR_FRACTION:
         raise NotAChestXray(
-            f"this looks like a colour photograph ({decoded.coloured_fraction:.0%} of its "
+            f"refused: this looks like a colour photograph ({decoded.coloured_fraction:.0%} of its "
             "pixels are clearly coloured), not a chest X-ray; upload the radiograph itself "
             "(DICOM, or a greyscale PNG/JPEG export)",
             path=name,

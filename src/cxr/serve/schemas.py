@@ -1,0 +1,221 @@
+"""The API's JSON shapes, declared once. The OpenAPI document (`cxr.serve.openapi`) takes its
+component schemas from these models, and the front end's TypeScript types
+(web/src/api-schema.ts) are generated from that document (`make api-types`); tests fail when
+either generated file is stale, and every real response in the tests is validated against them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import models_json_schema
+
+DataUrl = str  # "data:image/png;base64,..."
+
+
+class _Shape(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class OodResult(_Shape):
+    """The input checks' verdict on one image."""
+
+    checked: bool
+    ok: bool | None = None
+    score: float | None = None
+    threshold: float | None = None
+    reason: str | None = None
+    action: Literal["warn", "refuse"] | None = None
+    checks: dict[str, dict[str, Any]] | None = Field(
+        None, description="every check's score, limit and verdict"
+    )
+
+
+class Error(_Shape):
+    error: str = Field(description="what is wrong and what to do about it")
+    code: str = Field(examples=["unreadable_image", "not_a_chest_xray"])
+    status: int
+    ood: OodResult | None = None
+
+
+class Health(_Shape):
+    status: Literal["ok"]
+    model_loaded: bool
+    model: str
+    version: str
+    uptime_s: float | None = None
+    notice: str
+
+
+class FindingMetrics(_Shape):
+    auroc: float | None = None
+    sensitivity: float | None = None
+    specificity: float | None = None
+    n_positive: int | None = None
+
+
+class MetricsSummary(_Shape):
+    n_images: int | None = None
+    mean_auroc: float | None = None
+    accuracy: float | None = None
+    per_finding: dict[str, FindingMetrics]
+
+
+class Metrics(_Shape):
+    validation: MetricsSummary | None = None
+    test: MetricsSummary | None = None
+
+
+class ModelCard(_Shape):
+    intended_use: str
+    not_for: str
+    training_data: str
+    limitations: str
+
+
+class OperatingPoint(_Shape):
+    """A finding's validation operating points: the served threshold and the borderline band."""
+
+    threshold: float
+    low: float
+    high: float
+    band_source: str
+    auroc: float | None = None
+    reliable: bool
+
+
+class TrainingData(BaseModel):
+    """What the run was trained on (no server path is ever included)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    source: str | None = None
+    n_train: int | None = None
+    n_val: int | None = None
+
+
+class OodGateInfo(_Shape):
+    enabled: bool
+    note: str
+
+
+class ModelInfo(_Shape):
+    name: str
+    version: str
+    arch: str
+    task: Literal["multilabel", "multiclass"]
+    findings: list[str] = Field(min_length=1)
+    thresholds: dict[str, float]
+    threshold_method: str | None = None
+    image_size: int
+    preprocess: dict[str, Any]
+    training_data: TrainingData
+    best_epoch: int | None = None
+    metrics: Metrics
+    ood_gate: OodGateInfo
+    calibration: dict[str, Any] | None = None
+    operating_points: dict[str, OperatingPoint] | None = Field(
+        None, description="per finding: threshold, borderline band, validation AUROC, reliable"
+    )
+    reliable_auroc: float | None = Field(
+        None, description="findings with validation AUROC at or below this are unreliable"
+    )
+    model_card: ModelCard
+    notice: str
+
+
+class Finding(_Shape):
+    finding: str
+    probability: float = Field(ge=0, le=1)
+    threshold: float
+    positive: bool = Field(description="probability >= threshold")
+    call: Literal["positive", "possible", "negative"] | None = Field(
+        None, description="possible: inside the borderline band (see band)"
+    )
+    margin: float | None = Field(None, description="probability - threshold")
+    band: list[float] | None = Field(
+        None,
+        description="[low, high]: validation sensitivity-0.95 to specificity-0.95 thresholds "
+        "(low == high when the run has no operating points)",
+    )
+    auroc: float | None = Field(None, description="validation AUROC; null: not estimable")
+    reliable: bool | None = Field(None, description="validation AUROC > 0.6")
+
+
+class ImageInfo(_Shape):
+    width: int
+    height: int
+    display_width: int
+    display_height: int
+    original: DataUrl | None = Field(None, description="the upload, grey, display size (PNG)")
+    preprocessed: DataUrl | None = Field(None, description="what the model saw (CLAHE), PNG")
+    depth: Literal[8, 16] | None = Field(None, description="bits per pixel of `original`")
+
+
+class DicomHeader(_Shape):
+    """Technical DICOM header fields; never an identifier."""
+
+    modality: str | None = None
+    view_position: str | None = None
+    body_part: str | None = None
+    rows: int | None = None
+    columns: int | None = None
+    bits_stored: int | None = None
+    bits_allocated: int | None = None
+    photometric_interpretation: str | None = None
+    transfer_syntax: str | None = None
+
+
+class Prediction(_Shape):
+    file: str
+    findings: list[Finding] = Field(description="highest probability first")
+    top_finding: str
+    image: ImageInfo
+    heatmap_method: Literal["gradcam"] | None = None
+    heatmap_layer: Literal["last", "finer"] | None = None
+    heatmap_grid: int | None = Field(
+        None, description="cells a side of the Grad-CAM layer: the maps' true resolution"
+    )
+    heatmap_notes: dict[str, str] | None = Field(
+        None, description="finding -> why its map shows nothing useful (empty, identical)"
+    )
+    heatmaps: dict[str, DataUrl] = Field(
+        description="finding -> RGBA PNG (Grad-CAM colours, opacity following the map) of the "
+        "original's aspect ratio, at most 256 px a side: stretch it over `original`"
+    )
+    overlays: dict[str, DataUrl] | None = None
+    dicom: DicomHeader | None = None
+    ood: OodResult
+    seconds: float = Field(description="server time for this image")
+    timing: dict[str, float]
+    warnings: list[str] | None = None
+    notice: str
+
+
+class BatchError(_Shape):
+    file: str
+    error: str
+    code: str
+    status: int
+    ood: OodResult | None = None
+
+
+class BatchResult(_Shape):
+    results: list[Prediction | BatchError]
+    n_ok: int
+    n_failed: int
+    seconds: float
+    notice: str
+
+
+RESPONSES: tuple[type[BaseModel], ...] = (Error, Health, ModelInfo, Prediction, BatchResult)
+
+
+def component_schemas() -> dict[str, dict]:
+    """JSON Schema (2020-12, what OpenAPI 3.1 uses) of every response shape, by name."""
+    _, top = models_json_schema(
+        [(model, "validation") for model in RESPONSES],
+        ref_template="#/components/schemas/{model}",
+    )
+    return top["$defs"]
