@@ -271,3 +271,45 @@ def test_real_run_with_swa(kermany_train, tmp_path):
     name = "conv1.weight"
     assert torch.allclose(final[name], (epochs[0][name] + epochs[1][name]) / 2, atol=1e-6)
     assert [row["lr"] for row in result.history] == [1e-3, 1e-3]
+
+
+def test_resume_restores_the_averages_and_replays_the_mixing(kermany_train, tmp_path, monkeypatch):
+    """Killed in epoch 3 and resumed: the same final (EMA + SWA) weights as an uninterrupted run,
+    so the averages are checkpointed and mixup / erasing replay from the saved generator."""
+    import cxr.train as train_module
+
+    def cfg(out: str):
+        return config_from_dict(
+            {
+                "data": {"path": str(kermany_train), "limit": 48, "val_fraction": 0.25},
+                "preprocess": {"image_size": 32},
+                "augment": {"erase_prob": 0.5, "mixup_alpha": 0.4, "cutmix_alpha": 1.0},
+                "train": {"epochs": 3, "batch_size": 12, "lr": 2e-3, "seed": 0,
+                          "deterministic": True, "cache_dir": str(tmp_path / "cache"),
+                          "early_stopping_patience": 0, "ema_decay": 0.9, "swa_epochs": 2},
+                "out_dir": str(tmp_path / out),
+            }
+        )  # fmt: skip
+
+    whole = train(cfg("whole"), progress=False)
+    real_epoch = train_module.train_one_epoch
+    calls = {"n": 0}
+
+    def killed_in_epoch_3(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_one_epoch", killed_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg("cut"), progress=False)
+    monkeypatch.setattr(train_module, "train_one_epoch", real_epoch)
+    resumed = train(config_from_dict({"out_dir": str(tmp_path / "cut")}), resume=True,
+                    progress=False)  # fmt: skip
+    a = load_file(str(whole.run_dir / "model.safetensors"))
+    b = load_file(str(resumed.run_dir / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    assert [r["train_loss"] for r in whole.history] == [r["train_loss"] for r in resumed.history]
