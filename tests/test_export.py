@@ -91,7 +91,7 @@ def test_both_backends_give_the_gate_features_from_the_same_pass(exported, kerma
     assert np.abs(onnx_probs - probs).max() < 1e-4
     np.testing.assert_allclose(onnx_features, own, rtol=1e-4, atol=1e-5)
     contract = json.loads((exported / "model.onnx.json").read_text())
-    assert contract["features"]["shape"] == ["batch", 512] and contract["version"] == 2
+    assert contract["features"]["shape"] == ["batch", 512] and contract["version"] == 3
 
 
 def test_an_export_without_the_features_output_still_serves(exported, kermany_train, tmp_path):

@@ -27,6 +27,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from cxr.config import PreprocessConfig, RunConfig
+from cxr.decision import DecisionRule, rule_from_json
 from cxr.errors import ConfigError, CxrError
 from cxr.preprocess import MEAN, PIPELINE_VERSION, STD
 
@@ -60,6 +61,13 @@ class EngineInfo:
     thresholds: np.ndarray  # (K,): calibrated thresholds when calibration.json applies
     temperature: float  # logits are divided by this before sigmoid/softmax (1: uncalibrated)
     model_info: dict = field(default_factory=dict)  # model.json (plus calibration fields)
+
+    @property
+    def decision(self) -> DecisionRule:
+        """The run's one decision rule (model.json's or calibration.json's "decision" field;
+        derived from task and thresholds for runs written before it existed)."""
+        return rule_from_json(self.model_info.get("decision"), self.task, self.findings,
+                              self.thresholds)  # fmt: skip
 
     @property
     def preprocess(self) -> PreprocessConfig:
@@ -106,6 +114,9 @@ def _calibrated(info: EngineInfo) -> EngineInfo:
             "calibration": calibration.method,
             "temperature": float(calibration.temperature),
             "threshold_method": calibration.threshold_method,
+            # the calibrated rule; an older calibration.json has none: derived from its
+            # thresholds, never model.json's rule on the uncalibrated scale
+            "decision": calibration.decision,
         },
     )  # fmt: skip
 
@@ -368,6 +379,11 @@ def check_contract(info: EngineInfo, onnx_path: Path) -> dict:
     for key, value in (("findings", info.findings), ("task", info.task)):
         if contract.get(key) != value:
             problems.append(f"{key} is {contract.get(key)!r} in the contract, {value!r} here")
+    if "decision" in contract and contract["decision"] != info.decision.to_json():
+        problems.append(
+            f"its decision rule ({(contract['decision'] or {}).get('text')!r}) is not the run's "
+            f"({info.decision.describe()!r}; calibration.json changed after export?)"
+        )
     if contract.get("model_sha256") != file_sha256(info.run_dir / "model.safetensors"):
         problems.append("it was exported from other weights than the run's model.safetensors")
     if contract.get("onnx_sha256") != file_sha256(onnx_path):

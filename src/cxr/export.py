@@ -44,8 +44,9 @@ from cxr.preprocess import MEAN, PIPELINE_VERSION, STD
 ONNX_FILE = "model.onnx"
 CONTRACT_FILE = "model.onnx.json"
 CONTRACT_FORMAT = "cxr-onnx-contract"
-CONTRACT_VERSION = 2  # 2: the "features" output; version 1 exports (logits only) still load
-CONTRACT_VERSIONS = (1, 2)
+# 2: the "features" output; 3: "decision" and "temperature". Versions 1 and 2 still load.
+CONTRACT_VERSION = 3
+CONTRACT_VERSIONS = (1, 2, 3)
 OPSET = 18
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
@@ -170,8 +171,13 @@ def build_contract(run, onnx_path: Path, opset: int, diff: float, verified_on: s
     """What a consumer needs to feed the ONNX graph exactly what the model was validated on."""
     import onnxruntime as ort
 
+    from cxr.engine import engine_info
+
     size = run.config.preprocess.image_size
-    thresholds = {f: float(t) for f, t in zip(run.findings, run.thresholds, strict=True)}
+    # The rule every call is made by, on the scale the probabilities are given in (calibrated
+    # when calibration.json fits these weights): one field a consumer reads, "decision".
+    info = engine_info(run)
+    decision = info.decision.to_json()
     return {
         "format": CONTRACT_FORMAT,
         "version": CONTRACT_VERSION,
@@ -214,8 +220,10 @@ def build_contract(run, onnx_path: Path, opset: int, diff: float, verified_on: s
         ),
         "findings": list(run.findings),
         "task": run.task,
-        "thresholds": thresholds,
-        "threshold_method": run.info.get("threshold_method", "validation split"),
+        "temperature": float(info.temperature),
+        "decision": decision,
+        "thresholds": decision["thresholds"],
+        "threshold_method": info.model_info.get("threshold_method", "validation split"),
         "verification": {
             "max_abs_logit_difference": diff,  # logits and features alike
             "tolerance": VERIFY_TOLERANCE,

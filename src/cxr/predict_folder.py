@@ -89,6 +89,7 @@ def predict_folder(
     )
     root = Path(folder) if Path(folder).is_dir() else Path(folder).parent
     findings = serve.findings
+    rule = serve.predictor.engine.info.decision  # top_finding never contradicts the calls
     rows, n_ok, total = [], 0, 0.0
     start = time.perf_counter()
     results = predict_files(
@@ -108,7 +109,7 @@ def predict_folder(
         total += seconds
         row |= {
             "status": "ok",
-            "top_finding": findings[int(np.argmax(r.probabilities))],
+            "top_finding": findings[int(rule.top(r.probabilities)[0])],
             "seconds": round(seconds, 5),
             "warning": r.extra.get("warning", ""),
         }

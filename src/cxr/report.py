@@ -36,6 +36,7 @@ from cxr.calibration import (
     validation_images,
 )
 from cxr.config import DataConfig
+from cxr.decision import decision_rule
 from cxr.errors import CxrError, DataError
 from cxr.metrics import choose_thresholds
 from cxr.report_analysis import (
@@ -81,7 +82,7 @@ def analyse(
     thresholds, from_val = {}, {}
     for m in OPERATING_POINTS:
         thresholds[m], from_val[m] = choose_thresholds(
-            val.labels, val_probs, task, m, return_estimable=True
+            val.labels, val_probs, task, m, return_estimable=True, findings=findings
         )
     probs = apply_temperature(test.logits, task, temperature)
     raw = apply_temperature(test.logits, task, 1.0)
@@ -138,6 +139,10 @@ def analyse(
         "thresholds": {
             m: dict(zip(findings, map(float, t), strict=True)) for m, t in thresholds.items()
         },
+        # The calls of predict/serve: the run's rule at the Youden point (cxr.decision); the
+        # other operating points are the same rule at other thresholds (two classes: one
+        # threshold on the positive class, the other class at 1 - t; more: reference only).
+        "decision": decision_rule(task, findings, thresholds["youden"]).to_json(),
         "calibration": {
             "temperature": float(temperature),
             "ece_before": before["ece"],

@@ -166,12 +166,16 @@ def _train_one_epoch_sharded(
 def predict_cached(
     model: nn.Module, images: CachedImages, task: str, rt: Runtime, batch_size: int = 64
 ) -> np.ndarray:
-    """Probabilities (N, K) for every cached image, in table order."""
+    """Probabilities (N, K) for every cached image, in table order, in float32.
+
+    Never under the training autocast: thresholds are chosen on these scores and applied by
+    `cxr predict`, `cxr serve` and ONNX in float32, so they are chosen in float32 too (under
+    bf16 validation probabilities moved by up to 0.012 and calls flipped at the thresholds).
+    """
     model.eval()
     out = []
     for x, _ in batches(images, batch_size, None):
-        with _autocast(rt):
-            logits = model(normalize(to_model(x, rt)))
+        logits = model(normalize(to_model(x, rt)))
         out.append(probabilities(logits.float(), task).cpu().numpy())
     return np.concatenate(out).astype(np.float64)
 
@@ -192,7 +196,7 @@ def validation_metrics(
     else:
         scores = predict_cached(model, images, task, rt)
     y = images.table.labels
-    thresholds = choose_thresholds(y, scores, task)
+    thresholds = choose_thresholds(y, scores, task, findings=images.table.findings)
     return compute_metrics(y, scores, images.table.findings, task, thresholds), scores
 
 
@@ -374,7 +378,8 @@ def finish_run(run_dir: Path, cfg: RunConfig, data: PreparedData, state: dict, r
             "findings": data.findings,
             "task": data.task,
             "thresholds": dict(zip(data.findings, thresholds, strict=True)),
-            "threshold_method": "youden (validation split)",
+            "threshold_method": "youden, middle of the tied interval (validation split, float32)",
+            "decision": metrics["decision"],
             "arch": cfg.model.arch,
             "image_size": cfg.preprocess.image_size,
             "training_data": {

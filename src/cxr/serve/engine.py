@@ -315,7 +315,7 @@ class Engine:
         small = display_size((h, w), min(HEATMAP_SIZE, self.cfg.display_size))
         answer.update(
             file=name,
-            top_finding=answer["findings"][0]["finding"],
+            top_finding=prediction.top_finding,
             image={
                 "width": w,
                 "height": h,

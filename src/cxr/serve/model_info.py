@@ -82,6 +82,10 @@ def model_info(run_dir: Path, predictor, gate, gate_note: str) -> dict:
     trained_on = f"{n_train} images from {source}" if n_train else f"images from {source}"
     calibration = _calibration(run_dir)
     thresholds = _thresholds(predictor, calibration)
+    engine = getattr(predictor, "engine", None)  # the rule every call of this server uses
+    decision = engine.info.decision.to_json() if engine is not None else None
+    if decision is not None:
+        thresholds = decision["thresholds"]
     return {
         "name": run_dir.name,
         "version": __version__,
@@ -90,6 +94,7 @@ def model_info(run_dir: Path, predictor, gate, gate_note: str) -> dict:
         "findings": list(run.findings),
         "thresholds": thresholds,
         "threshold_method": info.get("threshold_method", "chosen on the validation split"),
+        "decision": decision,
         "image_size": run.config.preprocess.image_size,
         "preprocess": run.config.preprocess.model_dump(),
         "training_data": data,

@@ -127,6 +127,11 @@ _SCHEMAS: dict = {
             "findings": {"type": "array", "items": {"type": "string"}, "minItems": 1},
             "thresholds": {"type": "object", "additionalProperties": {"type": "number"}},
             "threshold_method": {"type": "string"},
+            "decision": {
+                "type": ["object", "null"],
+                "description": "the one rule that makes every call: rule (per_finding, binary "
+                "or argmax), text, thresholds; binary adds positive_class and threshold",
+            },
             "image_size": {"type": "integer"},
             "preprocess": {"type": "object"},
             "training_data": {"type": "object"},
@@ -154,7 +159,10 @@ _SCHEMAS: dict = {
             "finding": {"type": "string"},
             "probability": {"type": "number", "minimum": 0, "maximum": 1},
             "threshold": {"type": "number"},
-            "positive": {"type": "boolean", "description": "probability >= threshold"},
+            "positive": {
+                "type": "boolean",
+                "description": "called by the run's decision rule (see decision)",
+            },
         },
     },
     "OodResult": {
@@ -188,7 +196,16 @@ _SCHEMAS: dict = {
                 "items": {"$ref": "#/components/schemas/Finding"},
                 "description": "highest probability first",
             },
-            "top_finding": {"type": "string"},
+            "top_finding": {
+                "type": "string",
+                "description": "the called class of a single-label model; the most probable "
+                "finding otherwise",
+            },
+            "decision": {
+                "type": ["string", "null"],
+                "description": "the rule that made the calls, e.g. 'PNEUMONIA when "
+                "P(PNEUMONIA) >= 0.43, otherwise NORMAL'",
+            },
             "image": {
                 "type": "object",
                 "required": ["width", "height", "display_width", "display_height"],
