@@ -26,8 +26,9 @@ def model_and_images():
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (12, 32, 32), dtype=np.uint8)
     true = np.arange(12) % 2
-    table = ImageTable([f"img{i}.png" for i in range(12)], np.eye(2, dtype=np.float32)[true],
-                       ["NORMAL", "PNEUMONIA"], "multiclass", [f"p{i}" for i in range(12)])  # fmt: skip
+    labels = np.eye(2, dtype=np.float32)[true]
+    keys, patients = [f"img{i}.png" for i in range(12)], [f"p{i}" for i in range(12)]
+    table = ImageTable(keys, labels, ["NORMAL", "PNEUMONIA"], "multiclass", patients)
     return model, CachedImages(pixels, table, [], Path("in-memory"))
 
 

@@ -9,6 +9,7 @@ from cxr.cli_commands import (  # noqa: F401 - build_config: used by tests and t
     TRAIN_FLAGS,
     build_config,
     cmd_calibrate,
+    cmd_compare,
     cmd_demo,
     cmd_evaluate,
     cmd_explain,
@@ -51,6 +52,21 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--split", choices=["train", "val", "test"],
                    help="only the images the run's split.csv puts in this split")  # fmt: skip
     e.set_defaults(func=cmd_evaluate)
+
+    m = sub.add_parser("compare", help="paired AUROC difference of two runs on the same images")
+    m.add_argument("run_a", help="run folder A")
+    m.add_argument("run_b", help="run folder B (differences are B - A)")
+    m.add_argument("--data", required=True, help="images both runs are scored on")
+    m.add_argument("--format", default="auto", help="auto|folder|nih|chexpert|medmnist|synthetic")
+    m.add_argument("--split", choices=["train", "val", "test"],
+                   help="only the images run A's split.csv puts in this split")  # fmt: skip
+    m.add_argument("--method", choices=["delong", "bootstrap"], default="delong",
+                   help="DeLong (images independent) or a paired patient bootstrap")  # fmt: skip
+    m.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples")
+    m.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    m.add_argument("--json", help="write the comparison here")
+    m.add_argument("--skip-bad", action="store_true", help="skip unreadable images, and say which")
+    m.set_defaults(func=cmd_compare)
 
     d = sub.add_parser("demo", help="the whole job on synthetic phantoms, offline, in minutes")
     d.add_argument("--out", default="runs/demo")

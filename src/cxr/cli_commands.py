@@ -99,6 +99,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from cxr.compare import compare_runs, format_comparison
+    from cxr.config import DataConfig
+
+    data = DataConfig(path=args.data, format=args.format, skip_bad=args.skip_bad)
+    result = compare_runs(args.run_a, args.run_b, data, args.method, args.split, args.n_boot,
+                          args.seed, out_json=args.json)  # fmt: skip
+    print(format_comparison(result))
+    if args.json:
+        print(f"comparison written to {args.json}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """The embedded default: synthetic phantoms, a small ResNet-18, evaluation; a few minutes."""
     from cxr.config import DataConfig
