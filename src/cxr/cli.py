@@ -51,6 +51,9 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--skip-bad", action="store_true", help="skip unreadable images, and say which")
     e.add_argument("--split", choices=["train", "val", "test"],
                    help="only the images the run's split.csv puts in this split")  # fmt: skip
+    e.add_argument("--map", dest="label_map", metavar="SRC->DST|FILE",
+                   help="other label set: nih->chexpert, kermany->nih, ... or a YAML of "
+                   "model finding: data finding; scores the shared findings")  # fmt: skip
     e.set_defaults(func=cmd_evaluate)
 
     m = sub.add_parser("compare", help="paired AUROC difference of two runs on the same images")

@@ -91,8 +91,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from cxr.metrics import format_table
 
     data = DataConfig(path=args.data, format=args.format, skip_bad=args.skip_bad)
-    metrics = evaluate_run(args.model, data, out_json=args.json, split=args.split)
+    metrics = evaluate_run(args.model, data, out_json=args.json, split=args.split,
+                           label_map=getattr(args, "label_map", None))  # fmt: skip
     print(format_table(metrics))
+    if "label_map" in metrics:
+        left = metrics["label_map"]["model_only"]
+        print(f"label map {metrics['label_map']['spec']}: "
+              + (f"not in the data, so not scored: {', '.join(left)}" if left else
+                 "every model finding scored"))  # fmt: skip
     print(NOT_A_MEDICAL_DEVICE)
     if args.json:
         print(f"metrics written to {args.json}")
