@@ -100,6 +100,9 @@ class TrainConfig(_Strict):
     deterministic: bool = False
     threads: int | None = Field(None, ge=1)
     cache_dir: str = ".cache/cxr"
+    log: Literal["none", "tensorboard", "mlflow"] = Field(
+        "none", description="also log epochs to TensorBoard (RUN/tensorboard) or MLflow"
+    )
 
 
 class RunConfig(_Strict):

@@ -37,6 +37,7 @@ from cxr.metrics import choose_thresholds, compute_metrics
 from cxr.models import build_model, probabilities
 from cxr.optim import Schedule, build_optimizer
 from cxr.preprocess import normalize, to_unit
+from cxr.tracking import open_tracker
 
 
 @dataclass
@@ -260,6 +261,8 @@ def train(
     created = distributed.setup(
         world, device, {"config": cfg.model_dump_json(), "torch": torch.__version__}
     )
+    # Opened first: a missing tensorboard/mlflow package fails before any work is done.
+    tracker = open_tracker(cfg.train.log, run_dir, cfg.model_dump()) if world.is_main else None
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.json")
@@ -332,6 +335,8 @@ def train(
                 },
             )
             _log_epoch(run_dir, state["history"])
+        if tracker is not None:
+            tracker.log_epoch(epoch, row, metrics, augmented_samples(data.train, cfg, rt, epoch))
         if on_epoch is not None:
             on_epoch(epoch, row)
         patience = cfg.train.early_stopping_patience
@@ -340,6 +345,8 @@ def train(
                 print(f"early stopping: validation AUROC has not improved for {patience} epochs")
             break
 
+    if tracker is not None:
+        tracker.close()
     result = None
     if world.is_main:
         result = finish_run(run_dir, cfg, data, state, rt)
@@ -350,6 +357,17 @@ def train(
             run_dir, state["best_epoch"], state["best"], state["history"], best_metrics, world.rank
         )
     return result
+
+
+def augmented_samples(images: CachedImages, cfg: RunConfig, rt: Runtime, epoch: int,
+                      n: int = 4) -> np.ndarray:  # fmt: skip
+    """The first n training images as augmentation shows them this epoch, float (n, 1, S, S) in
+    [0, 1], for the training log; their own generator, so training's is untouched."""
+    generator = torch.Generator().manual_seed(cfg.train.seed * 100_003 + epoch)
+    x, _ = next(batches(images, n, None))
+    with torch.no_grad():
+        x = augment_batch(to_model(x, rt), cfg.augment, generator)
+    return x.float().clamp(0, 1).cpu().numpy()
 
 
 def _data_identity(data: PreparedData) -> dict[str, str]:
