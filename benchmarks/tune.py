@@ -42,6 +42,7 @@ import optuna
 import torch
 import yaml
 from optuna.trial import TrialState
+from spread import show, spread  # benchmarks/spread.py
 
 from cxr.config import DataConfig, config_from_dict, load_config
 from cxr.evaluate import evaluate_run
@@ -125,21 +126,6 @@ def epochs_to_reach(curve: list, target: float) -> int | None:
 
 ARMS = (("default", "default config"), ("random", "random search, no pruning"),
         ("tpe", "TPE + pruning"))  # fmt: skip
-
-
-def spread(values: list[float | None]) -> dict:
-    """Mean, sample standard deviation (n - 1; 0 for one value) and n of the known values."""
-    kept = np.array([v for v in values if v is not None], dtype=np.float64)
-    if kept.size == 0:
-        return {"mean": None, "sd": None, "n": 0, "values": values}
-    sd = float(kept.std(ddof=1)) if kept.size > 1 else 0.0
-    return {"mean": float(kept.mean()), "sd": sd, "n": int(kept.size), "values": values}
-
-
-def _show(s: dict, digits: int = 4) -> str:
-    if s["mean"] is None:
-        return "n/a"
-    return f"{s['mean']:.{digits}f} +- {s['sd']:.{digits}f}"
 
 
 def plot(per_seed: dict, path: Path) -> None:
@@ -264,15 +250,15 @@ def report(per_seed: dict, args, out: Path) -> None:
         minutes = spread([per_seed[s][name]["seconds"] / 60 for s in seeds])
         summary[name] = {"test_auroc": test, "minus_default": diff, "val_auroc": val,
                          "epochs": epochs, "minutes": minutes}  # fmt: skip
-        shown_diff = "-" if name == "default" else _show(diff)
-        print(f"| {label} | {_show(test)} | {shown_diff} | {_show(val)} | "
+        shown_diff = "-" if name == "default" else show(diff)
+        print(f"| {label} | {show(test)} | {shown_diff} | {show(val)} | "
               f"{epochs['mean']:.0f} | {minutes['mean']:.1f} |")  # fmt: skip
     tpe_wins = sum(1 for s in seeds if per_seed[s]["tpe"]["test"] is not None
                    and per_seed[s]["tpe"]["test"] > per_seed[s]["default"]["test"])  # fmt: skip
     half = sum(1 for s in seeds if per_seed[s]["reached_with_half_the_epochs"])
     print(
         f"\ntuned (TPE) beats the default on held-out test patients in {tpe_wins} of "
-        f"{len(seeds)} seeds (mean difference {_show(summary['tpe']['minus_default'])})"
+        f"{len(seeds)} seeds (mean difference {show(summary['tpe']['minus_default'])})"
     )
     print(f"TPE + pruning reached random search's best validation AUROC with at most half its "
           f"epochs in {half} of {len(seeds)} seeds")  # fmt: skip
