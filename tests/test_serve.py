@@ -116,13 +116,25 @@ def assert_well_formed(body: dict, engine: Engine, spec: dict) -> None:
     probs = [f["probability"] for f in body["findings"]]
     assert probs == sorted(probs, reverse=True)
     assert sorted(f["finding"] for f in body["findings"]) == sorted(engine.findings)
-    assert body["top_finding"] == body["findings"][0]["finding"]
-    if engine.predictor.run.task == "multiclass":
-        assert sum(probs) == pytest.approx(1.0, abs=1e-5)
     thresholds = engine.info["thresholds"]
     for f in body["findings"]:
         assert f["threshold"] == pytest.approx(thresholds[f["finding"]])
-        assert f["positive"] == (f["probability"] >= f["threshold"])
+    called = [f["finding"] for f in body["findings"] if f["positive"]]
+    if engine.predictor.run.task == "multiclass":
+        assert sum(probs) == pytest.approx(1.0, abs=1e-5)
+        # one decision rule (issue 11): exactly one class is called, and it is top_finding,
+        # even when the other class is more probable (a threshold away from 0.5)
+        assert called == [body["top_finding"]]
+        rule = engine.info["decision"]
+        p = {f["finding"]: f["probability"] for f in body["findings"]}
+        assert (body["top_finding"] == rule["positive_class"]) == (
+            p[rule["positive_class"]] >= rule["threshold"]
+        )
+        assert body["decision"] == rule["text"]
+    else:
+        assert body["top_finding"] == body["findings"][0]["finding"]
+        for f in body["findings"]:
+            assert f["positive"] == (f["probability"] >= f["threshold"])
     assert body["notice"] == NOT_A_MEDICAL_DEVICE
     assert body["seconds"] > 0 and body["timing"]["total"] == pytest.approx(body["seconds"])
 

@@ -38,7 +38,7 @@ from cxr.calibration import (
 from cxr.config import DataConfig
 from cxr.decision import decision_rule
 from cxr.errors import CxrError, DataError
-from cxr.metrics import choose_thresholds
+from cxr.metrics import choose_thresholds, compute_metrics
 from cxr.report_analysis import (
     TTA_VIEWS,
     ScoredImages,
@@ -143,6 +143,9 @@ def analyse(
         # other operating points are the same rule at other thresholds (two classes: one
         # threshold on the positive class, the other class at 1 - t; more: reference only).
         "decision": decision_rule(task, findings, thresholds["youden"]).to_json(),
+        # accuracy and per-finding rates of the calls predict/serve make (for more than two
+        # classes these are the argmax's, not the one-vs-rest operating points above)
+        "at_decision_rule": _at_rule(test.labels, probs, findings, task, thresholds["youden"]),
         "calibration": {
             "temperature": float(temperature),
             "ece_before": before["ece"],
@@ -155,6 +158,13 @@ def analyse(
     }
     arrays = {"probs": probs, "raw": raw, "thresholds": thresholds}
     return results, arrays
+
+
+def _at_rule(labels, probs, findings: list[str], task: str, thresholds) -> dict:
+    metrics = compute_metrics(labels, probs, findings, task, thresholds)
+    keep = ("sensitivity", "specificity", "ppv", "npv", "confusion")
+    per_finding = {f: {k: v[k] for k in keep} for f, v in metrics["per_finding"].items()}
+    return {"accuracy": metrics["accuracy"], "per_finding": per_finding}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -201,10 +201,13 @@ class Engine:
     def findings(self) -> list[str]:
         return self.predictor.findings
 
-    def heatmap_findings(self, spec: str | None, probs: dict[str, float], positive: set[str]):
-        """Which findings get a heatmap: see HEATMAP_CHOICES, or comma-separated names."""
+    def heatmap_findings(self, spec: str | None, probs: dict[str, float], positive: set[str],
+                         top: str | None = None):  # fmt: skip
+        """Which findings get a heatmap: see HEATMAP_CHOICES, or comma-separated names. `top`:
+        the prediction's top finding (a single-label run's called class), else the most
+        probable."""
         spec = (spec or "auto").strip()
-        top = max(probs, key=probs.get)
+        top = top or max(probs, key=probs.get)
         if spec == "none":
             return []
         if spec == "all":
@@ -298,7 +301,7 @@ class Engine:
         answer = prediction.as_dict()
         probs = {f["finding"]: f["probability"] for f in answer["findings"]}
         positive = {f["finding"] for f in answer["findings"] if f["positive"]}
-        wanted = self.heatmap_findings(heatmaps, probs, positive)
+        wanted = self.heatmap_findings(heatmaps, probs, positive, prediction.top_finding)
 
         maps = {}
         if wanted:
