@@ -46,9 +46,9 @@ from spread import show, spread  # benchmarks/spread.py
 
 from cxr.config import DataConfig, config_from_dict, load_config
 from cxr.evaluate import evaluate_run
-from cxr.search_space import DEFAULT_SPACE, search_space_from_dict
 from cxr.train import train
-from cxr.tune import epochs_spent, run_study, shared_split
+from cxr.tune.space import DEFAULT_SPACE, search_space_from_dict
+from cxr.tune.study import epochs_spent, run_study, shared_split
 
 KERMANY = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "kermany-pneumonia"
 

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from cxr.calibration import predict_logits
 from cxr.config import ModelConfig
 from cxr.data.cache import CachedImages
 from cxr.data.table import ImageTable
 from cxr.models import build_model
 from cxr.preprocess import model_input
-from cxr.train import Runtime, _autocast, predict_cached, validation_metrics
+from cxr.runtime import Runtime, autocast, forward
+from cxr.train import predict_cached, validation_metrics
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ BF16 = Runtime(torch.device("cpu"), amp=True, channels_last=False)  # training's
 
 def _output_dtypes(model) -> tuple[list, object]:
     seen: list[torch.dtype] = []
-    handle = model.fc.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    handle = model.head.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
     return seen, handle
 
 
@@ -52,7 +52,7 @@ def test_predict_cached_ignores_training_autocast(model_and_images):
     with torch.no_grad():  # the float32 forward pass predict/serve/ONNX make
         want = torch.softmax(model(model_input(torch.from_numpy(images.pixels))), 1).numpy()
     np.testing.assert_allclose(scores, want, atol=1e-6)
-    with torch.no_grad(), _autocast(BF16):  # what the old path gave: visibly different
+    with torch.no_grad(), autocast(BF16):  # what the old path gave: visibly different
         bf16 = torch.softmax(model(model_input(torch.from_numpy(images.pixels))).float(), 1)
     assert np.abs(bf16.numpy() - want).max() > 1e-4
 
@@ -62,7 +62,7 @@ def test_validation_thresholds_and_calibration_logits_are_float32(model_and_imag
     seen, handle = _output_dtypes(model)
     try:
         metrics, scores = validation_metrics(model, images, "multiclass", BF16)
-        logits = predict_logits(model, images, BF16, progress=False)
+        logits, _ = forward(model, images.pixels, BF16)  # calibration, reports, OOD
     finally:
         handle.remove()
     assert seen and all(d == torch.float32 for d in seen), seen

@@ -26,7 +26,12 @@ from scipy.stats import norm, rankdata
 from cxr.bootstrap import group_index, patient_weights, weighted_auroc
 from cxr.checkpoint import write_json
 from cxr.config import DataConfig
+from cxr.data.cache import build_cache
+from cxr.data.prepare import resolve_table
 from cxr.errors import ConfigError, DataError
+from cxr.models import probabilities_numpy
+from cxr.run import load_run, split_keys
+from cxr.runtime import forward, select_runtime
 
 METHODS = ("delong", "bootstrap")
 
@@ -141,21 +146,16 @@ def compare_scores(
 def compare_runs(
     run_a: str | Path, run_b: str | Path, data: DataConfig, method: str = "delong",
     split: str | None = None, n_boot: int = 2000, seed: int = 0, alpha: float = 0.05,
-    out_json: str | Path | None = None, progress: bool = True,
+    out_json: str | Path | None = None, progress: bool = True, device: str = "auto",
 ) -> dict:  # fmt: skip
     """Score both runs on the same images of `data` and compare them finding by finding.
 
     The findings compared are those both runs and the data share (by name); each run
     preprocesses the images with its own config. With `split`, only images that run A's
-    split.csv puts in that split (the same file set for both: the runs must agree on it).
+    split.csv puts in that split (the same file set for both).
     """
-    from cxr.data.cache import build_cache
-    from cxr.data.prepare import resolve_table
-    from cxr.data.splits import keys_in_split
-    from cxr.evaluate import load_run
-    from cxr.train import predict_cached, select_runtime
-
-    runs = [load_run(run_a), load_run(run_b)]
+    rt = select_runtime(device)  # this machine's, never the training run's
+    runs = [load_run(run_a, rt.device), load_run(run_b, rt.device)]
     if runs[0].task != runs[1].task:
         raise ConfigError(f"{run_a} is {runs[0].task} and {run_b} {runs[1].task}: their "
                           "probabilities are not comparable")  # fmt: skip
@@ -165,20 +165,19 @@ def compare_runs(
         raise DataError(f"no finding is in both runs ({runs[0].findings}, {runs[1].findings}) "
                         f"and the data ({table.findings})", path=data.path)  # fmt: skip
     if split is not None:
-        wanted = keys_in_split(Path(run_a) / "split.csv", split)
+        wanted = split_keys(run_a, split)
         table = table.subset([i for i, key in enumerate(table.keys) if key in wanted])
         if len(table) == 0:
             raise DataError(f"run A's split.csv has no {split!r} images", path=data.path)
     scores = []
     for run in runs:
-        rt = select_runtime(run.config.train.device)
-        run.model.to(rt.device)
         images = build_cache(table, run.config.preprocess, run.config.train.cache_dir,
                              data.skip_bad, progress=progress)  # fmt: skip
         if images.table.keys != table.keys:  # skip_bad left a different file out
             raise DataError("the two runs could not read the same images (see --skip-bad)",
                             path=data.path)  # fmt: skip
-        probs = predict_cached(run.model, images, run.task, rt)
+        logits, _ = forward(run.model, images.pixels, rt, progress=progress, desc="compare")
+        probs = probabilities_numpy(logits, run.task)
         scores.append(probs[:, [run.findings.index(f) for f in shared]])
     y = table.labels[:, [table.findings.index(f) for f in shared]]
     result = compare_scores(y, scores[0], scores[1], shared, method, table.patient_ids, n_boot,

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from cxr.errors import ConfigError, CxrError
+from cxr.errors import ConfigError, DistributedError
 
 T = TypeVar("T")
 
@@ -52,10 +52,6 @@ TIMEOUT_ENV = "CXR_DIST_TIMEOUT_S"
 # Long enough for rank 0 to build a large preprocessing cache while the others wait at a
 # barrier (NIH's 112k images take tens of minutes); override with CXR_DIST_TIMEOUT_S.
 DEFAULT_TIMEOUT_S = 3600
-
-
-class DistributedError(CxrError):
-    """The processes of a distributed launch do not agree, or the launch is malformed."""
 
 
 @dataclass(frozen=True)

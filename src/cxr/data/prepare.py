@@ -58,10 +58,11 @@ def prepare_data(
     data: DataConfig,
     preprocess: PreprocessConfig,
     cache_dir: str | Path,
-    run_dir: Path,
+    split_path: Path,
     progress: bool = True,
 ) -> PreparedData:
-    """Read, split by patient (or reuse a split file), write split.csv, cache train + val."""
+    """Read, split by patient (or reuse a split file), write it to `split_path` (the run's
+    split.csv), cache train + val."""
     table = resolve_table(data, cache_dir, progress)
     if data.split_file:
         assignment = read_split_file(data.split_file, table)
@@ -70,7 +71,7 @@ def prepare_data(
             table, data.val_fraction, data.test_fraction, seed=data.split_seed
         )
     check_patient_disjoint(table, assignment)
-    write_split_file(run_dir / "split.csv", table, assignment)
+    write_split_file(split_path, table, assignment)
 
     def cached(split: str) -> CachedImages:
         index = [i for i, s in enumerate(assignment) if s == split]
