@@ -107,8 +107,10 @@ def _read_pairs(path: Path) -> dict[str, str]:
             path.read_text())  # fmt: skip
     except (OSError, ValueError, yaml.YAMLError) as exc:
         raise ConfigError(f"--map {path}: cannot read it ({exc})") from None
-    if not isinstance(raw, dict) or not raw or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in raw.items()
+    if (
+        not isinstance(raw, dict)
+        or not raw
+        or not all(isinstance(k, str) and isinstance(v, str) for k, v in raw.items())
     ):
         raise ConfigError(f"--map {path}: expected a mapping of model finding -> data finding "
                           "names, e.g. {Effusion: Pleural Effusion}")  # fmt: skip

@@ -254,6 +254,9 @@ def choose_thresholds(
 # ---------------------------------------------------------------------------------------------
 
 
+BAND_TARGETS = ("sensitivity", "specificity")
+
+
 def _ratio(num: int, den: int) -> float | None:
     return float(num) / float(den) if den > 0 else None
 
@@ -297,7 +300,8 @@ def compute_metrics(
     Keys: "task", "findings", "n_images", "auroc" {finding: float|None}, "mean_auroc" (over
     estimable findings, None if none), "auprc", "mean_auprc", "accuracy", "per_finding"
     {finding: {n_positive, n_negative, prevalence, threshold, estimable, sensitivity, specificity,
-    ppv, npv, f1, accuracy, confusion {tp, fp, tn, fn}}}; multiclass adds "confusion_matrix"
+    ppv, npv, f1, accuracy, confusion {tp, fp, tn, fn}, threshold_sensitivity_95,
+    threshold_specificity_95 (None where not estimable)}}; multiclass adds "confusion_matrix"
     (K x K list, rows = true class, columns = predicted class).
 
     Every call is the run's decision rule (cxr.decision, stated under "decision"): per finding
@@ -330,6 +334,12 @@ def compute_metrics(
         known = ~np.isnan(y_true[:, j])
         summary = _binary_summary(labels, calls[known, j], rule.thresholds[j])
         summary["estimable"] = estimable
+        # The two standard operating points around the chosen one: the web app shows scores
+        # between them as "possible" (the borderline band) rather than a firm call.
+        for kind in BAND_TARGETS:
+            summary[f"threshold_{kind}_95"] = (
+                _threshold_for_column(labels, scores, kind, 0.95) if estimable else None
+            )
         per_finding[name] = summary
 
     out: dict = {

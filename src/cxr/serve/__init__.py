@@ -12,13 +12,14 @@ import copy
 import io
 from pathlib import Path
 
-from flask import Flask, Request, jsonify, request, send_from_directory
+from flask import Flask, Request, jsonify, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from cxr import NOT_A_MEDICAL_DEVICE
 from cxr.config import ServeConfig, serve_config
 from cxr.inference.analysis import Analyser
 from cxr.serve.api import api, describe_error
+from cxr.serve.static import send_front_end_file
 
 __all__ = ["create_app", "default_web_dir"]
 
@@ -128,5 +129,5 @@ def _register_front_end(app: Flask, web_dir: Path) -> None:
                 {"Content-Type": "text/html; charset=utf-8"},
             )
         if path and (web_dir / path).is_file():
-            return send_from_directory(web_dir, path, max_age=3600 if "assets/" in path else 0)
-        return send_from_directory(web_dir, "index.html", max_age=0)  # client-side routes
+            return send_front_end_file(web_dir, path)
+        return send_front_end_file(web_dir, "index.html")  # client-side routes

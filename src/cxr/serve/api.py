@@ -146,6 +146,13 @@ def openapi():
     return jsonify(openapi_spec(engine().info))
 
 
+def _depth() -> int:
+    raw = request.args.get("depth", request.form.get("depth", "8"))
+    if raw.strip() not in ("8", "16"):
+        raise BadRequest(f"depth={raw!r}: expected 8 or 16 (bits of the preview PNG)")
+    return int(raw)
+
+
 @api.post("/predict")
 def predict():
     name, data = _uploads("file", many=False)[0]
@@ -155,6 +162,8 @@ def predict():
         heatmaps=request.args.get("heatmaps", request.form.get("heatmaps")),
         images=_flag("images", True),
         overlays=_flag("overlays", False),
+        depth=_depth(),
+        layer=request.args.get("heatmap_layer", request.form.get("heatmap_layer", "last")),
     )
     return jsonify(answer)
 

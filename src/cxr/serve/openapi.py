@@ -163,6 +163,19 @@ _SCHEMAS: dict = {
                 "type": "boolean",
                 "description": "called by the run's decision rule (see decision)",
             },
+            "call": {
+                "enum": ["positive", "possible", "negative"],
+                "description": "possible: inside the borderline band (see band)",
+            },
+            "margin": {"type": "number", "description": "probability - threshold"},
+            "band": {
+                "type": "array",
+                "items": {"type": "number"},
+                "description": "[low, high]: validation sensitivity-0.95 to specificity-0.95 "
+                "thresholds (low == high when the run has no operating points)",
+            },
+            "auroc": {**_NUM_OR_NULL, "description": "validation AUROC; null: not estimable"},
+            "reliable": {"type": "boolean", "description": "validation AUROC > 0.6"},
         },
     },
     "OodResult": {
@@ -216,9 +229,24 @@ _SCHEMAS: dict = {
                     "display_height": {"type": "integer"},
                     "original": {**_DATA_URL, "description": "the upload, grey, display size"},
                     "preprocessed": {**_DATA_URL, "description": "what the model saw (CLAHE)"},
+                    "depth": {"enum": [8, 16], "description": "bits per pixel of `original`"},
                 },
             },
             "heatmap_method": {"const": "gradcam"},
+            "heatmap_layer": {"enum": ["last", "finer"]},
+            "heatmap_grid": {
+                "type": ["integer", "null"],
+                "description": "cells a side of the Grad-CAM layer: the maps' true resolution",
+            },
+            "heatmap_notes": {
+                "type": "object",
+                "additionalProperties": {"type": "string"},
+                "description": "finding -> why its map shows nothing useful (empty, identical)",
+            },
+            "dicom": {
+                "type": ["object", "null"],
+                "description": "technical DICOM header fields (no identifiers); null otherwise",
+            },
             "heatmaps": {
                 "type": "object",
                 "description": (
@@ -334,6 +362,16 @@ def openapi_spec(info: dict | None = None) -> dict:
                             "overlays",
                             "also return server-blended overlays (explain.overlay)",
                             {"type": "boolean", "default": False},
+                        ),
+                        _query(
+                            "depth",
+                            "bits of the returned preview PNG: 16 keeps a DICOM's depth",
+                            {"enum": [8, 16], "default": 8},
+                        ),
+                        _query(
+                            "heatmap_layer",
+                            "Grad-CAM layer: finer is twice as fine as last (ResNet layer3, 4)",
+                            {"enum": ["last", "finer", "layer4", "layer3"], "default": "last"},
                         ),
                         _query(
                             "filename",
