@@ -22,7 +22,7 @@ from cxr.config import RunConfig, config_from_dict
 from cxr.errors import ConfigError
 from cxr.losses import MULTICLASS_LOSSES, MULTILABEL_LOSSES
 
-DEFAULT_SPACE = Path(__file__).resolve().parents[2] / "configs" / "search_space.yaml"
+DEFAULT_SPACE = Path(__file__).resolve().parents[3] / "configs" / "search_space.yaml"
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("hyperband", "median", "asha", "none")
 _TOP_KEYS = {"epochs", "min_epochs", "sampler", "pruner", "fixed", "params"}
