@@ -22,7 +22,6 @@ from cxr.data.image_io import decode_image
 from cxr.inference.analysis import Analyser as Engine
 from cxr.inference.analysis import heatmap_rgba
 from cxr.serve import create_app
-from cxr.serve.server import waitress_options
 
 pytestmark = pytest.mark.slow
 
@@ -448,12 +447,6 @@ def test_uploads_never_touch_the_disk(engine, nih_pixels, tmp_path, monkeypatch)
     assert upload(client, data, "../../etc/big.png", heatmaps="none").status_code == 200
     kept = list(saved.iterdir())
     assert len(kept) == 1 and kept[0].name.endswith("big.png") and kept[0].read_bytes() == data
-
-
-def test_waitress_keeps_uploads_in_memory(engine):
-    cfg = make_client(engine).application.extensions["cxr_engine"].cfg
-    options = waitress_options(cfg, "127.0.0.1", 0, 4)
-    assert options["inbuf_overflow"] > options["max_request_body_size"] >= cfg.max_batch_bytes
 
 
 # --- batch endpoint ------------------------------------------------------------------------------

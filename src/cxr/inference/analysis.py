@@ -32,12 +32,13 @@ from cxr.inference.screening import (
     ood_warning,
 )
 
-__all__ = ["Analyser", "HEATMAP_CHOICES", "heatmap_rgba", "png_data_url"]
+__all__ = ["Analyser", "HEATMAP_CHOICES", "HEATMAP_SPEC_CHARS", "heatmap_rgba", "png_data_url"]
 
 HEATMAP_CHOICES = ("auto", "none", "top", "positive", "all")
 # Grad-CAM is a 7 x 7 grid at 224 px: a 256 px PNG carries all of it, and the browser stretches
 # it over the preview. At the preview's 1024 px an RGBA PNG cost ~10x more to encode and send.
 HEATMAP_SIZE = 256
+HEATMAP_SPEC_CHARS = 2048  # every finding's name, comma-separated, fits with room to spare
 # Grad-CAM target: "last" (the usual layer, S / 32 cells a side) or "finer" (S / 16); the
 # ResNet names layer4 / layer3 are accepted too.
 HEATMAP_LAYERS = {"last": "last", "finer": "finer", "layer4": "last", "layer3": "finer"}
@@ -108,6 +109,8 @@ class Analyser:
         the prediction's top finding (a single-label run's called class), else the most
         probable."""
         spec = (spec or "auto").strip()
+        if len(spec) > HEATMAP_SPEC_CHARS:
+            raise BadRequest(f"heatmaps= is {len(spec)} characters; at most {HEATMAP_SPEC_CHARS}")
         top = top or max(probs, key=probs.get)
         if spec == "none":
             return []
@@ -119,7 +122,8 @@ class Analyser:
             return [f for f in self.findings if f in positive]
         if spec == "auto":
             return [f for f in self.findings if f in positive or f == top]
-        names = [n.strip() for n in spec.split(",") if n.strip()]
+        # each finding once: a name repeated 2,048 times once cost 20 s and 2.4 GB
+        names = list(dict.fromkeys(n.strip() for n in spec.split(",") if n.strip()))
         unknown = [n for n in names if n not in self.findings]
         if unknown or not names:
             raise BadRequest(

@@ -7,8 +7,10 @@ against the schema given here for it.
 
 from __future__ import annotations
 
+import re
+
 from cxr import NOT_A_MEDICAL_DEVICE, __version__
-from cxr.inference.analysis import HEATMAP_CHOICES
+from cxr.inference.analysis import HEATMAP_CHOICES, HEATMAP_SPEC_CHARS
 
 _NUM_OR_NULL = {"type": ["number", "null"]}
 _DATA_URL = {"type": "string", "pattern": "^data:image/png;base64,"}
@@ -35,7 +37,12 @@ _UPLOAD_ERRORS = {
         "Not a usable chest X-ray: not an image, a corrupt file or DICOM, a colour photograph, "
         "or rejected by the out-of-distribution gate (code says which)"
     ),
+    "403": _error("A post from a page on another site (Origin / Sec-Fetch-Site)"),
     "500": _error("A server bug; the server keeps serving"),
+    "503": {
+        **_error("Busy: the model queue is full or the request's deadline passed; retry"),
+        "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}},
+    },
 }
 
 _IMAGE_BODY = {
@@ -50,13 +57,12 @@ _IMAGE_BODY = {
                         "format": "binary",
                         "description": "PNG, JPEG, BMP, TIFF or DICOM",
                     },
-                    "heatmaps": {"type": "string"},
                 },
                 "required": ["file"],
             }
         },
         "application/octet-stream": {
-            "schema": {"type": "string", "format": "binary"},
+            "schema": {"type": "string", "format": "binary", "minLength": 1},
         },
     },
 }
@@ -274,6 +280,7 @@ _SCHEMAS: dict = {
                     "error": {"type": "string"},
                     "code": {"type": "string"},
                     "status": {"type": "integer"},
+                    "ood": {"$ref": "#/components/schemas/OodResult"},
                 },
             },
         ]
@@ -302,14 +309,25 @@ def _query(name: str, description: str, schema: dict) -> dict:
     }
 
 
+def heatmaps_pattern(findings: list[str]) -> dict:
+    """`heatmaps`: one of HEATMAP_CHOICES, or finding names joined by commas (each once)."""
+    if not findings:
+        return {"maxLength": HEATMAP_SPEC_CHARS}
+    name = "(" + "|".join(re.escape(f) for f in findings) + ")"
+    choices = "|".join(HEATMAP_CHOICES)
+    # empty means auto
+    return {"pattern": f"^({choices}|{name}(,{name})*|)$", "maxLength": HEATMAP_SPEC_CHARS}
+
+
 def openapi_spec(info: dict | None = None) -> dict:
     """The spec; with the served model's info, the findings are listed in the descriptions."""
-    findings = ", ".join((info or {}).get("findings", [])) or "the model's findings"
+    names = (info or {}).get("findings", [])
+    findings = ", ".join(names) or "the model's findings"
     heatmaps = _query(
         "heatmaps",
         f"which findings get a Grad-CAM heatmap: {', '.join(HEATMAP_CHOICES)} (auto: the top "
         f"finding and every positive one), or comma-separated names from: {findings}",
-        {"type": "string", "default": "auto"},
+        {"type": "string", "default": "auto", **heatmaps_pattern(names)},
     )
     images = _query(
         "images", "include the original and preprocessed PNGs", {"type": "boolean", "default": True}
@@ -388,7 +406,7 @@ def openapi_spec(info: dict | None = None) -> dict:
                     "summary": "Many images (form field `files`, repeated); per-file errors inline",
                     "operationId": "predictBatch",
                     "parameters": [
-                        {**heatmaps, "schema": {"type": "string", "default": "none"}},
+                        {**heatmaps, "schema": {**heatmaps["schema"], "default": "none"}},
                         {**images, "schema": {"type": "boolean", "default": False}},
                     ],
                     "requestBody": {
@@ -401,6 +419,7 @@ def openapi_spec(info: dict | None = None) -> dict:
                                         "files": {
                                             "type": "array",
                                             "items": {"type": "string", "format": "binary"},
+                                            "minItems": 1,
                                         }
                                     },
                                     "required": ["files"],
@@ -410,8 +429,7 @@ def openapi_spec(info: dict | None = None) -> dict:
                     },
                     "responses": {
                         "200": _json("BatchResult", "One result or error per file, in order"),
-                        "400": _UPLOAD_ERRORS["400"],
-                        "413": _UPLOAD_ERRORS["413"],
+                        **{k: _UPLOAD_ERRORS[k] for k in ("400", "403", "413", "500", "503")},
                     },
                 }
             },
