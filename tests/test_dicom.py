@@ -22,8 +22,8 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, p
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from cxr.data.dicom import INSTALL_DECODERS, codestream_size
-from cxr.data.image_io import DecodeOptions, DecodeWarning, decode_bytes, read_image
-from cxr.errors import DataError
+from cxr.data.image_io import DecodeOptions, decode_bytes, read_image
+from cxr.errors import DataError, DecodeWarning
 
 ALLOW = DecodeOptions(allow_modality=True)
 

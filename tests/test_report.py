@@ -162,6 +162,23 @@ def test_operating_points_are_chosen_on_validation_never_on_the_evaluated_data()
     )
 
 
+def test_report_states_the_decision_rule_and_its_argmax_figures_for_three_classes():
+    """Issue 11, item 3: the report's headline calls are predict's (argmax for 3 classes)."""
+    rng = np.random.default_rng(0)
+    true_val, true_test = rng.integers(0, 3, 150), rng.integers(0, 3, 150)
+    val = _scored(np.eye(3)[true_val], 2.0 * np.eye(3)[true_val] + rng.normal(0, 1, (150, 3)))
+    test = _scored(np.eye(3)[true_test], 2.0 * np.eye(3)[true_test] + rng.normal(0, 1, (150, 3)))
+    results, _ = analyse(["a", "b", "c"], "multiclass", val, test, 1.0, n_boot=20)
+    assert results["decision"]["rule"] == "argmax"
+    probs = apply_temperature(test.logits, "multiclass", 1.0)
+    called = probs.argmax(axis=1)
+    at_rule = results["at_decision_rule"]
+    assert at_rule["accuracy"] == pytest.approx(np.mean(called == true_test))
+    for j, name in enumerate("abc"):
+        sens = np.mean(called[true_test == j] == j)
+        assert at_rule["per_finding"][name]["sensitivity"] == pytest.approx(sens)
+
+
 def test_a_finding_without_positives_is_not_estimable():
     val, test = _shifted_sets(1)
     test.labels[:, 1] = 0.0

@@ -122,13 +122,25 @@ def assert_well_formed(body: dict, engine: Engine, spec: dict) -> None:
     probs = [f["probability"] for f in body["findings"]]
     assert probs == sorted(probs, reverse=True)
     assert sorted(f["finding"] for f in body["findings"]) == sorted(engine.findings)
-    assert body["top_finding"] == body["findings"][0]["finding"]
-    if engine.predictor.run.task == "multiclass":
-        assert sum(probs) == pytest.approx(1.0, abs=1e-5)
     thresholds = engine.info["thresholds"]
     for f in body["findings"]:
         assert f["threshold"] == pytest.approx(thresholds[f["finding"]])
-        assert f["positive"] == (f["probability"] >= f["threshold"])
+    called = [f["finding"] for f in body["findings"] if f["positive"]]
+    if engine.predictor.run.task == "multiclass":
+        assert sum(probs) == pytest.approx(1.0, abs=1e-5)
+        # one decision rule (issue 11): exactly one class is called, and it is top_finding,
+        # even when the other class is more probable (a threshold away from 0.5)
+        assert called == [body["top_finding"]]
+        rule = engine.info["decision"]
+        p = {f["finding"]: f["probability"] for f in body["findings"]}
+        assert (body["top_finding"] == rule["positive_class"]) == (
+            p[rule["positive_class"]] >= rule["threshold"]
+        )
+        assert body["decision"] == rule["text"]
+    else:
+        assert body["top_finding"] == body["findings"][0]["finding"]
+        for f in body["findings"]:
+            assert f["positive"] == (f["probability"] >= f["threshold"])
     assert body["notice"] == NOT_A_MEDICAL_DEVICE
     assert body["seconds"] > 0 and body["timing"]["total"] == pytest.approx(body["seconds"])
 
@@ -704,8 +716,10 @@ def test_heatmap_grid_layer_and_notes(client, engine, kermany_jpeg):
     assert body["heatmap_layer"] == "last" and body["heatmap_grid"] == 2  # 48 px / 32
     fine = upload(client, data, "a.jpeg", heatmaps="all", heatmap_layer="finer").get_json()
     assert fine["heatmap_layer"] == "finer" and fine["heatmap_grid"] == 3
-    # a two-class softmax: the non-top class's map is empty, and the note says so
-    other = next(f for f in engine.findings if f != body["top_finding"])
+    # a two-class softmax: the less probable class's map is empty, and the note says so (the
+    # less probable class, not "not top_finding": the called class can be the less probable one
+    # under the run's decision rule, whose threshold need not be 0.5)
+    other = body["findings"][-1]["finding"]
     assert body["heatmap_notes"].get(other, "").startswith("empty")
     assert upload(client, data, "a.jpeg", depth="12").status_code == 400
 

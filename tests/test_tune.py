@@ -412,3 +412,10 @@ def test_open_study_refuses_trials_of_a_foreign_study(tmp_path):
     storage = open_storage(None, tmp_path)
     with pytest.raises(StudyError, match="another study"):
         open_study(search_space_from_dict(TINY_SPACE), "new", storage, study_dir=tmp_path)
+
+
+def test_the_default_search_space_file_exists():
+    """`cxr tune` without --space and benchmarks/tune.py read it (it moved with cxr.tune)."""
+    from cxr.tune.space import DEFAULT_SPACE
+
+    assert DEFAULT_SPACE.is_file(), DEFAULT_SPACE

@@ -32,6 +32,7 @@ from scipy.special import expit, log_softmax, logsumexp, softmax
 from cxr.checkpoint import write_json
 from cxr.data.cache import CachedImages, build_cache
 from cxr.data.prepare import resolve_table
+from cxr.decision import decision_rule
 from cxr.errors import CxrError, DataError
 from cxr.metrics import TASKS, choose_thresholds
 from cxr.run import LoadedRun, RunDir, load_run, split_keys
@@ -232,6 +233,7 @@ class Calibration:
     ece_before: float | None
     ece_after: float | None
     model_sha256: str
+    decision: dict | None = None  # cxr.decision's rule at these thresholds (None: older file)
     fitted_on: str = "validation split of the run (split.csv)"
     threshold_method: str = "youden on calibrated validation probabilities"
     method: str = "temperature scaling: one T for all outputs, validation NLL minimised"
@@ -329,10 +331,11 @@ def fit_calibration(
     temperature = fit_temperature(logits, y_true, task)
     raw = apply_temperature(logits, task, 1.0)
     calibrated = apply_temperature(logits, task, temperature)
-    thresholds = choose_thresholds(y_true, calibrated, task, "youden")
+    thresholds = choose_thresholds(y_true, calibrated, task, "youden", findings=findings)
     return Calibration(
         temperature=temperature,
         thresholds={f: float(t) for f, t in zip(findings, thresholds, strict=True)},
+        decision=decision_rule(task, findings, thresholds).to_json(),
         n_images=int(len(logits)),
         nll_before=negative_log_likelihood(logits, y_true, task, 1.0),
         nll_after=negative_log_likelihood(logits, y_true, task, temperature),

@@ -126,6 +126,9 @@ class TrainConfig(StrictConfig):
         description="progressive resizing: share of the epochs spent "
         "growing to the full size (the rest train at full size)",
     )
+    log: Literal["none", "tensorboard", "mlflow"] = Field(
+        "none", description="also log epochs to TensorBoard (RUN/tensorboard) or MLflow"
+    )
 
 
 class ServeConfig(StrictConfig):

@@ -24,15 +24,23 @@ def evaluate_run(
     split: str | None = None,
     progress: bool = True,
     device: str = "auto",
+    label_map: str | None = None,
 ) -> dict:
     """Metrics of the run on every image of `data`, thresholds from the run's validation split.
 
     With `split` ("test", say), only the images the run's split.csv puts in that split are used.
+    With `label_map` ("nih->chexpert", or a YAML file of names; see cxr.labelmap), data with
+    another label set is scored on the findings it shares with the model, each as a binary one.
     """
     rt = select_runtime(device)  # this machine's, never the training run's
     run = load_run(run_dir, rt.device)
     table = resolve_table(data, run.config.train.cache_dir, progress)
-    if table.findings != run.findings or table.task != run.task:
+    mapping = None
+    if label_map is not None:
+        from cxr.labelmap import match_findings
+
+        mapping = match_findings(run.findings, table.findings, label_map)
+    elif table.findings != run.findings or table.task != run.task:
         raise DataError(
             f"the data's {table.task} labels {table.findings} do not match the model's "
             f"{run.task} labels {run.findings}",
@@ -48,8 +56,13 @@ def evaluate_run(
     )
     logits, _ = forward(run.model, images.pixels, rt, progress=progress, desc="evaluate")
     scores = probabilities_numpy(logits, run.task)
-    y = images.table.labels
-    metrics = compute_metrics(y, scores, run.findings, run.task, run.thresholds)
+    y, findings, task, thresholds = images.table.labels, run.findings, run.task, run.thresholds
+    if mapping is not None:
+        y, scores, thresholds = mapping.apply(y, scores, thresholds)
+        findings, task = mapping.names, "multilabel"
+    metrics = compute_metrics(y, scores, findings, task, thresholds)
+    if mapping is not None:
+        metrics["label_map"] = mapping.as_dict()
     metrics["model"] = str(run_dir)
     metrics["data"] = data.path
     metrics["split"] = split or "all"
@@ -64,7 +77,7 @@ def evaluate_run(
         stem = Path(out_json).stem if out_json is not None else "eval"
         plots_dir = Path(plots_dir)
         plots_dir.mkdir(parents=True, exist_ok=True)
-        plot_roc(y, scores, run.findings, run.thresholds, plots_dir / f"{stem}_roc.png")
-        plot_pr(y, scores, run.findings, run.thresholds, plots_dir / f"{stem}_pr.png")
+        plot_roc(y, scores, findings, thresholds, plots_dir / f"{stem}_roc.png")
+        plot_pr(y, scores, findings, thresholds, plots_dir / f"{stem}_pr.png")
         plot_confusion(metrics, plots_dir / f"{stem}_confusion.png")
     return metrics

@@ -38,7 +38,8 @@ from cxr.optim import Schedule, build_optimizer
 from cxr.preprocess import normalize
 from cxr.progressive import epoch_image_size, resize_batch
 from cxr.run import RunDir
-from cxr.runtime import Runtime, autocast, forward, select_runtime, to_device, to_model
+from cxr.runtime import Runtime, autocast, batches, forward, select_runtime, to_device, to_model
+from cxr.tracking import open_tracker
 
 
 def train_one_epoch(
@@ -123,7 +124,7 @@ def validation_metrics(
     else:
         scores = predict_cached(model, images, task, rt)
     y = images.table.labels
-    thresholds = choose_thresholds(y, scores, task)
+    thresholds = choose_thresholds(y, scores, task, findings=images.table.findings)
     return compute_metrics(y, scores, images.table.findings, task, thresholds), scores
 
 
@@ -191,6 +192,8 @@ def train(
     created = distributed.setup(
         world, device, {"config": cfg.model_dump_json(), "torch": torch.__version__}
     )
+    # Opened first: a missing tensorboard/mlflow package fails before any work is done.
+    tracker = open_tracker(cfg.train.log, run_dir, cfg.model_dump()) if world.is_main else None
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, files.config)
@@ -272,6 +275,8 @@ def train(
                 },
             )
             _log_epoch(run_dir, state["history"])
+        if tracker is not None:
+            tracker.log_epoch(epoch, row, metrics, augmented_samples(data.train, cfg, rt, epoch))
         if on_epoch is not None:
             on_epoch(epoch, row)
         patience = cfg.train.early_stopping_patience
@@ -280,6 +285,8 @@ def train(
                 print(f"early stopping: validation AUROC has not improved for {patience} epochs")
             break
 
+    if tracker is not None:
+        tracker.close()
     result = None
     if world.is_main:
         result = finish_run(run_dir, cfg, data, state, rt)
@@ -290,6 +297,17 @@ def train(
             run_dir, state["best_epoch"], state["best"], state["history"], best_metrics, world.rank
         )
     return result
+
+
+def augmented_samples(images: CachedImages, cfg: RunConfig, rt: Runtime, epoch: int,
+                      n: int = 4) -> np.ndarray:  # fmt: skip
+    """The first n training images as augmentation shows them this epoch, float (n, 1, S, S) in
+    [0, 1], for the training log; their own generator, so training's is untouched."""
+    generator = torch.Generator().manual_seed(cfg.train.seed * 100_003 + epoch)
+    x, _ = next(batches(images, n, None))
+    with torch.no_grad():
+        x = augment_batch(to_model(x, rt), cfg.augment, generator)
+    return x.float().clamp(0, 1).cpu().numpy()
 
 
 def _data_identity(data: PreparedData) -> dict[str, str]:
@@ -318,7 +336,8 @@ def finish_run(run_dir: Path, cfg: RunConfig, data: PreparedData, state: dict, r
             "findings": data.findings,
             "task": data.task,
             "thresholds": dict(zip(data.findings, thresholds, strict=True)),
-            "threshold_method": "youden (validation split)",
+            "threshold_method": "youden, middle of the tied interval (validation split, float32)",
+            "decision": metrics["decision"],
             "arch": cfg.model.arch,
             "image_size": cfg.preprocess.image_size,
             "training_data": {

@@ -28,6 +28,7 @@ TRAIN_FLAGS = {
     "loss": ("train", "loss", str, "auto|bce|weighted_bce|focal|ce"),
     "device": ("train", "device", str, "auto|cpu|cuda|cuda:N"),
     "seed": ("train", "seed", int, None),
+    "log": ("train", "log", str, "none|tensorboard|mlflow: also log each epoch there"),
     "out": (None, "out_dir", str, "run folder to create"),
 }
 

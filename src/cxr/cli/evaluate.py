@@ -7,6 +7,7 @@ import argparse
 from cxr import NOT_A_MEDICAL_DEVICE
 from cxr.calibration import calibrate_run
 from cxr.cli.common import data_flags, device_flag, model_flag, resolve_device
+from cxr.compare import compare_runs, format_comparison
 from cxr.config import DataConfig
 from cxr.evaluate import evaluate_run
 from cxr.metrics import format_table
@@ -18,16 +19,48 @@ def evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", help="write the metrics here (plots go beside it)")
     p.add_argument("--split", choices=["train", "val", "test"],
                    help="only the images the run's split.csv puts in this split")  # fmt: skip
+    p.add_argument("--map", dest="label_map", metavar="SRC->DST|FILE",
+                   help="other label set: nih->chexpert, kermany->nih, ... or a YAML of "
+                   "model finding: data finding; scores the shared findings")  # fmt: skip
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
     data = DataConfig(path=args.data, format=args.format, skip_bad=args.skip_bad)
     metrics = evaluate_run(args.model, data, out_json=args.json, split=args.split,
-                           device=resolve_device(args.device))  # fmt: skip
+                           device=resolve_device(args.device),
+                           label_map=args.label_map)  # fmt: skip
     print(format_table(metrics))
+    if "label_map" in metrics:
+        left = metrics["label_map"]["model_only"]
+        print(f"label map {metrics['label_map']['spec']}: "
+              + (f"not in the data, so not scored: {', '.join(left)}" if left else
+                 "every model finding scored"))  # fmt: skip
     print(NOT_A_MEDICAL_DEVICE)
     if args.json:
         print(f"metrics written to {args.json}")
+    return 0
+
+
+def compare_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_a", help="run folder A")
+    p.add_argument("run_b", help="run folder B (differences are B - A)")
+    p.add_argument("--split", choices=["train", "val", "test"],
+                   help="only the images run A's split.csv puts in this split")  # fmt: skip
+    p.add_argument("--method", choices=["delong", "bootstrap"], default="delong",
+                   help="DeLong (images independent) or a paired patient bootstrap")  # fmt: skip
+    p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--json", help="write the comparison here")
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    data = DataConfig(path=args.data, format=args.format, skip_bad=args.skip_bad)
+    result = compare_runs(args.run_a, args.run_b, data, args.method, args.split, args.n_boot,
+                          args.seed, out_json=args.json,
+                          device=resolve_device(args.device))  # fmt: skip
+    print(format_comparison(result))
+    if args.json:
+        print(f"comparison written to {args.json}")
     return 0
 
 
@@ -75,6 +108,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
 COMMANDS = {
     "evaluate": ("evaluate a run on a data set", evaluate_arguments, run_evaluate,
                  [model_flag, data_flags, device_flag]),
+    "compare": ("paired AUROC difference of two runs on the same images (DeLong or a "
+                "patient bootstrap)", compare_arguments, run_compare, [data_flags, device_flag]),
     "report": ("HTML + JSON evaluation report with intervals, calibration, subgroups, Grad-CAM "
                "and a model card", report_arguments, run_report,
                [model_flag, data_flags, device_flag]),

@@ -26,6 +26,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from cxr.config import PreprocessConfig, RunConfig
+from cxr.decision import DecisionRule, rule_from_json
 from cxr.errors import ConfigError
 from cxr.models import probabilities_numpy
 from cxr.preprocess import MEAN, STD
@@ -61,6 +62,13 @@ class EngineInfo:
     thresholds: np.ndarray  # (K,): calibrated thresholds when calibration.json applies
     temperature: float  # logits are divided by this before sigmoid/softmax (1: uncalibrated)
     model_info: dict = field(default_factory=dict)  # model.json (plus calibration fields)
+
+    @property
+    def decision(self) -> DecisionRule:
+        """The run's one decision rule (model.json's or calibration.json's "decision" field;
+        derived from task and thresholds for runs written before it existed)."""
+        return rule_from_json(self.model_info.get("decision"), self.task, self.findings,
+                              self.thresholds)  # fmt: skip
 
     @property
     def preprocess(self) -> PreprocessConfig:
@@ -105,6 +113,9 @@ def _calibrated(info: EngineInfo) -> EngineInfo:
             "calibration": calibration.method,
             "temperature": float(calibration.temperature),
             "threshold_method": calibration.threshold_method,
+            # the calibrated rule; an older calibration.json has none: derived from its
+            # thresholds, never model.json's rule on the uncalibrated scale
+            "decision": calibration.decision,
         },
     )  # fmt: skip
 

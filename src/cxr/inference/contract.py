@@ -12,8 +12,9 @@ from cxr.inference.backends import EngineInfo
 from cxr.preprocess import MEAN, PIPELINE_VERSION, STD
 
 CONTRACT_FORMAT = "cxr-onnx-contract"
-CONTRACT_VERSION = 2  # 2: the "features" output; version 1 exports (logits only) still load
-CONTRACT_VERSIONS = (1, 2)
+# 2: the "features" output; 3: "decision" and "temperature". Versions 1 and 2 still load.
+CONTRACT_VERSION = 3
+CONTRACT_VERSIONS = (1, 2, 3)
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
 FEATURES_NAME = "features"
@@ -67,6 +68,11 @@ def check_contract(info: EngineInfo, onnx_path: Path) -> dict:
     for key, value in (("findings", info.findings), ("task", info.task)):
         if contract.get(key) != value:
             problems.append(f"{key} is {contract.get(key)!r} in the contract, {value!r} here")
+    if "decision" in contract and contract["decision"] != info.decision.to_json():
+        problems.append(
+            f"its decision rule ({(contract['decision'] or {}).get('text')!r}) is not the run's "
+            f"({info.decision.describe()!r}; calibration.json changed after export?)"
+        )
     if contract.get("model_sha256") != file_sha256(info.run_dir / "model.safetensors"):
         problems.append("it was exported from other weights than the run's model.safetensors")
     if contract.get("onnx_sha256") != file_sha256(onnx_path):

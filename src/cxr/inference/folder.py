@@ -110,6 +110,7 @@ def predict_folder(
     checks = _Checks(predictor, gate, note, max_pixels, decode)
     root = Path(folder) if Path(folder).is_dir() else Path(folder).parent
     findings = predictor.findings
+    rule = predictor.engine.info.decision  # top_finding never contradicts the calls
     rows, n_ok, total = [], 0, 0.0
     start = time.perf_counter()
     results = predict_files(
@@ -130,7 +131,7 @@ def predict_folder(
         total += seconds
         row |= {
             "status": "ok",
-            "top_finding": findings[int(np.argmax(r.probabilities))],
+            "top_finding": findings[int(rule.top(r.probabilities)[0])],
             "seconds": round(seconds, 5),
             "warning": r.extra.get("warning", ""),
         }

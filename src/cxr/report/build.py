@@ -38,8 +38,9 @@ from cxr.config import DataConfig
 from cxr.data.cache import build_cache
 from cxr.data.prepare import resolve_table
 from cxr.data.splits import SPLITS
+from cxr.decision import decision_rule
 from cxr.errors import CxrError, DataError
-from cxr.metrics import choose_thresholds
+from cxr.metrics import choose_thresholds, compute_metrics
 from cxr.report.analysis import (
     OPERATING_POINTS,
     RATES,
@@ -79,7 +80,7 @@ def analyse(
     thresholds, from_val = {}, {}
     for m in OPERATING_POINTS:
         thresholds[m], from_val[m] = choose_thresholds(
-            val.labels, val_probs, task, m, return_estimable=True
+            val.labels, val_probs, task, m, return_estimable=True, findings=findings
         )
     probs = apply_temperature(test.logits, task, temperature)
     raw = apply_temperature(test.logits, task, 1.0)
@@ -136,6 +137,13 @@ def analyse(
         "thresholds": {
             m: dict(zip(findings, map(float, t), strict=True)) for m, t in thresholds.items()
         },
+        # The calls of predict/serve: the run's rule at the Youden point (cxr.decision); the
+        # other operating points are the same rule at other thresholds (two classes: one
+        # threshold on the positive class, the other class at 1 - t; more: reference only).
+        "decision": decision_rule(task, findings, thresholds["youden"]).to_json(),
+        # accuracy and per-finding rates of the calls predict/serve make (for more than two
+        # classes these are the argmax's, not the one-vs-rest operating points above)
+        "at_decision_rule": _at_rule(test.labels, probs, findings, task, thresholds["youden"]),
         "calibration": {
             "temperature": float(temperature),
             "ece_before": before["ece"],
@@ -148,6 +156,13 @@ def analyse(
     }
     arrays = {"probs": probs, "raw": raw, "thresholds": thresholds}
     return results, arrays
+
+
+def _at_rule(labels, probs, findings: list[str], task: str, thresholds) -> dict:
+    metrics = compute_metrics(labels, probs, findings, task, thresholds)
+    keep = ("sensitivity", "specificity", "ppv", "npv", "confusion")
+    per_finding = {f: {k: v[k] for k in keep} for f, v in metrics["per_finding"].items()}
+    return {"accuracy": metrics["accuracy"], "per_finding": per_finding}
 
 
 # ---------------------------------------------------------------------------------------------
