@@ -20,6 +20,9 @@ TRAIN_FLAGS = {
     "limit": ("data", "limit", int, "use at most this many images"),
     "val_fraction": ("data", "val_fraction", float, "share of patients for validation"),
     "split_file": ("data", "split_file", str, "reuse an earlier run's split.csv"),
+    "val_source": ("data", "val_source", str,
+                   "fraction (split train by --val-fraction), official (the data's val split) "
+                   "or auto (official only if >= 200 images and >= 5%% of train)"),  # fmt: skip
     "image_size": ("preprocess", "image_size", int, "side of the square model input"),
     "arch": ("model", "arch", str, "resnet18|resnet34|resnet50|resnet101|resnet152"),
     "pretrained": ("model", "pretrained", str, "none|imagenet|PATH to weights"),

@@ -270,6 +270,12 @@ def train(
         ),
     )
     distributed.agree(world, _data_identity(data), "data")
+    if cfg.data.val_source == "auto" and data.val_source in ("official", "fraction"):
+        # config.json says which validation split "auto" chose, so a resume or a re-run agrees.
+        chosen = cfg.data.model_copy(update={"val_source": data.val_source})
+        cfg = cfg.model_copy(update={"data": chosen})
+        if world.is_main:
+            save_config(cfg, run_dir / "config.json")
     model = build_model(cfg.model, len(data.findings)).to(rt.device)
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -382,6 +388,7 @@ def finish_run(run_dir: Path, cfg: RunConfig, data: PreparedData, state: dict, r
                 "source": data.table.source,
                 "n_train": len(data.train.table),
                 "n_val": len(data.val.table),
+                "val_source": data.val_source,
             },
             "best_epoch": state["best_epoch"],
         },

@@ -35,6 +35,7 @@ from cxr.config import DataConfig, RunConfig
 from cxr.data.prepare import resolve_table
 from cxr.data.splits import (
     check_patient_disjoint,
+    describe_split,
     patient_level_split,
     read_split_file,
     write_split_file,
@@ -203,8 +204,10 @@ def shared_split(base: RunConfig, study_dir: Path, progress: bool = True) -> tup
             assignment = read_split_file(path, table)
         else:
             assignment = patient_level_split(
-                table, base.data.val_fraction, base.data.test_fraction, seed=base.data.split_seed
-            )
+                table, base.data.val_fraction, base.data.test_fraction, base.data.split_seed,
+                base.data.val_source,
+            )  # fmt: skip
+            print(describe_split(table, assignment))
             tmp = path.with_name(f"split.csv.{os.getpid()}.tmp")
             write_split_file(tmp, table, assignment)
             os.replace(tmp, path)  # two workers starting at once write identical files
