@@ -99,3 +99,41 @@ def test_existing_run_is_not_overwritten(kermany_train, tmp_path, capsys):
     assert code == 2
     assert "already holds a run" in capsys.readouterr().err
     assert (out / "config.json").read_text() == "{}"
+
+
+def test_no_training_batch_of_one_image(kermany_train, tmp_path):
+    """Issue 11 item 10: 17 training images in batches of 16 left a last batch of one, which
+    train-mode BatchNorm refuses at 32 px (layer4 is 1x1): `cxr tune --limit 200 --image-size
+    32` crashed. The lone image now joins the batch before it."""
+    import numpy as np
+    import torch
+
+    from cxr.config import RunConfig
+    from cxr.data import read_table
+    from cxr.data.cache import build_cache
+    from cxr.losses import build_loss
+    from cxr.models import build_model
+    from cxr.optim import Schedule, build_optimizer
+    from cxr.train import batches, select_runtime, train_one_epoch
+
+    cfg = _cfg(kermany_train, tmp_path)
+    table = read_table(cfg.data)
+    images = build_cache(table.subset(np.arange(0, 1700, 100)), cfg.preprocess.model_copy(
+        update={"image_size": 32}), tmp_path / "cache", progress=False)  # fmt: skip
+    gen = torch.Generator().manual_seed(0)
+    sizes = [len(y) for _, y in batches(images, 16, gen)]
+    assert sizes == [17]  # 17 = 16 + 1: one batch, nothing left alone
+    model = build_model(cfg.model, 2)
+    optimizer = build_optimizer(model, cfg.train)
+    run_cfg = RunConfig.model_validate({**cfg.model_dump(), "train": {**cfg.train.model_dump(),
+                                        "batch_size": 16}})  # fmt: skip
+    loss_fn = build_loss(cfg.train, "multiclass", images.table.labels)
+    schedule = Schedule(optimizer, cfg.train, 1)
+    row = train_one_epoch(model, images, loss_fn, optimizer, schedule, run_cfg, gen,
+                          select_runtime("cpu"), progress=False)  # fmt: skip
+    assert np.isfinite(row["train_loss"])
+
+    from cxr.distributed import training_batches
+
+    assert [s.stop - s.start for s in training_batches(33, 16)] == [16, 17]
+    assert [s.stop - s.start for s in training_batches(34, 16)] == [16, 16, 2]

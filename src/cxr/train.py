@@ -70,12 +70,17 @@ def _autocast(rt: Runtime):
 def batches(
     images: CachedImages, batch_size: int, generator: torch.Generator | None
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(uint8 images, labels) batches; shuffled when a generator is given, in order otherwise."""
+    """(uint8 images, labels) batches; shuffled when a generator is given (training: no batch
+    smaller than 2, see `distributed.training_batches`), in order otherwise."""
     n = len(images.table)
     order = torch.randperm(n, generator=generator).numpy() if generator is not None else None
     labels = images.table.labels
-    for start in range(0, n, batch_size):
-        index = np.arange(start, min(start + batch_size, n))
+    if order is None:
+        bounds = [slice(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+    else:
+        bounds = distributed.training_batches(n, batch_size)
+    for batch in bounds:
+        index = np.arange(n)[batch]
         if order is not None:
             index = np.sort(order[index])  # sorted: sequential reads from the memory map
         yield torch.from_numpy(np.ascontiguousarray(images.pixels[index])), torch.from_numpy(
@@ -281,7 +286,7 @@ def train(
         model = model.to(memory_format=torch.channels_last)
     loss_fn = build_loss(cfg.train, data.task, data.train.table.labels)
     optimizer = build_optimizer(model, cfg.train)
-    steps = -(-len(data.train.table) // cfg.train.batch_size)
+    steps = len(distributed.training_batches(len(data.train.table), cfg.train.batch_size))
     schedule = Schedule(optimizer, cfg.train, steps)
     generator = torch.Generator().manual_seed(cfg.train.seed)
     state = {"epoch": 0, "history": [], "best": None, "best_epoch": 0, "stale": 0}
