@@ -233,6 +233,7 @@ class Calibration:
     fitted_on: str = "validation split of the run (split.csv)"
     threshold_method: str = "youden on calibrated validation probabilities"
     method: str = "temperature scaling: one T for all outputs, validation NLL minimised"
+    leakage: dict | None = None  # validation images also in train, fitted on under --allow-overlap
 
     def threshold_array(self, findings: list[str]) -> np.ndarray:
         missing = [f for f in findings if f not in self.thresholds]
@@ -376,8 +377,15 @@ def fit_calibration(
     )
 
 
-def calibrate_run(run_dir: str | Path, progress: bool = True) -> Calibration:
-    """Fit T on the run's validation split and save calibration.json in the run folder."""
+def calibrate_run(
+    run_dir: str | Path, progress: bool = True, allow_overlap: bool = False
+) -> Calibration:
+    """Fit T on the run's validation split and save calibration.json in the run folder.
+
+    Validation images that are also training images (same image name or identical pixels,
+    cxr.data.leakage) are refused unless allow_overlap, and then calibration.json says so.
+    """
+    from cxr.data.leakage import check_overlap, find_overlap, pixel_hashes
     from cxr.evaluate import load_run
     from cxr.train import select_runtime
 
@@ -385,7 +393,11 @@ def calibrate_run(run_dir: str | Path, progress: bool = True) -> Calibration:
     rt = select_runtime(run.config.train.device)
     run.model.to(rt.device)
     images = validation_images(run, progress)
+    overlap = find_overlap(images.table, run_dir, pixel_hashes(images.pixels), ("train",))
+    check_overlap(overlap, allow_overlap, "calibrate")
     logits = predict_logits(run.model, images, rt, progress=progress, desc="validation")
     calibration = fit_calibration(run_dir, logits, images.table.labels, run.task, run.findings)
+    if overlap.n_images:
+        calibration.leakage = overlap.as_dict()
     save_calibration(run_dir, calibration)
     return calibration

@@ -50,6 +50,9 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--skip-bad", action="store_true", help="skip unreadable images, and say which")
     e.add_argument("--split", choices=["train", "val", "test"],
                    help="only the images the run's split.csv puts in this split")  # fmt: skip
+    e.add_argument("--allow-overlap", action="store_true",
+                   help="evaluate even images or patients the run was trained or validated on "
+                   "(refused by default); the outputs say so first")  # fmt: skip
     e.set_defaults(func=cmd_evaluate)
 
     d = sub.add_parser("demo", help="the whole job on synthetic phantoms, offline, in minutes")
@@ -120,6 +123,9 @@ def parser() -> argparse.ArgumentParser:
                    help="continue a study even if its search space changed")  # fmt: skip
     u.add_argument("--test-data", help="after the search, evaluate the best run on these images")
     u.add_argument("--test-format", default="auto", help="format of --test-data")
+    u.add_argument("--allow-overlap", action="store_true",
+                   help="evaluate even images or patients the run was trained or validated on "
+                   "(refused by default); the outputs say so first")  # fmt: skip
     u.set_defaults(func=cmd_tune)
 
     x = sub.add_parser("export", help="write the run's model as ONNX + its preprocessing contract")
@@ -130,6 +136,9 @@ def parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("calibrate", help="fit temperature scaling on a run's validation split")
     c.add_argument("--model", required=True, help="run folder written by `cxr train`")
+    c.add_argument("--allow-overlap", action="store_true",
+                   help="evaluate even images or patients the run was trained or validated on "
+                   "(refused by default); the outputs say so first")  # fmt: skip
     c.set_defaults(func=cmd_calibrate)
 
     rp = sub.add_parser("report", help="HTML + JSON evaluation report with intervals, "
@@ -146,6 +155,9 @@ def parser() -> argparse.ArgumentParser:
     rp.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     rp.add_argument("--no-gallery", action="store_true", help="leave out the Grad-CAM gallery")
     rp.add_argument("--skip-bad", action="store_true", help="skip unreadable images, say which")
+    rp.add_argument("--allow-overlap", action="store_true",
+                   help="evaluate even images or patients the run was trained or validated on "
+                   "(refused by default); the outputs say so first")  # fmt: skip
     rp.set_defaults(func=cmd_report)
 
     ex = sub.add_parser("explain", help="predict one image and write Grad-CAM overlay PNGs")

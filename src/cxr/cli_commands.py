@@ -20,9 +20,13 @@ TRAIN_FLAGS = {
     "limit": ("data", "limit", int, "use at most this many images"),
     "val_fraction": ("data", "val_fraction", float, "share of patients for validation"),
     "split_file": ("data", "split_file", str, "reuse an earlier run's split.csv"),
-    "val_source": ("data", "val_source", str,
-                   "fraction (split train by --val-fraction), official (the data's val split) "
-                   "or auto (official only if >= 200 images and >= 5%% of train)"),  # fmt: skip
+    "val_source": (
+        "data",
+        "val_source",
+        str,
+        "auto|fraction|official: auto uses the data's own val split only when it holds "
+        ">= 200 images and >= 5%% of train, else splits train by --val-fraction",
+    ),
     "image_size": ("preprocess", "image_size", int, "side of the square model input"),
     "arch": ("model", "arch", str, "resnet18|resnet34|resnet50|resnet101|resnet152"),
     "pretrained": ("model", "pretrained", str, "none|imagenet|PATH to weights"),
@@ -94,7 +98,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from cxr.metrics import format_table
 
     data = DataConfig(path=args.data, format=args.format, skip_bad=args.skip_bad)
-    metrics = evaluate_run(args.model, data, out_json=args.json, split=args.split)
+    metrics = evaluate_run(args.model, data, out_json=args.json, split=args.split,
+                           allow_overlap=args.allow_overlap)  # fmt: skip
     print(format_table(metrics))
     print(NOT_A_MEDICAL_DEVICE)
     if args.json:
@@ -187,7 +192,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     test = DataConfig(path=args.test_data, format=args.test_format) if args.test_data else None
     try:
         result = run_study(base, space, args.study, args.storage, args.n_trials, args.timeout,
-                           resume=args.resume, test_data=test)  # fmt: skip
+                           resume=args.resume, test_data=test,
+                           allow_overlap=args.allow_overlap)  # fmt: skip
     except KeyboardInterrupt:
         print("interrupted: the running trial is marked failed; run the same command again to "
               "resume the study", file=sys.stderr)  # fmt: skip
@@ -212,7 +218,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from cxr.calibration import CALIBRATION_FILE, calibrate_run
 
-    cal = calibrate_run(args.model)
+    cal = calibrate_run(args.model, allow_overlap=args.allow_overlap)
     print(f"temperature {cal.temperature:.4f} fitted on {cal.n_images} validation images: "
           f"NLL {cal.nll_before:.4f} -> {cal.nll_after:.4f}, ECE "
           f"{cal.ece_before or 0:.4f} -> {cal.ece_after or 0:.4f}")  # fmt: skip
@@ -228,7 +234,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     data = DataConfig(path=args.data, format=args.format, skip_bad=args.skip_bad)
     report = build_report(args.model, data, out_dir=args.out, split=args.split, tta=args.tta,
                           n_boot=args.bootstrap, seed=args.seed,
-                          gallery=not args.no_gallery)  # fmt: skip
+                          gallery=not args.no_gallery,
+                          allow_overlap=args.allow_overlap)  # fmt: skip
     res = report["results"]
     mean = res["mean_auroc"]
     print(f"{res['n_images']} images ({report['data']['split']}), mean AUROC "

@@ -11,10 +11,12 @@ import torch
 
 from cxr.checkpoint import load_weights, write_json
 from cxr.config import DataConfig, RunConfig, load_config
-from cxr.data.cache import build_cache
+from cxr.data.cache import CachedImages, build_cache
+from cxr.data.leakage import Overlap, check_overlap, find_overlap, pixel_hashes
 from cxr.data.prepare import resolve_table
 from cxr.data.splits import keys_in_split
-from cxr.errors import CxrError, DataError
+from cxr.data.table import ImageTable
+from cxr.errors import ConfigError, CxrError, DataError
 from cxr.metrics import compute_metrics
 from cxr.models import build_model
 from cxr.plots import plot_confusion, plot_pr, plot_roc
@@ -57,6 +59,45 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> LoadedRun:
     return LoadedRun(run_dir, cfg, model, info["findings"], info["task"], thresholds, info)
 
 
+# DataConfig fields that decide what a label is: evaluation data is read with the run's values.
+LABEL_FIELDS = ("uncertain",)
+
+
+def data_for_run(run_config: RunConfig, data: DataConfig) -> DataConfig:
+    """`data` read under the run's label policy (CheXpert -1: data.uncertain), so thresholds
+    chosen under one policy are never scored under another; a conflicting explicit value is
+    an error."""
+    update = {}
+    for name in LABEL_FIELDS:
+        ours, runs = getattr(data, name), getattr(run_config.data, name)
+        if name in data.model_fields_set and ours != runs:
+            raise ConfigError(
+                f"data.{name}: the run was trained with {runs!r}; evaluating with {ours!r} would "
+                "score its thresholds on other labels"
+            )
+        update[name] = runs
+    return data.model_copy(update=update)
+
+
+def guarded_cache(
+    table: ImageTable,
+    run: LoadedRun,
+    skip_bad: bool,
+    allow_overlap: bool,
+    progress: bool = True,
+    against: tuple[str, ...] = ("train", "val"),
+    what: str = "evaluate",
+) -> tuple[CachedImages, Overlap]:
+    """The evaluation images cached at the run's preprocessing, after the leak guard
+    (cxr.data.leakage): ids and names first (before any decoding), then identical pixels."""
+    if not allow_overlap:
+        check_overlap(find_overlap(table, run.run_dir, against=against), False, what)
+    cfg = run.config
+    images = build_cache(table, cfg.preprocess, cfg.train.cache_dir, skip_bad, progress=progress)
+    overlap = find_overlap(images.table, run.run_dir, pixel_hashes(images.pixels), against)
+    return images, check_overlap(overlap, allow_overlap, what)
+
+
 def evaluate_run(
     run_dir: str | Path,
     data: DataConfig,
@@ -64,12 +105,16 @@ def evaluate_run(
     plots_dir: str | Path | None = None,
     split: str | None = None,
     progress: bool = True,
+    allow_overlap: bool = False,
 ) -> dict:
     """Metrics of the run on every image of `data`, thresholds from the run's validation split.
 
     With `split` ("test", say), only the images the run's split.csv puts in that split are used.
+    Images or patients the run was trained or validated on are refused (cxr.data.leakage)
+    unless allow_overlap, and then the JSON's first key says so.
     """
     run = load_run(run_dir)
+    data = data_for_run(run.config, data)
     rt = select_runtime(run.config.train.device)
     run.model.to(rt.device)
     table = resolve_table(data, run.config.train.cache_dir, progress)
@@ -84,12 +129,11 @@ def evaluate_run(
         table = table.subset([i for i, key in enumerate(table.keys) if key in wanted])
         if len(table) == 0:
             raise DataError(f"the run's split.csv has no {split!r} images", path=data.path)
-    images = build_cache(
-        table, run.config.preprocess, run.config.train.cache_dir, data.skip_bad, progress=progress
-    )
+    images, overlap = guarded_cache(table, run, data.skip_bad, allow_overlap, progress)
     scores = predict_cached(run.model, images, run.task, rt)
     y = images.table.labels
-    metrics = compute_metrics(y, scores, run.findings, run.task, run.thresholds)
+    metrics = {"leakage": overlap.as_dict()}
+    metrics |= compute_metrics(y, scores, run.findings, run.task, run.thresholds)
     metrics["model"] = str(run_dir)
     metrics["data"] = data.path
     metrics["split"] = split or "all"

@@ -9,6 +9,7 @@ import numpy as np
 
 from cxr.config import DataConfig, PreprocessConfig
 from cxr.data.cache import CachedImages, build_cache
+from cxr.data.leakage import HASH_FILE, pixel_hashes, write_image_hashes
 from cxr.data.splits import (
     check_patient_disjoint,
     choose_val_source,
@@ -89,4 +90,11 @@ def prepare_data(
             table.subset(index), preprocess, cache_dir, skip_bad=data.skip_bad, progress=progress
         )
 
-    return PreparedData(table, assignment, cached("train"), cached("val"), val_source)
+    train, val = cached("train"), cached("val")
+    # Content hashes of what was trained and validated on, for the leak guard of every later
+    # evaluation (cxr.data.leakage): taken from the cache now, never decoded again.
+    write_image_hashes(
+        run_dir / HASH_FILE,
+        {s: (c.table.keys, pixel_hashes(c.pixels)) for s, c in (("train", train), ("val", val))},
+    )
+    return PreparedData(table, assignment, train, val, val_source)
