@@ -137,3 +137,76 @@ def test_no_training_batch_of_one_image(kermany_train, tmp_path):
 
     assert [s.stop - s.start for s in training_batches(33, 16)] == [16, 17]
     assert [s.stop - s.start for s in training_batches(34, 16)] == [16, 16, 2]
+
+
+def _kermany_layout(kermany_train, root, n_train: int, n_val: int):
+    """root/{train,val}/{NORMAL,PNEUMONIA}/ of links to real Kermany files (nothing copied)."""
+    for split, n in (("train", n_train), ("val", n_val)):
+        for cls in ("NORMAL", "PNEUMONIA"):
+            files = sorted((kermany_train / cls).iterdir())
+            start = 0 if split == "train" else 500  # val files are not train files
+            (root / split / cls).mkdir(parents=True)
+            for f in files[start : start + n]:
+                (root / split / cls / f.name).symlink_to(f)
+    return root
+
+
+def test_a_small_official_val_folder_does_not_replace_val_fraction(kermany_train, tmp_path,
+                                                                   capsys):  # fmt: skip
+    """Issue 11 item 2: Kermany's official val/ (16 images) silently became the validation
+    split. The default now carves val_fraction from train by patient (val/ joins the pool) and
+    says so in config.json, model.json and on screen; --val-source official takes val/."""
+    data = _kermany_layout(kermany_train, tmp_path / "chest_xray", 24, 2)
+    common = ["train", "--data", str(data), "--image-size", "32", "--epochs", "1",
+              "--batch-size", "16", "--val-fraction", "0.25",
+              "--set", f"train.cache_dir={json.dumps(str(tmp_path / 'cache'))}"]  # fmt: skip
+    assert main([*common, "--out", str(tmp_path / "default")]) == 0
+    assert "a patient-level split of the training images" in capsys.readouterr().out
+    cfg = json.loads((tmp_path / "default" / "config.json").read_text())
+    info = json.loads((tmp_path / "default" / "model.json").read_text())
+    assert cfg["data"]["val_source"] == "fraction"
+    assert info["training_data"]["val_source"] == "fraction"
+    assert info["training_data"]["n_val"] > 4  # ~a quarter of 52 images, not val/'s 4
+
+    assert main([*common, "--out", str(tmp_path / "official"), "--val-source", "official"]) == 0
+    assert "official validation split (4 images)" in capsys.readouterr().out
+    info = json.loads((tmp_path / "official" / "model.json").read_text())
+    assert info["training_data"]["val_source"] == "official"
+    assert info["training_data"]["n_val"] == 4
+
+
+def test_offline_imagenet_fails_before_any_work_and_leaves_no_run(kermany_train, tmp_path,
+                                                                  monkeypatch, capsys):  # fmt: skip
+    """Issue 11 item 12: --pretrained imagenet offline failed only after reading, splitting and
+    caching, and left config.json + split.csv so that a retry with the same --out was refused."""
+    from torchvision.models import ResNet18_Weights
+
+    import cxr.train as train_module
+
+    def offline(*args, **kwargs):
+        raise OSError("network unreachable")
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data was read before the weights were checked")
+
+    out = tmp_path / "run"
+    args = ["train", "--data", str(kermany_train), "--limit", "40", "--image-size", "32",
+            "--epochs", "1", "--batch-size", "16", "--out", str(out),
+            "--set", f"train.cache_dir={json.dumps(str(tmp_path / 'cache'))}"]  # fmt: skip
+    with monkeypatch.context() as m:
+        m.setattr(ResNet18_Weights.IMAGENET1K_V1.__class__, "get_state_dict", offline)
+        m.setattr(train_module, "prepare_data", no_data)
+        assert main([*args, "--pretrained", "imagenet"]) == 2
+    assert "could not download ImageNet weights" in capsys.readouterr().err
+    assert not out.exists()
+
+    def crash(*args, **kwargs):  # a failure after the data was split, before any weights
+        raise RuntimeError("out of memory")
+
+    with monkeypatch.context() as m:
+        m.setattr(train_module, "train_one_epoch", crash)
+        with pytest.raises(RuntimeError):
+            main(args)
+    assert not out.exists()  # no config.json or split.csv left behind
+    assert main(args) == 0  # the retry with the same --out runs
+    assert (out / "model.safetensors").is_file()

@@ -42,6 +42,18 @@ def build_model(cfg: ModelConfig, num_outputs: int) -> nn.Module:
     return model
 
 
+def check_pretrained(cfg: ModelConfig) -> None:
+    """Fail now, before any data is read, if the starting weights cannot be had: ImageNet
+    weights are fetched into torch's cache (so `build_model` later reads a local file), a
+    weights file must exist."""
+    if cfg.arch not in ARCHITECTURES:
+        raise ConfigError(f"model.arch: unknown architecture {cfg.arch!r}")
+    if cfg.pretrained == "imagenet":
+        _download_imagenet(ARCHITECTURES[cfg.arch][1])
+    elif cfg.pretrained != "none" and not Path(cfg.pretrained).is_file():
+        raise ConfigError(f"model.pretrained: weights file not found: {cfg.pretrained}")
+
+
 def pooled_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """(N, F) pooled layer4 of a torchvision ResNet: its forward pass up to, not including, fc,
     so `model.fc(pooled_features(model, x))` is `model(x)` (the OOD gate and the logits from

@@ -30,11 +30,12 @@ from cxr.checkpoint import (
 )
 from cxr.config import RunConfig, load_config, save_config
 from cxr.data.cache import CachedImages
+from cxr.data.leakage import HASH_FILE
 from cxr.data.prepare import PreparedData, prepare_data
 from cxr.errors import CxrError
 from cxr.losses import build_loss
 from cxr.metrics import choose_thresholds, compute_metrics
-from cxr.models import build_model, probabilities
+from cxr.models import build_model, check_pretrained, probabilities
 from cxr.optim import Schedule, build_optimizer
 from cxr.preprocess import normalize, to_unit
 
@@ -253,6 +254,18 @@ def train(
         raise CxrError(
             f"{run_dir} already holds a run; pass --resume to continue it or choose another --out"
         )
+    # What can fail without reading any data fails first, before the run folder is made.
+    check_pretrained(cfg.model)
+    existed = run_dir.exists()
+    try:
+        return _train(cfg, run_dir, resume, progress, on_epoch)
+    except BaseException:
+        if not resume:
+            _discard_unfinished_run(run_dir, existed)
+        raise
+
+
+def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, on_epoch) -> TrainResult:
     # Under torchrun: refuse a bad launch before any work, meet the other processes, check
     # that all run the same config; rank 0 alone writes the run folder (cxr.distributed).
     world = distributed.world_from_env()
@@ -357,6 +370,20 @@ def train(
             run_dir, state["best_epoch"], state["best"], state["history"], best_metrics, world.rank
         )
     return result
+
+
+def _discard_unfinished_run(run_dir: Path, existed: bool) -> None:
+    """After a failure before any weights were saved, remove what this run wrote (config.json,
+    split.csv, ...), and its folder if it made it and it is now empty, so that the same --out
+    can be used again. A run with a checkpoint is kept for --resume."""
+    if distributed.world_from_env().rank != 0:
+        return  # rank 0 alone writes the run folder
+    if (run_dir / "model.safetensors").exists() or (run_dir / "checkpoints").exists():
+        return
+    for name in ("config.json", "split.csv", HASH_FILE, "history.jsonl"):
+        (run_dir / name).unlink(missing_ok=True)
+    if not existed and run_dir.is_dir() and not any(run_dir.iterdir()):
+        run_dir.rmdir()
 
 
 def _data_identity(data: PreparedData) -> dict[str, str]:

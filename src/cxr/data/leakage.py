@@ -68,19 +68,18 @@ class Overlap:
         out = {"patient id": 0, "image name": 0, "identical pixels": 0}
         for reasons in self.matches.values():
             for reason in reasons:
-                out[reason.split(" (")[0]] += 1
+                out[next(k for k in out if reason.startswith(k))] += 1
         return out
 
     def summary(self) -> str:
         """One sentence: how many, how matched, which (the first few)."""
-        sides = " or ".join(self.against)
         by = ", ".join(f"{n} by {k}" for k, n in self.counts().items() if n)
-        shown = [f"{Path(k).name} ({', '.join(r)})" for k, r in list(self.matches.items())[:_SHOWN]]
+        shown = [f"{Path(k).name} ({'; '.join(r)})" for k, r in list(self.matches.items())[:_SHOWN]]
         more = f", and {self.n_images - _SHOWN} more" if self.n_images > _SHOWN else ""
-        patients = f" ({len(self.patients)} patient(s) of the run's {sides} data)"
+        patients = f", {len(self.patients)} patient(s)" if self.patients else ""
         return (
-            f"{self.n_images} of {self.n_evaluated} evaluated image(s) were in the run's {sides} "
-            f"data{patients if self.patients else ''}: {by}; {'; '.join(shown)}{more}"
+            f"{self.n_images} of {self.n_evaluated} evaluated image(s){patients} were in the "
+            f"run's {' or '.join(self.against)} data ({by}): {', '.join(shown)}{more}"
         )
 
     def as_dict(self) -> dict:
@@ -196,17 +195,17 @@ def find_overlap(
     for key, patient in zip(table.keys, table.patient_ids, strict=True):
         real = _real_patient(key, patient)
         if real is not None and real in patients:
-            overlap.add(key, f"patient id ({real}, {patients[real]})", real)
+            overlap.add(key, f"patient id {real} in {patients[real]}", real)
         name = image_name(key)
         if name is not None and name in names:
-            overlap.add(key, f"image name ({names[name][1]})", real)
+            overlap.add(key, f"image name in {names[name][1]}", real)
     if hashes is not None:
         run_hashes = _read_run_hashes(run_dir, against)
         overlap.content_checked = run_hashes is not None
         for key, patient, digest in zip(table.keys, table.patient_ids, hashes, strict=True):
             if run_hashes is not None and digest in run_hashes:
                 other, split = run_hashes[digest]
-                overlap.add(key, f"identical pixels ({Path(other).name}, {split})",
+                overlap.add(key, f"identical pixels to {Path(other).name} in {split}",
                             _real_patient(key, patient))  # fmt: skip
     return overlap
 
