@@ -80,8 +80,12 @@ def test_cli_train_then_evaluate_on_a_folder(kermany_train, tmp_path, capsys):
     result = tmp_path / "eval" / "metrics.json"
     code = main(["evaluate", "--model", str(out), "--data", str(kermany_train),
                  "--json", str(result), "--split", "val"])  # fmt: skip
+    assert code == 2  # its own validation images: refused unless asked (issue 11 item 1)
+    code = main(["evaluate", "--model", str(out), "--data", str(kermany_train),
+                 "--json", str(result), "--split", "val", "--allow-overlap"])  # fmt: skip
     assert code == 0
     metrics = json.loads(result.read_text())
+    assert metrics["leakage"]["n_overlapping_images"] == metrics["n_images"]
     assert set(metrics["auroc"]) == {"NORMAL", "PNEUMONIA"}
     assert 0.0 <= metrics["accuracy"] <= 1.0
     assert metrics["n_images"] == sum(
