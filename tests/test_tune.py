@@ -412,3 +412,20 @@ def test_open_study_refuses_trials_of_a_foreign_study(tmp_path):
     storage = open_storage(None, tmp_path)
     with pytest.raises(StudyError, match="another study"):
         open_study(search_space_from_dict(TINY_SPACE), "new", storage, study_dir=tmp_path)
+
+
+def test_test_data_on_the_study_split_is_refused_before_any_trial(kermany_train, tmp_path,
+                                                                  cache_dir):  # fmt: skip
+    """Issue 11 item 1: `tune --test-data` on images of the study's own train/val split is
+    refused by the leak guard before the search spends any trial; --allow-overlap goes on."""
+    from cxr.config import DataConfig
+    from cxr.data.leakage import LeakageError
+
+    base = _base(kermany_train, tmp_path / "study", cache_dir)
+    space = search_space_from_dict(TINY_SPACE)
+    with pytest.raises(LeakageError, match=r"refusing to tune.*by image name"):
+        run_study(base, space, "leak", n_trials=0, test_data=DataConfig(path=str(kermany_train)),
+                  progress=False)  # fmt: skip
+    assert not (tmp_path / "study" / "trials").exists()
+    run_study(base, space, "leak", n_trials=0, test_data=DataConfig(path=str(kermany_train)),
+              progress=False, allow_overlap=True)  # fmt: skip
