@@ -38,7 +38,7 @@ from cxr.losses import build_loss
 from cxr.models import build_model
 from cxr.optim import build_optimizer
 from cxr.preprocess import normalize
-from cxr.train import batches, select_runtime, to_model
+from cxr.runtime import batches, select_runtime, to_model
 
 KERMANY = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "kermany-pneumonia"
 

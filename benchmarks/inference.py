@@ -1,7 +1,8 @@
 """Inference speed on this machine, in one run: PyTorch eager against ONNX Runtime.
 
 For ResNet-18 and ResNet-50 at 224 px (weights from a seeded initialisation: speed does not
-depend on their values; nothing is downloaded), both `cxr.engine` backends answer the same
+depend on their values; nothing is downloaded), both backends of
+`cxr.inference.backends` answer the same
 real Kermany radiographs, preprocessed exactly as `cxr predict` does:
 
 - images/s and median latency per call at batch 1 and batch 32, the backends alternating
@@ -34,12 +35,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cxr.batch_predict import predict_files
 from cxr.checkpoint import save_weights
 from cxr.config import RunConfig, save_config
 from cxr.data.image_io import decode_image
-from cxr.engine import cpu_cores, make_engine
-from cxr.export import export_run
+from cxr.inference import make_engine
+from cxr.inference.backends import cpu_cores
+from cxr.inference.batch import predict_files
+from cxr.inference.export import export_run
 from cxr.models import build_model
 from cxr.preprocess import preprocess
 

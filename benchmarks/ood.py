@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from cxr.config import config_from_dict
-from cxr.evaluate import load_run
-from cxr.ood import OodGate
-from cxr.ood_fit import fit_ood_gate_for_run, iter_split_images
-from cxr.ood_probes import probe_inputs
+from cxr.ood.fit import fit_ood_gate_for_run, iter_split_images
+from cxr.ood.gate import OodGate
+from cxr.ood.probes import probe_inputs
+from cxr.run import load_run
 from cxr.train import train
 
 KERMANY = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "kermany-pneumonia"

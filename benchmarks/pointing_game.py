@@ -4,7 +4,8 @@ Trains a ResNet-18 on phantoms with planted lesions (or reuses a run trained on 
 the held-out test split (patients never seen in training or threshold choice), asks per finding
 and method: does the heatmap's maximum fall in the lesion mask (dilated by 3% of the side), how
 much of its mass lies in the mask, does it lean to the lesion's side, against random maps on the
-same grid and a map fixed at the centre. See `cxr.explain.pointing_game` for the definitions.
+same grid and a map fixed at the centre. See `cxr.explain.pointing.pointing_game` for the
+definitions.
 
     .venv/bin/python benchmarks/pointing_game.py                 # trains: 600 phantoms, 128 px
     .venv/bin/python benchmarks/pointing_game.py --run runs/demo-...   # reuse a synthetic run
@@ -30,7 +31,7 @@ from cxr.data.image_io import decode_image
 from cxr.data.splits import keys_in_split
 from cxr.data.synthetic import load_masks
 from cxr.explain import format_pointing_table, heatmaps, overlay, pointing_game
-from cxr.inference import Predictor
+from cxr.inference.predictor import Predictor
 from cxr.train import train
 
 
@@ -102,7 +103,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--split", default="test", choices=["test", "val"])
     ap.add_argument("--methods", nargs="+", default=["gradcam", "gradcam++"])
-    ap.add_argument("--layer", default="layer4", choices=["layer4", "layer3"])
+    ap.add_argument("--layer", default="last", choices=["last", "finer", "layer4", "layer3"])
     args = ap.parse_args()
 
     if args.run:

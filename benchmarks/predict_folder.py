@@ -29,10 +29,10 @@ from pathlib import Path
 import numpy as np
 from inference import make_run, real_files  # benchmarks/inference.py, beside this file
 
-from cxr.engine import cpu_cores
-from cxr.export import export_run
-from cxr.predict_folder import predict_folder
-from cxr.serve.engine import Engine
+from cxr.inference.analysis import Analyser as Engine
+from cxr.inference.backends import cpu_cores
+from cxr.inference.export import export_run
+from cxr.inference.folder import predict_folder
 
 
 def per_file(run: Path, files: list[Path], gate: bool) -> tuple[float, dict[str, float]]:
@@ -59,8 +59,8 @@ def fit_gate(run: Path, n_files: int) -> None:
     """The run's OOD gate, fitted on 200 real Kermany images that are not predicted here."""
     from cxr.config import RunConfig
     from cxr.data.image_io import decode_image
-    from cxr.ood import OodConfig
-    from cxr.ood_fit import fit_ood_gate
+    from cxr.ood.fit import fit_ood_gate
+    from cxr.ood.gate import OodConfig
     from cxr.preprocess import preprocess
 
     cfg = RunConfig.model_validate_json((run / "config.json").read_text()).preprocess

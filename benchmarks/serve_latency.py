@@ -117,8 +117,9 @@ def main() -> None:
 
     from waitress import create_server
 
+    from cxr.config import serve_config
+    from cxr.inference.analysis import Analyser as Engine
     from cxr.serve import create_app
-    from cxr.serve.engine import Engine, serve_config
     from cxr.serve.server import waitress_options
 
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # "queue depth" is expected here

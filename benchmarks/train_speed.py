@@ -24,7 +24,8 @@ from cxr.data.folder import read_folder
 from cxr.losses import build_loss
 from cxr.models import build_model
 from cxr.optim import Schedule, build_optimizer
-from cxr.train import select_runtime, train_one_epoch
+from cxr.runtime import select_runtime
+from cxr.train import train_one_epoch
 
 KERMANY = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "kermany-pneumonia"
 

@@ -33,9 +33,9 @@ import yaml
 from optuna.trial import TrialState
 
 from cxr.config import config_from_dict, load_config
-from cxr.search_space import DEFAULT_SPACE, search_space_from_dict
 from cxr.train import train
-from cxr.tune import epochs_spent, run_study, shared_split
+from cxr.tune.space import DEFAULT_SPACE, search_space_from_dict
+from cxr.tune.study import epochs_spent, run_study, shared_split
 
 KERMANY = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "kermany-pneumonia"
 

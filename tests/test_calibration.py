@@ -136,7 +136,7 @@ def _calibration(run, temperature, thresholds):
 
 
 def test_predictor_applies_the_saved_temperature_and_its_thresholds(tmp_path):
-    from cxr.inference import Predictor
+    from cxr.inference.predictor import Predictor
 
     run = _untrained_run(tmp_path)
     image = np.random.default_rng(0).random((40, 48)).astype(np.float32)

@@ -28,7 +28,6 @@ def test_yaml_config(tmp_path):
     [
         ({"train": {"learning_rate": 1}}, "train.learning_rate"),
         ({"train": {"lr": -1}}, "train.lr"),
-        ({"model": {"arch": "vgg16"}}, "model.arch"),
         ({"preprocess": {"filter": "sharpen"}}, "preprocess.filter"),
     ],
 )
@@ -37,6 +36,18 @@ def test_bad_config_names_the_field(tmp_path, raw, field):
     path.write_text(json.dumps(raw))
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         load_config(path)
+
+
+def test_unknown_architecture_is_refused_before_any_data_work(tmp_path, capsys):
+    """The architecture names live in the model registry (cxr.models), which the config module
+    cannot import (data flows one way), so `cxr train` checks it first, before reading data."""
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"model": {"arch": "vgg16"}, "data": {"path": "/nowhere"}}))
+    assert main(["train", "--config", str(path), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "model.arch" in err and "vgg16" in err and "densenet121" in err
+    assert "/nowhere" not in err  # refused before the data was looked at
+    assert not (tmp_path / "r").exists()
 
 
 def test_cli_reports_bad_input_without_traceback(tmp_path, capsys):

@@ -39,7 +39,8 @@ from cxr.distributed import (
     world_from_env,
 )
 from cxr.errors import ConfigError
-from cxr.train import batches, train
+from cxr.runtime import batches
+from cxr.train import train
 
 ENV = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29555"}
 

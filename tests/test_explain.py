@@ -13,17 +13,16 @@ import numpy as np
 import pytest
 import torch
 
-from cxr import explain
 from cxr.cli import main
 from cxr.config import ModelConfig, PreprocessConfig, RunConfig, config_from_dict
 from cxr.data.image_io import decode_image
 from cxr.data.splits import keys_in_split
 from cxr.data.synthetic import load_masks
 from cxr.errors import CxrError
-from cxr.evaluate import LoadedRun
-from cxr.explain import format_pointing_table, heatmaps, overlay, pointing_game
-from cxr.inference import Predictor
+from cxr.explain import format_pointing_table, gradcam, heatmaps, overlay, pointing, pointing_game
+from cxr.inference.predictor import Predictor
 from cxr.models import build_model
+from cxr.run import LoadedRun
 from cxr.train import train
 
 # 80 px: the smallest input whose layer4 grid is 3 x 3 (at 64 px it is 2 x 2, whose cell
@@ -96,7 +95,7 @@ class _InputBrightnessCam:
 def test_heatmap_lies_on_the_original_pixels_of_non_square_images(
     tmp_path, monkeypatch, shape, box, resize
 ):
-    monkeypatch.setattr(explain, "_cam_classes", lambda: {"gradcam": _InputBrightnessCam})
+    monkeypatch.setattr(gradcam, "_cam_classes", lambda: {"gradcam": _InputBrightnessCam})
     predictor = _untrained_predictor(tmp_path, resize=resize)
     image = np.full(shape, 0.1, np.float32)
     r0, r1, c0, c1 = box
@@ -154,8 +153,8 @@ def test_heatmap_of_a_non_square_crop_still_finds_the_heart(phantom_run, predict
         mask = mask[:, 48:224]
         heat = heatmaps(predictor, image, ["Cardiomegaly"], layer="layer3")["Cardiomegaly"]
         assert heat.shape == image.shape
-        hits.append(explain.pointing_hit(heat, mask, 8))
-        chance.append(explain.dilate(mask, 8).mean())  # a uniformly random maximum's odds
+        hits.append(pointing.pointing_hit(heat, mask, 8))
+        chance.append(pointing.dilate(mask, 8).mean())  # a uniformly random maximum's odds
         if len(hits) == 12:
             break
     assert np.mean(hits) >= np.mean(chance) + 0.25, (np.mean(hits), np.mean(chance))

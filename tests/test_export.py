@@ -13,11 +13,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from tiny_runs import train_kermany_run
 
-from cxr.batch_predict import predict_files
 from cxr.cli import main
 from cxr.data.image_io import decode_image
-from cxr.engine import OnnxEngine, TorchEngine, make_engine
 from cxr.errors import ConfigError, CxrError
+from cxr.inference import OnnxEngine, TorchEngine, make_engine
+from cxr.inference.batch import predict_files
 from cxr.preprocess import preprocess
 
 pytestmark = pytest.mark.slow
@@ -77,8 +77,8 @@ def test_both_backends_give_the_gate_features_from_the_same_pass(exported, kerma
     """With the OOD gate on, `cxr serve` and `cxr predict` take the gate's features from the
     forward pass that gives the probabilities (PyTorch, and the ONNX graph's second output):
     they must be what the gate would compute on its own."""
-    from cxr.evaluate import load_run
-    from cxr.ood import penultimate_features
+    from cxr.ood.gate import penultimate_features
+    from cxr.run import load_run
 
     torch_engine = make_engine(exported, backend="torch")
     _, pixels = _real_images(kermany_train, 6, torch_engine.info.preprocess)
@@ -98,7 +98,7 @@ def test_an_export_without_the_features_output_still_serves(exported, kermany_tr
     """Exports from contract version 1 (logits only) load; the gate then runs its own pass."""
     import onnx
 
-    from cxr.export import file_sha256
+    from cxr.inference.contract import file_sha256
 
     copy = _copy(exported, tmp_path)
     model = onnx.load(str(copy / "model.onnx"))
@@ -195,7 +195,7 @@ def test_cli_export_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
 def test_serve_and_predict_can_answer_with_onnx_runtime(exported, kermany_train, tmp_path):
     """The ONNX backend behind Predictor (so `cxr serve` and `cxr predict`) gives the same
     probabilities as PyTorch on a real X-ray."""
-    from cxr.inference import Predictor
+    from cxr.inference.predictor import Predictor
     from cxr.serve import create_app
 
     image_path = sorted((kermany_train / "PNEUMONIA").glob("*.jpeg"))[0]

@@ -13,17 +13,16 @@ from tiny_runs import train_kermany_run
 
 from cxr.cli import main
 from cxr.data.image_io import to_unit_grey
-from cxr.errors import CxrError
-from cxr.evaluate import load_run
-from cxr.ood import (
+from cxr.errors import CxrError, NotAChestXray
+from cxr.ood.fit import fit_ood_gate, fit_ood_gate_for_run, flag_rate, iter_split_images
+from cxr.ood.gate import (
     GATE_FILE,
     OodConfig,
     OodGate,
-    OutOfDistributionError,
     colourfulness,
 )
-from cxr.ood_fit import fit_ood_gate, fit_ood_gate_for_run, flag_rate, iter_split_images
-from cxr.ood_probes import colour_photo, probe_inputs
+from cxr.ood.probes import colour_photo, probe_inputs
+from cxr.run import load_run
 
 pytestmark = pytest.mark.slow
 
@@ -87,7 +86,7 @@ def test_refuse_raises_and_warn_only_flags(kermany_run, gate):
     result = gate.enforce(image, photo)
     assert not result.ok and not result.refused
     refusing = OodGate.load(kermany_run, run=gate.run, action="refuse")
-    with pytest.raises(OutOfDistributionError, match="colour"):
+    with pytest.raises(NotAChestXray, match="colour"):
         refusing.enforce(image, photo)
 
 
@@ -102,7 +101,7 @@ def test_gate_saved_in_the_run_folder_loads_with_the_same_verdicts(kermany_run, 
 
 def test_batched_check_gives_the_per_image_verdicts(gate, val_images):
     """`cxr predict` judges a batch with one forward pass: the same verdicts and scores."""
-    from cxr.ood import contrast
+    from cxr.ood.gate import contrast
     from cxr.preprocess import preprocess
 
     images = [image for image, _ in val_images[:5]] + [1.0 - val_images[0][0]]

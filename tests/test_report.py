@@ -27,7 +27,7 @@ from cxr.calibration import apply_temperature
 from cxr.cli import main
 from cxr.config import config_from_dict
 from cxr.metrics import choose_thresholds
-from cxr.report import OPERATING_POINTS, ScoredImages, analyse
+from cxr.report.build import OPERATING_POINTS, ScoredImages, analyse
 
 CHROMIUM = Path("/usr/bin/chromium")
 SECTIONS = ("summary", "operating", "curves", "calibration", "subgroups", "tta", "gallery",
@@ -180,7 +180,7 @@ def test_a_finding_without_positives_is_not_estimable():
 def test_split_auto_refuses_the_training_data_of_a_run_without_a_test_split(tmp_path):
     from cxr.data.table import ImageTable
     from cxr.errors import DataError
-    from cxr.report import select_split
+    from cxr.report.build import select_split
 
     (tmp_path / "split.csv").write_text("key,patient_id,split\na,1,train\nb,2,val\n")
     own = ImageTable(["a", "b"], np.eye(2), ["x", "y"], "multiclass", ["1", "2"])
@@ -282,7 +282,7 @@ def test_report_of_a_real_run_has_intervals_calibration_tta_and_a_model_card(
     assert all(href.startswith("#") for href in re.findall(r'href="([^"]*)"', html))
     assert "<script" not in html.lower() and "<link" not in html.lower()
     try:
-        import cxr.explain  # noqa: F401
+        import cxr.explain.gradcam  # noqa: F401
     except ImportError:
         assert "left out" in report["gallery"]["note"]
     else:
@@ -294,15 +294,15 @@ def test_report_of_a_real_run_has_intervals_calibration_tta_and_a_model_card(
 def test_operating_points_and_temperature_do_not_depend_on_the_evaluated_labels(
     kermany_report, kermany_run, tmp_path
 ):
-    from cxr.calibration import predict_logits, validation_images
-    from cxr.evaluate import load_run
-    from cxr.train import select_runtime
+    from cxr.calibration import validation_images
+    from cxr.run import load_run
+    from cxr.runtime import forward, select_runtime
 
     report = _load(kermany_report)
     # 1. The thresholds are exactly those chosen on the run's validation images.
     run = load_run(kermany_run)
     images = validation_images(run, progress=False)
-    logits = predict_logits(run.model, images, select_runtime("cpu"), progress=False)
+    logits, _ = forward(run.model, images.pixels, select_runtime("cpu"))
     val_probs = apply_temperature(logits, run.task, report["method"]["calibration"]["temperature"])
     for method in OPERATING_POINTS:
         expected = choose_thresholds(images.table.labels, val_probs, run.task, method)
@@ -337,7 +337,7 @@ def test_operating_points_and_temperature_do_not_depend_on_the_evaluated_labels(
 def test_cli_calibrate_saves_the_temperature_the_predictor_uses(kermany_report, kermany_run,
                                                                 capsys):  # fmt: skip
     from cxr.calibration import load_calibration
-    from cxr.inference import Predictor
+    from cxr.inference.predictor import Predictor
 
     assert main(["calibrate", "--model", str(kermany_run)]) == 0
     assert "temperature" in capsys.readouterr().out

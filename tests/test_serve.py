@@ -19,8 +19,9 @@ from dicom_files import dicom_bytes
 from cxr import NOT_A_MEDICAL_DEVICE
 from cxr.cli import main
 from cxr.data.image_io import decode_image
+from cxr.inference.analysis import Analyser as Engine
+from cxr.inference.analysis import heatmap_rgba
 from cxr.serve import create_app
-from cxr.serve.engine import Engine, heatmap_rgba
 from cxr.serve.server import waitress_options
 
 pytestmark = pytest.mark.slow
@@ -193,7 +194,6 @@ def test_predict_real_kermany_jpeg(client, engine, spec, kermany_jpeg):
 
 
 def test_predict_real_nih_png_with_heatmaps_for_every_finding(client, engine, spec, nih_png):
-    pytest.importorskip("cxr.explain")
     body = upload(client, nih_png.read_bytes(), nih_png.name, heatmaps="all").get_json()
     assert_well_formed(body, engine, spec)
     assert (body["image"]["width"], body["image"]["height"]) == (512, 512)
@@ -208,7 +208,6 @@ def test_predict_real_nih_png_with_heatmaps_for_every_finding(client, engine, sp
 
 
 def test_heatmaps_for_the_findings_asked_for(client, engine, kermany_jpeg):
-    pytest.importorskip("cxr.explain")
     data = kermany_jpeg.read_bytes()
     body = upload(client, data, "a.jpeg", heatmaps="NORMAL").get_json()
     assert list(body["heatmaps"]) == ["NORMAL"]
@@ -219,16 +218,6 @@ def test_heatmaps_for_the_findings_asked_for(client, engine, kermany_jpeg):
     assert set(body["heatmaps"]) == expected
     body = upload(client, data, "a.jpeg", heatmaps="top", overlays="true").get_json()
     assert decode_data_url(body["overlays"][body["top_finding"]]).shape == (224, 224, 3)
-
-
-def test_missing_gradcam_module_degrades_to_a_warning(client, kermany_jpeg, monkeypatch):
-    import sys
-
-    monkeypatch.setitem(sys.modules, "cxr.explain", None)  # import fails as if not installed
-    response = upload(client, kermany_jpeg.read_bytes(), "a.jpeg", heatmaps="all")
-    assert response.status_code == 200
-    body = response.get_json()
-    assert body["heatmaps"] == {} and "Grad-CAM is not available" in body["warnings"][0]
 
 
 def test_predict_dicom_built_from_a_real_image(client, engine, spec, nih_pixels):
@@ -366,10 +355,10 @@ def test_ood_gate_verdicts(engine, kermany_jpeg, monkeypatch, ok, action, status
 def test_real_ood_gate_fitted_on_the_run(run_dir, kermany_jpeg, tmp_path):
     import shutil
 
-    ood = pytest.importorskip("cxr.ood")
+    from cxr.ood import gate as ood
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)
-    from cxr.ood_fit import fit_ood_gate_for_run
+    from cxr.ood.fit import fit_ood_gate_for_run
 
     fit_ood_gate_for_run(copy, ood.OodConfig(action="refuse"), progress=False)
     client = make_client(Engine({"model": str(copy)}))
@@ -552,9 +541,9 @@ def test_cli_predict_rows_agree_with_the_api_and_the_gate_refuses_in_batches(
     probabilities and OOD verdict that POST /api/predict gives it."""
     import shutil
 
-    from cxr.export import export_run
-    from cxr.ood import OodConfig
-    from cxr.ood_fit import fit_ood_gate_for_run
+    from cxr.inference.export import export_run
+    from cxr.ood.fit import fit_ood_gate_for_run
+    from cxr.ood.gate import OodConfig
 
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)

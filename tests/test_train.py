@@ -118,7 +118,8 @@ def test_no_training_batch_of_one_image(kermany_train, tmp_path):
     from cxr.losses import build_loss
     from cxr.models import build_model
     from cxr.optim import Schedule, build_optimizer
-    from cxr.train import batches, select_runtime, train_one_epoch
+    from cxr.runtime import batches, select_runtime
+    from cxr.train import train_one_epoch
 
     cfg = _cfg(kermany_train, tmp_path)
     table = read_table(cfg.data)

@@ -18,8 +18,8 @@ from optuna.trial import TrialState
 from cxr.cli import main
 from cxr.config import RunConfig, config_from_dict, load_config
 from cxr.errors import ConfigError, CxrError
-from cxr.search_space import load_search_space, search_space_from_dict
-from cxr.tune import (
+from cxr.tune.space import load_search_space, search_space_from_dict
+from cxr.tune.study import (
     EpochReporter,
     StudyError,
     fail_dead_trials,

@@ -5,7 +5,7 @@ sigmoid or softmax. T is fitted by minimising the negative log-likelihood on the
 VALIDATION split only, and saved in the run folder as `calibration.json`, with the
 thresholds re-chosen (Youden's J) on the calibrated validation probabilities.
 
-One scale everywhere: where calibration.json exists, `cxr.inference.Predictor` (hence
+One scale everywhere: where calibration.json exists, `cxr.inference.predictor.Predictor` (hence
 `cxr predict` and `cxr serve`) and `cxr report` give calibrated probabilities and compare them
 with these calibrated thresholds. For sigmoid outputs and two-class softmax the calibrated
 probability is a strictly increasing function of the raw one, so the calls (positive or not)
@@ -26,17 +26,19 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from scipy.optimize import minimize_scalar
 from scipy.special import expit, log_softmax, logsumexp, softmax
-from tqdm.auto import tqdm
 
 from cxr.checkpoint import write_json
+from cxr.data.cache import build_cache
+from cxr.data.prepare import resolve_table
 from cxr.errors import CxrError, DataError
 from cxr.metrics import TASKS, choose_thresholds
+from cxr.run import RunDir, load_run, split_keys
+from cxr.runtime import forward, select_runtime
 
 N_BINS = 15
-CALIBRATION_FILE = "calibration.json"
+CALIBRATION_FILE = "calibration.json"  # RunDir.calibration's name, for messages
 T_BOUNDS = (0.05, 20.0)  # a T outside this means a broken model or split, not miscalibration
 _EPS = 1e-7  # clip for probabilities turned back into logits (float32 sigmoid saturates ~1e-7)
 
@@ -245,21 +247,21 @@ class Calibration:
 def model_fingerprint(run_dir: str | Path) -> str:
     """sha256 of model.safetensors: calibration.json belongs to exactly these weights."""
     digest = hashlib.sha256()
-    with open(Path(run_dir) / "model.safetensors", "rb") as fh:
+    with open(RunDir(run_dir).weights, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
 
 
 def save_calibration(run_dir: str | Path, calibration: Calibration) -> Path:
-    path = Path(run_dir) / CALIBRATION_FILE
+    path = RunDir(run_dir).calibration
     write_json(path, asdict(calibration))
     return path
 
 
 def load_calibration(run_dir: str | Path) -> Calibration | None:
     """The run's calibration, or None when it has none or it was fitted for other weights."""
-    path = Path(run_dir) / CALIBRATION_FILE
+    path = RunDir(run_dir).calibration
     if not path.is_file():
         return None
     try:
@@ -285,48 +287,12 @@ def load_calibration(run_dir: str | Path) -> Calibration | None:
 # ---------------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
-def predict_logits(
-    model: torch.nn.Module,
-    images,
-    rt,
-    transform=None,
-    batch_size: int = 64,
-    progress: bool = True,
-    desc: str = "predict",
-) -> np.ndarray:
-    """Logits (N, K) float64 for every cached image, in table order (`predict_cached` in logits).
-
-    transform: optional function of a float (B, 1, S, S) batch in [0, 1] (test-time views).
-    """
-    from cxr.preprocess import normalize
-    from cxr.train import _autocast, batches, to_model
-
-    model.eval()
-    out = []
-    bar = tqdm(total=len(images.table), desc=desc, unit="img", disable=not progress, leave=False)
-    for x, _ in batches(images, batch_size, None):
-        x = to_model(x, rt)
-        if transform is not None:
-            x = transform(x)
-        with _autocast(rt):
-            logits = model(normalize(x))
-        out.append(logits.float().cpu().numpy())
-        bar.update(len(x))
-    bar.close()
-    return np.concatenate(out).astype(np.float64)
-
-
 def validation_images(run, progress: bool = True):
     """The run's validation images (CachedImages), rebuilt from config.json and split.csv.
 
     Operating points and the temperature come from these images only, never from the data a
     report evaluates.
     """
-    from cxr.data.cache import build_cache
-    from cxr.data.prepare import resolve_table
-    from cxr.data.splits import keys_in_split
-
     cfg = run.config
     try:
         table = resolve_table(cfg.data, cfg.train.cache_dir, progress)
@@ -335,7 +301,7 @@ def validation_images(run, progress: bool = True):
             f"cannot rebuild the run's validation split from its training data "
             f"(config.json data.path {cfg.data.path!r}; run from the folder the run was trained "
             f"in): {exc}",
-            path=str(Path(run.run_dir) / "config.json"),
+            path=str(run.files.config),
         ) from None
     if table.findings != run.findings or table.task != run.task:
         raise DataError(
@@ -343,13 +309,13 @@ def validation_images(run, progress: bool = True):
             f"{run.task} labels {run.findings}",
             path=cfg.data.path,
         )
-    wanted = keys_in_split(Path(run.run_dir) / "split.csv", "val")
+    wanted = split_keys(run.run_dir, "val")
     index = [i for i, key in enumerate(table.keys) if key in wanted]
     if not index:
         raise DataError(
             f"none of the run's validation images (split.csv) are in {cfg.data.path!r}; run from "
             "the folder the run was trained in",
-            path=str(Path(run.run_dir) / "split.csv"),
+            path=str(run.files.split),
         )
     return build_cache(
         table.subset(index), cfg.preprocess, cfg.train.cache_dir, cfg.data.skip_bad,
@@ -378,7 +344,7 @@ def fit_calibration(
 
 
 def calibrate_run(
-    run_dir: str | Path, progress: bool = True, allow_overlap: bool = False
+    run_dir: str | Path, progress: bool = True, device: str = "auto", allow_overlap: bool = False
 ) -> Calibration:
     """Fit T on the run's validation split and save calibration.json in the run folder.
 
@@ -386,16 +352,13 @@ def calibrate_run(
     cxr.data.leakage) are refused unless allow_overlap, and then calibration.json says so.
     """
     from cxr.data.leakage import check_overlap, find_overlap, pixel_hashes
-    from cxr.evaluate import load_run
-    from cxr.train import select_runtime
 
-    run = load_run(run_dir)
-    rt = select_runtime(run.config.train.device)
-    run.model.to(rt.device)
+    rt = select_runtime(device)
+    run = load_run(run_dir, rt.device)
     images = validation_images(run, progress)
     overlap = find_overlap(images.table, run_dir, pixel_hashes(images.pixels), ("train",))
     check_overlap(overlap, allow_overlap, "calibrate")
-    logits = predict_logits(run.model, images, rt, progress=progress, desc="validation")
+    logits, _ = forward(run.model, images.pixels, rt, progress=progress, desc="validation")
     calibration = fit_calibration(run_dir, logits, images.table.labels, run.task, run.findings)
     if overlap.n_images:
         calibration.leakage = overlap.as_dict()

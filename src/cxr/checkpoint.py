@@ -18,6 +18,8 @@ from torch import nn
 
 from cxr.errors import CxrError
 
+WEIGHTS_FILE = "model.safetensors"  # a run's weights, and each checkpoint's
+
 CHECKPOINTS = "checkpoints"
 KEEP_LAST = 2
 
@@ -57,7 +59,7 @@ def save_checkpoint(run_dir: Path, epoch: int, model: nn.Module, trainer_state: 
     tmp = root / f".tmp_epoch_{epoch:04d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_weights(model, tmp / "model.safetensors")
+    save_weights(model, tmp / WEIGHTS_FILE)
     torch.save(trainer_state, tmp / "trainer_state.pt")
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
@@ -72,5 +74,5 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def load_checkpoint(path: Path, model: nn.Module) -> dict:
-    load_weights(model, path / "model.safetensors")
+    load_weights(model, path / WEIGHTS_FILE)
     return torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=True)

@@ -8,18 +8,23 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cxr.errors import ConfigError
 
 
-class _Strict(BaseModel):
+class StrictConfig(BaseModel):
+    """The one base of every config: unknown fields are errors, values are immutable."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class DataConfig(_Strict):
+C = TypeVar("C", bound=StrictConfig)
+
+
+class DataConfig(StrictConfig):
     """Where the images are and how they are split."""
 
     path: str = "synthetic"
@@ -45,7 +50,7 @@ class DataConfig(_Strict):
     synthetic_count: int = Field(600, gt=0)
 
 
-class PreprocessConfig(_Strict):
+class PreprocessConfig(StrictConfig):
     """Deterministic preprocessing, shared by training, evaluation and serving.
 
     Its hash keys the on-disk cache, so every field here must change the output pixels.
@@ -60,7 +65,7 @@ class PreprocessConfig(_Strict):
     filter_size: int = Field(3, ge=1, le=31, description="kernel size (odd) or sigma scale")
 
 
-class AugmentConfig(_Strict):
+class AugmentConfig(StrictConfig):
     """Training-only augmentation; `strength` scales every magnitude at once (for tuning)."""
 
     enabled: bool = True
@@ -76,14 +81,17 @@ class AugmentConfig(_Strict):
     hflip: bool = Field(False, description="off by default: the heart is on one side")
 
 
-class ModelConfig(_Strict):
-    arch: Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"] = "resnet18"
+class ModelConfig(StrictConfig):
+    arch: str = Field(
+        "resnet18",
+        description="resnet18..resnet152, densenet121, efficientnet_b0, convnext_tiny (cxr.models)",
+    )
     pretrained: str = Field(
         "none", description="'none' (from scratch), 'imagenet' (torchvision download) or a file"
     )
 
 
-class TrainConfig(_Strict):
+class TrainConfig(StrictConfig):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(32, ge=1)
     optimizer: Literal["sgd", "adam", "adamw"] = "adamw"
@@ -108,7 +116,34 @@ class TrainConfig(_Strict):
     cache_dir: str = ".cache/cxr"
 
 
-class RunConfig(_Strict):
+class ServeConfig(StrictConfig):
+    """How the API serves one run; every field has a `cxr serve` flag."""
+
+    model: str = Field(description="run folder written by `cxr train`")
+    device: str = "cpu"
+    backend: Literal["torch", "onnx"] = Field(
+        "torch", description="onnx: ONNX Runtime on RUN/model.onnx (`cxr export` first)"
+    )
+    max_upload_mb: float = Field(32.0, gt=0, description="largest accepted file")
+    max_pixels: int = Field(40_000_000, gt=0, description="larger images are refused unread")
+    max_batch_files: int = Field(32, ge=1)
+    max_batch_mb: float = Field(128.0, gt=0, description="largest batch request")
+    save_uploads: str | None = Field(None, description="folder to keep uploads in; off if None")
+    web_dir: str | None = Field(None, description="built front end; None: web/dist if built")
+    ood_gate: bool = Field(True, description="use the run's out-of-distribution gate, if any")
+    colour_check: bool = True
+    display_size: int = Field(1024, ge=64, le=4096, description="long side of returned images")
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def max_batch_bytes(self) -> int:
+        return int(self.max_batch_mb * 1024 * 1024)
+
+
+class RunConfig(StrictConfig):
     data: DataConfig = DataConfig()
     preprocess: PreprocessConfig = PreprocessConfig()
     augment: AugmentConfig = AugmentConfig()
@@ -136,13 +171,24 @@ def load_config(path: str | Path) -> RunConfig:
 
 
 def config_from_dict(raw: dict, source: str = "config") -> RunConfig:
+    return validated(RunConfig, raw, source)
+
+
+def validated(kind: type[C], raw: C | dict, source: str) -> C:
+    """`raw` as a `kind` config; a ConfigError naming each bad field otherwise."""
+    if isinstance(raw, kind):
+        return raw
     try:
-        return RunConfig.model_validate(raw)
+        return kind.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(f"{source}: {_describe(exc)}") from None
+        raise ConfigError(f"{source}: {describe_validation_error(exc)}") from None
 
 
-def _describe(exc: ValidationError) -> str:
+def serve_config(raw: ServeConfig | dict) -> ServeConfig:
+    return validated(ServeConfig, raw, "serve config")
+
+
+def describe_validation_error(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():
         field = ".".join(str(p) for p in err["loc"])

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from cxr.errors import ConfigError, CxrError
+from cxr.errors import ConfigError, DataError, DistributedError
 
 T = TypeVar("T")
 
@@ -52,10 +52,6 @@ TIMEOUT_ENV = "CXR_DIST_TIMEOUT_S"
 # Long enough for rank 0 to build a large preprocessing cache while the others wait at a
 # barrier (NIH's 112k images take tens of minutes); override with CXR_DIST_TIMEOUT_S.
 DEFAULT_TIMEOUT_S = 3600
-
-
-class DistributedError(CxrError):
-    """The processes of a distributed launch do not agree, or the launch is malformed."""
 
 
 @dataclass(frozen=True)
@@ -326,7 +322,7 @@ def training_batches(n: int, batch_size: int) -> list[slice]:
     image joins the batch before it, since BatchNorm cannot normalise one image (at small
     sizes the 1x1 maps of layer4 make train-mode BatchNorm raise)."""
     if n < 2:
-        raise CxrError(f"the training split has {n} image(s): training needs at least 2")
+        raise DataError(f"the training split has {n} image(s): training needs at least 2")
     bounds = list(range(0, n, batch_size)) + [n]
     if n - bounds[-2] == 1 and len(bounds) > 2:
         del bounds[-2]

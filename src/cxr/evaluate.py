@@ -2,62 +2,20 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from cxr.checkpoint import load_weights, write_json
-from cxr.config import DataConfig, RunConfig, load_config
+from cxr.checkpoint import write_json
+from cxr.config import DataConfig, RunConfig
 from cxr.data.cache import CachedImages, build_cache
 from cxr.data.leakage import Overlap, check_overlap, find_overlap, pixel_hashes
 from cxr.data.prepare import resolve_table
-from cxr.data.splits import keys_in_split
 from cxr.data.table import ImageTable
-from cxr.errors import ConfigError, CxrError, DataError
+from cxr.errors import ConfigError, DataError
 from cxr.metrics import compute_metrics
-from cxr.models import build_model
+from cxr.models import probabilities_numpy
 from cxr.plots import plot_confusion, plot_pr, plot_roc
-from cxr.train import predict_cached, select_runtime
-
-
-@dataclass
-class LoadedRun:
-    """A trained model with everything needed to use it: config, findings, thresholds."""
-
-    run_dir: Path
-    config: RunConfig
-    model: torch.nn.Module
-    findings: list[str]
-    task: str
-    thresholds: np.ndarray
-    info: dict
-
-
-def read_run_files(run_dir: str | Path) -> tuple[RunConfig, dict]:
-    """config.json and model.json of a finished run; a clear error if any run file is missing."""
-    run_dir = Path(run_dir)
-    for name in ("config.json", "model.json", "model.safetensors"):
-        if not (run_dir / name).is_file():
-            raise CxrError(
-                f"{run_dir} is not a finished run: {name} is missing "
-                "(train one with `cxr train`, or finish it with `cxr train --resume`)"
-            )
-    return load_config(run_dir / "config.json"), json.loads((run_dir / "model.json").read_text())
-
-
-def load_run(run_dir: str | Path, device: str = "cpu") -> LoadedRun:
-    """Load config.json, model.json and model.safetensors from a finished run folder."""
-    run_dir = Path(run_dir)
-    cfg, info = read_run_files(run_dir)
-    model = build_model(cfg.model.model_copy(update={"pretrained": "none"}), len(info["findings"]))
-    load_weights(model, run_dir / "model.safetensors")
-    model.to(device).eval()
-    thresholds = np.array([info["thresholds"][f] for f in info["findings"]], dtype=np.float64)
-    return LoadedRun(run_dir, cfg, model, info["findings"], info["task"], thresholds, info)
-
+from cxr.run import LoadedRun, load_run, split_keys
+from cxr.runtime import forward, select_runtime
 
 # DataConfig fields that decide what a label is: evaluation data is read with the run's values.
 LABEL_FIELDS = ("uncertain",)
@@ -105,6 +63,7 @@ def evaluate_run(
     plots_dir: str | Path | None = None,
     split: str | None = None,
     progress: bool = True,
+    device: str = "auto",
     allow_overlap: bool = False,
 ) -> dict:
     """Metrics of the run on every image of `data`, thresholds from the run's validation split.
@@ -113,10 +72,9 @@ def evaluate_run(
     Images or patients the run was trained or validated on are refused (cxr.data.leakage)
     unless allow_overlap, and then the JSON's first key says so.
     """
-    run = load_run(run_dir)
+    rt = select_runtime(device)  # this machine's, never the training run's
+    run = load_run(run_dir, rt.device)
     data = data_for_run(run.config, data)
-    rt = select_runtime(run.config.train.device)
-    run.model.to(rt.device)
     table = resolve_table(data, run.config.train.cache_dir, progress)
     if table.findings != run.findings or table.task != run.task:
         raise DataError(
@@ -125,12 +83,13 @@ def evaluate_run(
             path=data.path,
         )
     if split is not None:
-        wanted = keys_in_split(Path(run_dir) / "split.csv", split)
+        wanted = split_keys(run_dir, split)
         table = table.subset([i for i, key in enumerate(table.keys) if key in wanted])
         if len(table) == 0:
             raise DataError(f"the run's split.csv has no {split!r} images", path=data.path)
     images, overlap = guarded_cache(table, run, data.skip_bad, allow_overlap, progress)
-    scores = predict_cached(run.model, images, run.task, rt)
+    logits, _ = forward(run.model, images.pixels, rt, progress=progress, desc="evaluate")
+    scores = probabilities_numpy(logits, run.task)
     y = images.table.labels
     metrics = {"leakage": overlap.as_dict()}
     metrics |= compute_metrics(y, scores, run.findings, run.task, run.thresholds)

@@ -33,7 +33,7 @@ def _check_task(task: str) -> None:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
 
 
-def _check_labels_scores(y_true, y_score, task: str) -> tuple[np.ndarray, np.ndarray]:
+def check_labels_scores(y_true, y_score, task: str) -> tuple[np.ndarray, np.ndarray]:
     _check_task(task)
     y_true = np.asarray(y_true, dtype=np.float64)
     y_score = np.asarray(y_score, dtype=np.float64)
@@ -67,7 +67,7 @@ def _check_labels_scores(y_true, y_score, task: str) -> tuple[np.ndarray, np.nda
     return y_true, y_score
 
 
-def _check_thresholds(thresholds, k: int) -> np.ndarray:
+def check_thresholds(thresholds, k: int) -> np.ndarray:
     thresholds = np.asarray(thresholds, dtype=np.float64)
     if thresholds.shape != (k,):
         raise ValueError(f"thresholds must have shape ({k},), got {thresholds.shape}")
@@ -98,13 +98,13 @@ def _parse_method(method: str) -> tuple[str, float | None]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _column(y_true: np.ndarray, y_score: np.ndarray, j: int) -> tuple[np.ndarray, np.ndarray]:
+def label_column(y_true: np.ndarray, y_score: np.ndarray, j: int) -> tuple[np.ndarray, np.ndarray]:
     """Labelled cases of column j: (0/1 int labels, scores)."""
     known = ~np.isnan(y_true[:, j])
     return y_true[known, j].astype(np.int64), y_score[known, j]
 
 
-def _is_estimable(labels: np.ndarray) -> bool:
+def is_estimable(labels: np.ndarray) -> bool:
     n_pos = int(labels.sum())
     return 0 < n_pos < labels.size
 
@@ -177,14 +177,14 @@ def choose_thresholds(
     Returns thresholds (K,) float64; with `return_estimable=True`, also a (K,) bool array that is
     False where the threshold is the 0.5 fallback because the column is not estimable.
     """
-    y_true, y_score = _check_labels_scores(y_true, y_score, task)
+    y_true, y_score = check_labels_scores(y_true, y_score, task)
     kind, target = _parse_method(method)
     k = y_true.shape[1]
     thresholds = np.full(k, FALLBACK_THRESHOLD, dtype=np.float64)
     estimable = np.zeros(k, dtype=bool)
     for j in range(k):
-        labels, scores = _column(y_true, y_score, j)
-        if not _is_estimable(labels):
+        labels, scores = label_column(y_true, y_score, j)
+        if not is_estimable(labels):
             continue
         estimable[j] = True
         thresholds[j] = _threshold_for_column(labels, scores, kind, target)
@@ -250,21 +250,21 @@ def compute_metrics(
     K > 2 -> argmax accuracy. Ratios with a zero denominator (e.g. PPV with no predicted
     positives) are None.
     """
-    y_true, y_score = _check_labels_scores(y_true, y_score, task)
+    y_true, y_score = check_labels_scores(y_true, y_score, task)
     n, k = y_true.shape
     findings = [str(f) for f in findings]
     if len(findings) != k:
         raise ValueError(f"findings has {len(findings)} names but y_true has {k} columns")
     if len(set(findings)) != k:
         raise ValueError("findings must be unique names")
-    thresholds = _check_thresholds(thresholds, k)
+    thresholds = check_thresholds(thresholds, k)
 
     auroc: dict[str, float | None] = {}
     auprc: dict[str, float | None] = {}
     per_finding: dict[str, dict] = {}
     for j, name in enumerate(findings):
-        labels, scores = _column(y_true, y_score, j)
-        estimable = _is_estimable(labels)
+        labels, scores = label_column(y_true, y_score, j)
+        estimable = is_estimable(labels)
         auroc[name] = float(roc_auc_score(labels, scores)) if estimable else None
         auprc[name] = float(average_precision_score(labels, scores)) if estimable else None
         summary = _binary_summary(labels, scores, thresholds[j])

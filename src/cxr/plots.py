@@ -22,7 +22,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from cxr.metrics import _check_labels_scores, _check_thresholds, _column, _is_estimable
+from cxr.metrics import check_labels_scores, check_thresholds, is_estimable, label_column
 
 DPI = 150  # readable on screen and in the README without multi-megabyte files
 SINGLE_PANEL_MAX = 4  # up to this many findings share one axes; more get a grid of panels
@@ -43,13 +43,13 @@ def _save(fig: Figure, path: str | Path) -> Path:
 
 
 def _check_curve_inputs(y_true, y_score, findings, thresholds):
-    y_true, y_score = _check_labels_scores(y_true, y_score, "multilabel")
+    y_true, y_score = check_labels_scores(y_true, y_score, "multilabel")
     findings = [str(f) for f in findings]
     if len(findings) != y_true.shape[1]:
         raise ValueError(
             f"findings has {len(findings)} names but y_true has {y_true.shape[1]} columns"
         )
-    thresholds = _check_thresholds(thresholds, y_true.shape[1])
+    thresholds = check_thresholds(thresholds, y_true.shape[1])
     return y_true, y_score, findings, thresholds
 
 
@@ -82,9 +82,9 @@ def _plot_curves(y_true, y_score, findings, thresholds, path, kind: str) -> Path
     skipped: list[str] = []
     colors = matplotlib.colormaps["tab10"]
     for j, (name, ax) in enumerate(zip(findings, axes, strict=True)):
-        labels, scores = _column(y_true, y_score, j)
+        labels, scores = label_column(y_true, y_score, j)
         color = "C0" if grid else colors(j % 10)
-        if not _is_estimable(labels):
+        if not is_estimable(labels):
             skipped.append(name)
             if grid:
                 ax.text(0.5, 0.5, "not estimable", ha="center", va="center")
@@ -282,19 +282,19 @@ def plot_operating_points(
     """
     if kind not in ("roc", "pr"):
         raise ValueError(f"kind must be 'roc' or 'pr', got {kind!r}")
-    y_true, y_score = _check_labels_scores(y_true, y_score, "multilabel")
+    y_true, y_score = check_labels_scores(y_true, y_score, "multilabel")
     findings = [str(f) for f in findings]
     if len(findings) != y_true.shape[1]:
         raise ValueError(f"findings has {len(findings)} names for {y_true.shape[1]} columns")
-    points = {label: _check_thresholds(t, len(findings)) for label, t in points.items()}
+    points = {label: check_thresholds(t, len(findings)) for label, t in points.items()}
     nrows, ncols = _grid(len(findings))
     fig = _new_figure(3.3 * ncols, 3.1 * nrows + 0.4)
     handles = {}
     for j, name in enumerate(findings):
         ax = fig.add_subplot(nrows, ncols, j + 1)
         ax.set_title(name, fontsize=9)
-        labels, scores = _column(y_true, y_score, j)
-        if not _is_estimable(labels):
+        labels, scores = label_column(y_true, y_score, j)
+        if not is_estimable(labels):
             ax.text(0.5, 0.5, "not estimable", ha="center", va="center", transform=ax.transAxes)
             ax.set_xticks([])
             ax.set_yticks([])

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
-from contextlib import nullcontext
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from tqdm.auto import tqdm
 from cxr import distributed
 from cxr.augment import augment_batch
 from cxr.checkpoint import (
+    CHECKPOINTS,
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
@@ -35,63 +35,11 @@ from cxr.data.prepare import PreparedData, prepare_data
 from cxr.errors import CxrError
 from cxr.losses import build_loss
 from cxr.metrics import choose_thresholds, compute_metrics
-from cxr.models import build_model, check_pretrained, probabilities
+from cxr.models import build_model, check_arch, check_pretrained, probabilities_numpy
 from cxr.optim import Schedule, build_optimizer
-from cxr.preprocess import normalize, to_unit
-
-
-@dataclass
-class Runtime:
-    """Where and how tensors run; derived from TrainConfig once."""
-
-    device: torch.device
-    amp: bool  # bf16 autocast
-    channels_last: bool
-
-
-def select_runtime(device: str = "auto", amp: str = "auto", channels_last: str = "auto") -> Runtime:
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise CxrError("train.device: CUDA was asked for but no GPU is visible")
-    on_gpu = dev.type == "cuda"
-    # On CPUs without native bf16 (most laptops, this CI box) autocast is slower than fp32,
-    # so "auto" turns bf16 on only on a GPU. Channels-last helps oneDNN's convolutions on the
-    # CPU too (measured: ~15% more img/s for ResNet-18 at 128 px on 2 cores), so it is on.
-    use_amp = amp == "bf16" or (amp == "auto" and on_gpu and torch.cuda.is_bf16_supported())
-    use_cl = channels_last in ("on", "auto")
-    return Runtime(dev, use_amp, use_cl)
-
-
-def _autocast(rt: Runtime):
-    return torch.autocast(rt.device.type, dtype=torch.bfloat16) if rt.amp else nullcontext()
-
-
-def batches(
-    images: CachedImages, batch_size: int, generator: torch.Generator | None
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(uint8 images, labels) batches; shuffled when a generator is given (training: no batch
-    smaller than 2, see `distributed.training_batches`), in order otherwise."""
-    n = len(images.table)
-    order = torch.randperm(n, generator=generator).numpy() if generator is not None else None
-    labels = images.table.labels
-    if order is None:
-        bounds = [slice(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
-    else:
-        bounds = distributed.training_batches(n, batch_size)
-    for batch in bounds:
-        index = np.arange(n)[batch]
-        if order is not None:
-            index = np.sort(order[index])  # sorted: sequential reads from the memory map
-        yield torch.from_numpy(np.ascontiguousarray(images.pixels[index])), torch.from_numpy(
-            labels[index]
-        )
-
-
-def to_model(x_uint8: torch.Tensor, rt: Runtime) -> torch.Tensor:
-    x = to_unit(x_uint8).to(rt.device, non_blocking=True)
-    return x.contiguous(memory_format=torch.channels_last) if rt.channels_last else x
+from cxr.preprocess import normalize
+from cxr.run import RunDir
+from cxr.runtime import Runtime, autocast, forward, select_runtime, to_model
 
 
 def train_one_epoch(
@@ -105,41 +53,14 @@ def train_one_epoch(
     rt: Runtime,
     desc: str = "train",
     progress: bool = True,
-    world: distributed.World | None = None,
+    world: distributed.World = distributed.SINGLE,
 ) -> dict:
-    """One pass over the training images; returns mean loss and measured images/s."""
-    if world is not None and world.distributed:
-        return _train_one_epoch_sharded(
-            model, images, loss_fn, optimizer, schedule, cfg, generator, rt, world, desc, progress
-        )
-    model.train()
-    total_loss, seen, start = 0.0, 0, time.perf_counter()
-    bar = tqdm(total=len(images.table), desc=desc, unit="img", disable=not progress, leave=False)
-    for x, y in batches(images, cfg.train.batch_size, generator):
-        x = to_model(x, rt)
-        x = normalize(augment_batch(x, cfg.augment, generator))
-        y = y.to(rt.device, non_blocking=True)
-        with _autocast(rt):
-            logits = model(x)
-        loss = loss_fn(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.after_step()
-        total_loss += loss.item() * len(x)
-        seen += len(x)
-        bar.update(len(x))
-        bar.set_postfix(loss=f"{total_loss / seen:.4f}")
-    bar.close()
-    elapsed = time.perf_counter() - start
-    return {"train_loss": total_loss / max(seen, 1), "images_per_s": seen / max(elapsed, 1e-9)}
+    """One pass over the training images; returns mean loss and measured images/s.
 
-
-def _train_one_epoch_sharded(
-    model, images, loss_fn, optimizer, schedule, cfg, generator, rt, world, desc, progress
-) -> dict:
-    """train_one_epoch as one of W processes (see cxr.distributed): the global batches and
-    augmentations of a single process, this rank's rows of each; loss and images/s of all."""
+    One loop for one process and for W (torchrun): every rank draws the same global batches and
+    augmentations, and trains on its own rows of each (`distributed.sharded_batches`); one
+    process is world size 1, whose rows are the whole batch.
+    """
     model.train()
     total_loss, seen, start = 0.0, 0, time.perf_counter()
     bar = tqdm(total=len(images.table), desc=desc, unit="img",
@@ -148,38 +69,33 @@ def _train_one_epoch_sharded(
         n_batch = len(x)
         x = normalize(augment_batch(to_model(x, rt), cfg.augment, generator)[rows])
         y = y.to(rt.device, non_blocking=True)
-        with _autocast(rt):
+        with autocast(rt):
             logits = model(x)
         # A last batch smaller than W leaves a rank without images: its loss is a zero that
         # still takes part in DDP's gradient all-reduce.
         loss = loss_fn(logits.float(), y) if len(y) else logits.float().sum()
         optimizer.zero_grad(set_to_none=True)
         # DDP averages gradients over the W ranks; weighing each rank's mean loss by its share
-        # of the batch makes that average the gradient of the mean over the whole batch.
+        # of the batch makes that average the gradient of the mean over the whole batch (a
+        # factor of exactly 1 for one process).
         (loss * (len(y) * world.size / n_batch)).backward()
         optimizer.step()
         schedule.after_step()
         total_loss += loss.item() * len(y)
         seen += len(y)
         bar.update(n_batch)
+        if seen:
+            bar.set_postfix(loss=f"{total_loss / seen:.4f}")
     bar.close()
     total_loss, seen = distributed.all_reduce_sum(world, [total_loss, float(seen)])
     elapsed = time.perf_counter() - start
     return {"train_loss": total_loss / max(seen, 1), "images_per_s": seen / max(elapsed, 1e-9)}
 
 
-@torch.no_grad()
-def predict_cached(
-    model: nn.Module, images: CachedImages, task: str, rt: Runtime, batch_size: int = 64
-) -> np.ndarray:
-    """Probabilities (N, K) for every cached image, in table order."""
-    model.eval()
-    out = []
-    for x, _ in batches(images, batch_size, None):
-        with _autocast(rt):
-            logits = model(normalize(to_model(x, rt)))
-        out.append(probabilities(logits.float(), task).cpu().numpy())
-    return np.concatenate(out).astype(np.float64)
+def predict_cached(model: nn.Module, images: CachedImages, task: str, rt: Runtime) -> np.ndarray:
+    """Probabilities (N, K) for every cached image, in table order (float32, no autocast)."""
+    logits, _ = forward(model, images.pixels, rt)
+    return probabilities_numpy(logits, task)
 
 
 def validation_metrics(
@@ -187,13 +103,13 @@ def validation_metrics(
     images: CachedImages,
     task: str,
     rt: Runtime,
-    world: distributed.World | None = None,
+    world: distributed.World = distributed.SINGLE,
 ) -> tuple[dict, np.ndarray]:
     """Metrics on validation at thresholds chosen on the same validation scores.
 
     Under torchrun each process predicts its share of the images and all gather every score.
     """
-    if world is not None and world.distributed:
+    if world.distributed:
         scores = _predict_sharded(model, images, task, rt, world)
     else:
         scores = predict_cached(model, images, task, rt)
@@ -245,12 +161,13 @@ def train(
     (val_mean_auroc among it); tuning uses it to report to Optuna and to prune by raising.
     """
     run_dir = Path(cfg.out_dir)
+    files = RunDir(run_dir)
     if resume:
-        saved = run_dir / "config.json"
+        saved = files.config
         if not saved.is_file():
             raise CxrError(f"--resume: no run to resume in {run_dir} (config.json missing)")
         cfg = load_config(saved)
-    elif (run_dir / "config.json").exists():
+    elif files.config.exists():
         raise CxrError(
             f"{run_dir} already holds a run; pass --resume to continue it or choose another --out"
         )
@@ -266,8 +183,10 @@ def train(
 
 
 def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, on_epoch) -> TrainResult:
+    files = RunDir(run_dir)
     # Under torchrun: refuse a bad launch before any work, meet the other processes, check
     # that all run the same config; rank 0 alone writes the run folder (cxr.distributed).
+    check_arch(cfg.model.arch)  # before any work: a typo must not cost a cache build
     world = distributed.world_from_env()
     distributed.check_launch(world, cfg.train.batch_size, cfg.train.device)
     device = distributed.device_for(world, cfg.train.device)
@@ -276,7 +195,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, on_epoch
     )
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.json")
+        save_config(cfg, files.config)
     _seed_everything(cfg)
     rt = select_runtime(device, cfg.train.amp, cfg.train.channels_last)
 
@@ -284,7 +203,8 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, on_epoch
         world,
         run_dir,
         lambda folder: prepare_data(
-            cfg.data, cfg.preprocess, cfg.train.cache_dir, folder, progress and world.is_main
+            cfg.data, cfg.preprocess, cfg.train.cache_dir, RunDir(folder).split,
+            progress and world.is_main,
         ),
     )
     distributed.agree(world, _data_identity(data), "data")
@@ -293,7 +213,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, on_epoch
         chosen = cfg.data.model_copy(update={"val_source": data.val_source})
         cfg = cfg.model_copy(update={"data": chosen})
         if world.is_main:
-            save_config(cfg, run_dir / "config.json")
+            save_config(cfg, files.config)
     model = build_model(cfg.model, len(data.findings)).to(rt.device)
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -334,7 +254,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, on_epoch
             state |= {"best": metrics["mean_auroc"] or 0.0, "best_epoch": epoch, "stale": 0}
             best_metrics = metrics
             if world.is_main:
-                save_weights(model, run_dir / "model.safetensors")
+                save_weights(model, files.weights)
         else:
             state["stale"] += 1
         state["epoch"] = epoch
@@ -378,10 +298,11 @@ def _discard_unfinished_run(run_dir: Path, existed: bool) -> None:
     can be used again. A run with a checkpoint is kept for --resume."""
     if distributed.world_from_env().rank != 0:
         return  # rank 0 alone writes the run folder
-    if (run_dir / "model.safetensors").exists() or (run_dir / "checkpoints").exists():
+    files = RunDir(run_dir)
+    if files.weights.exists() or (run_dir / CHECKPOINTS).exists():
         return
-    for name in ("config.json", "split.csv", HASH_FILE, "history.jsonl"):
-        (run_dir / name).unlink(missing_ok=True)
+    for path in (files.config, files.split, files.history, run_dir / HASH_FILE):
+        path.unlink(missing_ok=True)
     if not existed and run_dir.is_dir() and not any(run_dir.iterdir()):
         run_dir.rmdir()
 
@@ -403,11 +324,11 @@ def finish_run(run_dir: Path, cfg: RunConfig, data: PreparedData, state: dict, r
     from cxr.plots import plot_pr, plot_roc, plot_training_curves
 
     model = build_model(cfg.model, len(data.findings)).to(rt.device)
-    load_weights(model, run_dir / "model.safetensors")
+    load_weights(model, RunDir(run_dir).weights)
     metrics, scores = validation_metrics(model, data.val, data.task, rt)
     thresholds = [metrics["per_finding"][f]["threshold"] for f in data.findings]
     write_json(
-        run_dir / "model.json",
+        RunDir(run_dir).model_json,
         {
             "findings": data.findings,
             "task": data.task,
@@ -425,7 +346,7 @@ def finish_run(run_dir: Path, cfg: RunConfig, data: PreparedData, state: dict, r
             "best_epoch": state["best_epoch"],
         },
     )
-    write_json(run_dir / "val_metrics.json", metrics)
+    write_json(RunDir(run_dir).val_metrics, metrics)
     y = data.val.table.labels
     plot_roc(y, scores, data.findings, np.asarray(thresholds), run_dir / "val_roc.png")
     plot_pr(y, scores, data.findings, np.asarray(thresholds), run_dir / "val_pr.png")
@@ -446,7 +367,7 @@ def _log_epoch(run_dir: Path, history: list[dict]) -> None:
     """Rewrite history.jsonl from the checkpointed history, so log and checkpoint agree."""
     tmp = run_dir / "history.jsonl.tmp"
     tmp.write_text("".join(json.dumps(row) + "\n" for row in history))
-    tmp.replace(run_dir / "history.jsonl")
+    tmp.replace(RunDir(run_dir).history)
     row = history[-1]
     auroc = row["val_mean_auroc"]
     print(

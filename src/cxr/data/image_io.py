@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from cxr.errors import DataError
+from cxr.errors import DataError, TooLarge
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom"})
 DICOM_EXTENSIONS = frozenset({".dcm", ".dicom"})
@@ -92,7 +92,7 @@ def _check_size(width: int, height: int, max_pixels: int, name: str) -> None:
     if width <= 0 or height <= 0:
         raise DataError(f"zero-size image ({width} x {height})", path=name)
     if width * height > max_pixels:
-        raise DataError(
+        raise TooLarge(
             f"image is {width} x {height} = {width * height:,} pixels, over the limit of "
             f"{max_pixels:,} (refused before decoding)",
             path=name,
@@ -129,7 +129,7 @@ def _raster_header(data: bytes, name: str) -> tuple[int, int, str, int]:
                 fmt = str(header.format)
                 orientation = _exif_orientation(header) if fmt in ("JPEG", "MPO") else 1
     except Image.DecompressionBombError as exc:
-        raise DataError(f"image too large, refused before decoding: {exc}", path=name) from exc
+        raise TooLarge(f"image too large, refused before decoding: {exc}", path=name) from exc
     except Exception as exc:  # noqa: BLE001 - untrusted bytes: any parser failure means unreadable
         raise DataError(
             "not a readable image (expected PNG, JPEG, BMP, TIFF or DICOM)", path=name

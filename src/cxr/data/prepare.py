@@ -63,10 +63,11 @@ def prepare_data(
     data: DataConfig,
     preprocess: PreprocessConfig,
     cache_dir: str | Path,
-    run_dir: Path,
+    split_path: Path,
     progress: bool = True,
 ) -> PreparedData:
-    """Read, split by patient (or reuse a split file), write split.csv, cache train + val."""
+    """Read, split by patient (or reuse a split file), write it to `split_path` (the run's
+    split.csv), cache train + val."""
     table = resolve_table(data, cache_dir, progress)
     if data.split_file:
         assignment = read_split_file(data.split_file, table)
@@ -80,7 +81,7 @@ def prepare_data(
         print(f"validation: {describe_val_source(table, val_source, data.val_fraction)}")
         print(describe_split(table, assignment))
     check_patient_disjoint(table, assignment)
-    write_split_file(run_dir / "split.csv", table, assignment)
+    write_split_file(split_path, table, assignment)
 
     def cached(split: str) -> CachedImages:
         index = [i for i, s in enumerate(assignment) if s == split]
@@ -94,7 +95,7 @@ def prepare_data(
     # Content hashes of what was trained and validated on, for the leak guard of every later
     # evaluation (cxr.data.leakage): taken from the cache now, never decoded again.
     write_image_hashes(
-        run_dir / HASH_FILE,
+        split_path.with_name(HASH_FILE),
         {s: (c.table.keys, pixel_hashes(c.pixels)) for s, c in (("train", train), ("val", val))},
     )
     return PreparedData(table, assignment, train, val, val_source)

@@ -16,12 +16,13 @@ from flask import Flask, Request, jsonify, request, send_from_directory
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from cxr import NOT_A_MEDICAL_DEVICE
+from cxr.config import ServeConfig, serve_config
+from cxr.inference.analysis import Analyser
 from cxr.serve.api import api, describe_error
-from cxr.serve.engine import Engine, ServeConfig, serve_config
 
-__all__ = ["create_app", "ServeConfig", "Engine", "default_web_dir"]
+__all__ = ["create_app", "default_web_dir"]
 
-_REQUEST_OVERHEAD = 1024 * 1024  # multipart headers and form fields around the files
+REQUEST_OVERHEAD = 1024 * 1024  # multipart headers and form fields around the files
 _CSP = (
     "default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
     "object-src 'none'; frame-ancestors 'none'; base-uri 'none'"
@@ -41,7 +42,7 @@ def default_web_dir() -> Path:
     return Path(__file__).resolve().parents[3] / "web" / "dist"
 
 
-def create_app(config: ServeConfig | dict, engine: Engine | None = None) -> Flask:
+def create_app(config: ServeConfig | dict, engine: Analyser | None = None) -> Flask:
     """A Flask app serving the run named by config.model (loaded once, here).
 
     `engine` lets a caller share one loaded model between apps (tests); by default it is built
@@ -49,14 +50,14 @@ def create_app(config: ServeConfig | dict, engine: Engine | None = None) -> Flas
     """
     cfg = serve_config(config)
     if engine is None:
-        engine = Engine(cfg)
+        engine = Analyser(cfg)
     else:  # share the loaded model, under this app's limits
         engine = copy.copy(engine)
         engine.cfg = cfg
     app = Flask(__name__, static_folder=None)
     app.request_class = InMemoryRequest
     # One image per request by default; the batch endpoint raises it for its own requests.
-    app.config.update(MAX_CONTENT_LENGTH=cfg.max_upload_bytes + _REQUEST_OVERHEAD)
+    app.config.update(MAX_CONTENT_LENGTH=cfg.max_upload_bytes + REQUEST_OVERHEAD)
     app.json.sort_keys = False
     app.extensions["cxr_engine"] = engine
     app.register_blueprint(api, url_prefix="/api")

@@ -15,8 +15,8 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.utils import secure_filename
 
 from cxr import NOT_A_MEDICAL_DEVICE, __version__
-from cxr.errors import CxrError, DataError
-from cxr.serve.engine import BadRequest, Engine, NotAChestXray
+from cxr.errors import BadRequest, CxrError, UploadTooLarge
+from cxr.inference.analysis import Analyser
 from cxr.serve.openapi import openapi_spec
 
 api = Blueprint("api", __name__)
@@ -26,10 +26,10 @@ _FALSE = {"0", "false", "no", "off", ""}
 
 
 def describe_error(exc: BaseException) -> tuple[int, str, str]:
-    """(HTTP status, short code, message a person can act on) for any error of a request."""
-    if isinstance(exc, RequestEntityTooLarge):
-        if "--max-" in (exc.description or ""):  # ours, naming the file
-            return 413, "too_large", exc.description
+    """(HTTP status, short code, message a person can act on) for any error of a request.
+
+    A cxr error declares its own status and code (cxr.errors); nothing is read from its text."""
+    if isinstance(exc, RequestEntityTooLarge):  # Werkzeug's: the whole request was too large
         cfg = engine().cfg
         if request.endpoint == "api.predict_batch":
             limit = f"{cfg.max_batch_mb:g} MB per batch request (cxr serve --max-batch-mb)"
@@ -39,17 +39,8 @@ def describe_error(exc: BaseException) -> tuple[int, str, str]:
     if isinstance(exc, HTTPException):
         code = (exc.name or "error").lower().replace(" ", "_")
         return exc.code or 500, code, exc.description or exc.name
-    if isinstance(exc, NotAChestXray):
-        return 422, "not_a_chest_xray", str(exc)
-    if isinstance(exc, DataError):
-        message = str(exc)
-        if "over the limit" in message or "too large" in message:
-            return 413, "too_many_pixels", message
-        return 422, "unreadable_image", message
-    if isinstance(exc, BadRequest):
-        return 400, "bad_request", str(exc)
     if isinstance(exc, CxrError):
-        return 422, "cannot_process", str(exc)
+        return exc.http_status, exc.code, str(exc)
     return (
         500,
         "internal_error",
@@ -60,7 +51,7 @@ def describe_error(exc: BaseException) -> tuple[int, str, str]:
     )
 
 
-def engine() -> Engine:
+def engine() -> Analyser:
     return current_app.extensions["cxr_engine"]
 
 
@@ -98,7 +89,7 @@ def _uploads(field: str, many: bool) -> list[tuple[str, bytes]]:
         )
     for name, data in items:
         if len(data) > limit:
-            raise RequestEntityTooLarge(
+            raise UploadTooLarge(
                 f"{name} is {len(data) / 2**20:.1f} MB, over the {limit / 2**20:g} MB limit "
                 "per image (cxr serve --max-upload-mb)"
             )

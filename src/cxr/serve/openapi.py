@@ -8,7 +8,7 @@ against the schema given here for it.
 from __future__ import annotations
 
 from cxr import NOT_A_MEDICAL_DEVICE, __version__
-from cxr.serve.engine import HEATMAP_CHOICES
+from cxr.inference.analysis import HEATMAP_CHOICES
 
 _NUM_OR_NULL = {"type": ["number", "null"]}
 _DATA_URL = {"type": "string", "pattern": "^data:image/png;base64,"}

@@ -12,12 +12,13 @@ import logging
 from pathlib import Path
 
 from cxr import NOT_A_MEDICAL_DEVICE
-from cxr.serve import _REQUEST_OVERHEAD, create_app, default_web_dir
-from cxr.serve.engine import Engine, ServeConfig, serve_config
+from cxr.config import ServeConfig, serve_config
+from cxr.inference.analysis import Analyser
+from cxr.serve import REQUEST_OVERHEAD, create_app, default_web_dir
 
 
 def waitress_options(cfg: ServeConfig, host: str, port: int, threads: int) -> dict:
-    largest = max(cfg.max_upload_bytes, cfg.max_batch_bytes) + _REQUEST_OVERHEAD
+    largest = max(cfg.max_upload_bytes, cfg.max_batch_bytes) + REQUEST_OVERHEAD
     return {
         "host": host,
         "port": port,
@@ -35,7 +36,7 @@ def run_server(config: ServeConfig | dict, host: str = "127.0.0.1", port: int = 
     from waitress import serve
 
     cfg = serve_config(config)
-    engine = Engine(cfg)  # fails here, with a clear CxrError, if the run folder is unusable
+    engine = Analyser(cfg)  # fails here, with a clear CxrError, if the run folder is unusable
     app = create_app(cfg, engine=engine)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     web = Path(cfg.web_dir) if cfg.web_dir else default_web_dir()

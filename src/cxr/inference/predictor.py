@@ -15,9 +15,18 @@ import numpy as np
 import torch
 
 from cxr import NOT_A_MEDICAL_DEVICE
-from cxr.engine import make_engine
-from cxr.evaluate import LoadedRun, load_run
+from cxr.errors import ConfigError
+from cxr.inference.backends import (
+    BACKENDS,
+    InferenceEngine,
+    OnnxEngine,
+    TorchEngine,
+    engine_info,
+    read_engine_info,
+)
+from cxr.inference.contract import check_contract
 from cxr.preprocess import Geometry, model_input, preprocess_with_geometry
+from cxr.run import LoadedRun, RunDir, load_run
 
 
 @dataclass
@@ -56,7 +65,8 @@ class Predictor:
     """A loaded run, ready to answer single images quickly (model loaded once)."""
 
     def __init__(self, run: LoadedRun, device: str = "cpu", backend: str = "torch"):
-        # Probabilities come from cxr.engine, the one interface behind serve, predict and the
+        # Probabilities come from cxr.inference.backends, the one interface behind serve, predict
+        # and the
         # benchmarks: PyTorch (this model) or ONNX Runtime (RUN/model.onnx from `cxr export`,
         # whose contract is checked against the run first). The engine applies the run's
         # calibration (temperature and thresholds); `run` here carries the same thresholds.
@@ -100,3 +110,33 @@ class Predictor:
             time.perf_counter() - start,
         )  # fmt: skip
         return prediction, features
+
+
+def make_engine(
+    run,
+    backend: str = "torch",
+    device: str = "cpu",
+    onnx_path: str | Path | None = None,
+    threads: int | None = None,
+) -> InferenceEngine:
+    """An engine for a finished run folder (or a cxr.run.LoadedRun, reusing its model).
+
+    backend: "torch" or "onnx". For "onnx", onnx_path defaults to RUN/model.onnx and its
+    contract (model.onnx.json beside it) is checked against the run before anything loads.
+    """
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    loaded = None if isinstance(run, (str, Path)) else run
+    run_dir = Path(loaded.run_dir if loaded is not None else run)
+    info = read_engine_info(run_dir) if loaded is None else engine_info(loaded)
+    if backend == "onnx":
+        onnx_path = Path(onnx_path) if onnx_path is not None else RunDir(run_dir).onnx
+        check_contract(info, onnx_path)
+        return OnnxEngine(info, onnx_path, device, threads)
+    if loaded is None:
+        loaded = load_run(run_dir, device="cpu")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    return TorchEngine(info, loaded.model, device)

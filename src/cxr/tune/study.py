@@ -24,7 +24,6 @@ import threading
 import time
 import traceback
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
@@ -41,39 +40,23 @@ from cxr.data.splits import (
     read_split_file,
     write_split_file,
 )
-from cxr.errors import CxrError
-from cxr.search_space import (
+from cxr.errors import StudyError
+from cxr.run import RunDir
+from cxr.train import train
+from cxr.tune.space import (
     SearchSpace,
     build_pruner,
     build_sampler,
     check_choices_unchanged,
     describe_changes,
 )
-from cxr.train import train
+from cxr.tune.summary import TuneResult, epochs_spent, trial_counts, write_report
 
 HEARTBEAT_S = 30  # how often a running trial says it is alive
 GRACE_S = 120  # a running trial silent for this long is taken as killed and marked failed
 MAX_FAILURES_IN_A_ROW = 3  # then the worker stops: the same error would repeat forever
 SPACE_ATTR, SPLIT_ATTR = "cxr_search_space", "cxr_split_sha256"
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
-
-
-class StudyError(CxrError):
-    """The storage cannot be used, or the study does not fit this search space or split."""
-
-
-@dataclass
-class TuneResult:
-    study_dir: Path
-    study_name: str
-    counts: dict[str, int]  # complete / pruned / failed / running
-    epochs: int  # epochs trained by all trials together
-    best_trial: int | None = None
-    best_value: float | None = None
-    best_params: dict = field(default_factory=dict)
-    best_run: Path | None = None
-    best_config: Path | None = None
-    test_metrics: dict | None = None
 
 
 def run_study(
@@ -144,7 +127,6 @@ def run_study(
                 )
     finally:
         bar.close()
-    from cxr.tune_report import write_report
 
     return write_report(study, space, base, test_data, progress, allow_overlap)
 
@@ -210,7 +192,7 @@ def shared_split(base: RunConfig, study_dir: Path, progress: bool = True) -> tup
         path = Path(base.data.split_file)
         assignment = read_split_file(path, table)
     else:
-        path = study_dir / "split.csv"
+        path = RunDir(study_dir).split  # a study folder holds its trials' one split
         if path.is_file():
             assignment = read_split_file(path, table)
         else:
@@ -325,7 +307,7 @@ class _Objective:
                         traceback.print_exc(file=log)
                         raise
         except optuna.TrialPruned:
-            (run_dir / "model.safetensors").unlink(missing_ok=True)  # never the best
+            RunDir(run_dir).weights.unlink(missing_ok=True)  # never the best
             raise
         except (Exception, KeyboardInterrupt) as exc:
             trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}"[:500])
@@ -392,18 +374,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # exists, owned by someone else
         return True
     return True
-
-
-def trial_counts(study: optuna.Study) -> dict[str, int]:
-    states = [t.state for t in study.get_trials(deepcopy=False)]
-    names = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned",
-             TrialState.FAIL: "failed", TrialState.RUNNING: "running"}  # fmt: skip
-    return {name: sum(s == state for s in states) for state, name in names.items()}
-
-
-def epochs_spent(trial: optuna.trial.FrozenTrial) -> int:
-    """Epochs a trial trained: one reported value per epoch."""
-    return len(trial.intermediate_values)
 
 
 def _finished(counts: dict[str, int], n_trials: int | None) -> int:

@@ -8,7 +8,7 @@
    finding, AUROC and AUPRC and each operating point's sensitivity, specificity, PPV, NPV and F1
    with 95% patient-level bootstrap intervals; calibration (ECE, reliability) before and after
    temperature scaling; AUROC per subgroup (sex, age band, view) where the data has them;
-   optionally the effect of test-time augmentation; a Grad-CAM gallery when `cxr.explain` exists;
+   optionally the effect of test-time augmentation; a Grad-CAM gallery;
 3. writes report.json, the PNG figures, and report.html with the figures inlined as base64, inline
    CSS and no script or external resource, so it opens offline in any browser.
 
@@ -31,14 +31,17 @@ from cxr.calibration import (
     apply_temperature,
     calibration_summary,
     load_calibration,
-    predict_logits,
     save_calibration,
     validation_images,
 )
 from cxr.config import DataConfig
+from cxr.data.prepare import resolve_table
+from cxr.data.splits import SPLITS
 from cxr.errors import CxrError, DataError
 from cxr.metrics import choose_thresholds
-from cxr.report_analysis import (
+from cxr.report.analysis import (
+    OPERATING_POINTS,
+    RATES,
     TTA_VIEWS,
     ScoredImages,
     known_mask,
@@ -46,16 +49,10 @@ from cxr.report_analysis import (
     tta_analysis,
     tta_transform,
 )
-from cxr.report_card import limitations, model_card, source_kind
-from cxr.report_figures import draw_figures, gallery_entries
-
-OPERATING_POINTS = {
-    "youden": "Youden's J (max sensitivity + specificity - 1)",
-    "sensitivity:0.95": "sensitivity >= 0.95 on validation",
-    "specificity:0.95": "specificity >= 0.95 on validation",
-}
-RATES = ("sensitivity", "specificity", "ppv", "npv", "f1")
-
+from cxr.report.card import limitations, model_card, source_kind
+from cxr.report.figures import draw_figures, gallery_entries
+from cxr.run import load_run, split_keys
+from cxr.runtime import forward, select_runtime
 
 # ---------------------------------------------------------------------------------------------
 # Analysis: pure functions of validation and evaluation scores
@@ -188,12 +185,9 @@ def select_split(table, run_dir: Path, split: str, data_path: str):
     (no image in the run's split.csv); an error when the data is the run's own training data
     without a test split (every image would have been seen while training or validating).
     """
-    from cxr.data.splits import SPLITS, keys_in_split
-
     if split not in ("auto", "test", "val", "all"):
         raise CxrError(f"--split must be auto, test, val or all, got {split!r}")
-    split_file = run_dir / "split.csv"
-    run_keys = {s: {_norm(k) for k in keys_in_split(split_file, s)} for s in SPLITS}
+    run_keys = {s: {_norm(k) for k in split_keys(run_dir, s)} for s in SPLITS}
     where = [next((s for s, ks in run_keys.items() if _norm(k) in ks), None) for k in table.keys]
     counts = {s: where.count(s) for s in SPLITS}
     if split == "auto":
@@ -278,8 +272,8 @@ def _method(calibration, origin: str, n_boot: int, seed: int) -> dict:
 
 def _measure_tta(run, images, test, rt, temperature, n_boot, seed, progress) -> dict:
     views = [
-        predict_logits(run.model, images, rt, tta_transform(angle, zoom), progress=progress,
-                       desc=f"TTA {name}")
+        forward(run.model, images.pixels, rt, transform=tta_transform(angle, zoom),
+                progress=progress, desc=f"TTA {name}")[0]
         for name, angle, zoom in TTA_VIEWS
     ]  # fmt: skip
     return tta_analysis(run.findings, run.task, test, np.mean(views, axis=0), temperature,
@@ -296,6 +290,7 @@ def build_report(
     seed: int = 0,
     gallery: bool = True,
     progress: bool = True,
+    device: str = "auto",
     allow_overlap: bool = False,
 ) -> dict:
     """Write report.html, report.json and the figures to out_dir (default RUN/report).
@@ -303,18 +298,15 @@ def build_report(
     Images or patients the run was trained or validated on are refused (cxr.data.leakage)
     unless allow_overlap, and then the JSON's first key and the HTML's first line say so.
     """
-    from cxr.data.prepare import resolve_table
-    from cxr.evaluate import data_for_run, guarded_cache, load_run
-    from cxr.train import select_runtime
+    from cxr.evaluate import data_for_run, guarded_cache
 
     if n_boot < 10:
         raise CxrError(f"--bootstrap must be at least 10 resamples, got {n_boot}")
     run_dir = Path(run_dir)
-    run = load_run(run_dir)
+    rt = select_runtime(device)
+    run = load_run(run_dir, rt.device)
     data = data_for_run(run.config, data)
-    rt = select_runtime(run.config.train.device)
-    run.model.to(rt.device)
-    out_dir = Path(out_dir) if out_dir is not None else run_dir / "report"
+    out_dir = Path(out_dir) if out_dir is not None else run.files.report
 
     table = resolve_table(data, run.config.train.cache_dir, progress)
     _check_findings(table, run, data.path)
@@ -323,10 +315,11 @@ def build_report(
     val_images = validation_images(run, progress)
     val = _scored(
         val_images,
-        predict_logits(run.model, val_images, rt, progress=progress, desc="predict validation"),
+        forward(run.model, val_images.pixels, rt, progress=progress, desc="predict validation")[0],
     )
     test = _scored(
-        images, predict_logits(run.model, images, rt, progress=progress, desc="predict evaluation")
+        images,
+        forward(run.model, images.pixels, rt, progress=progress, desc="predict evaluation")[0],
     )
     calibration, calibration_origin = _calibration(run, val)
     results, arrays = analyse(
@@ -384,7 +377,7 @@ def build_report(
     from cxr.checkpoint import write_json
 
     write_json(out_dir / "report.json", report)
-    from cxr.report_html import render_html
+    from cxr.report.html import render_html
 
     html = render_html(report, figures, entries)
     (out_dir / "report.html").write_text(html, encoding="utf-8")

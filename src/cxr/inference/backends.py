@@ -13,12 +13,11 @@ against the run's config.json and model.json before it builds a session: a diffe
 preprocessing, input size, findings list, or weights raise a CxrError naming what differs.
 
 The batched path for many files, with decoding overlapped with the model, is
-`cxr.batch_predict.predict_files`.
+`cxr.inference.batch.predict_files`.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,8 +26,10 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from cxr.config import PreprocessConfig, RunConfig
-from cxr.errors import ConfigError, CxrError
-from cxr.preprocess import MEAN, PIPELINE_VERSION, STD
+from cxr.errors import ConfigError
+from cxr.models import probabilities_numpy
+from cxr.preprocess import MEAN, STD
+from cxr.run import read_run_files
 
 BACKENDS = ("torch", "onnx")
 
@@ -73,8 +74,6 @@ class EngineInfo:
 def read_engine_info(run_dir: str | Path) -> EngineInfo:
     """config.json, model.json and calibration.json (when it fits these weights) of a run,
     without loading its weights (what the ONNX backend needs)."""
-    from cxr.evaluate import read_run_files
-
     run_dir = Path(run_dir)
     cfg, info = read_run_files(run_dir)
     findings = list(info["findings"])
@@ -83,7 +82,7 @@ def read_engine_info(run_dir: str | Path) -> EngineInfo:
 
 
 def engine_info(run) -> EngineInfo:
-    """The EngineInfo of a loaded run (cxr.evaluate.LoadedRun, perhaps only in memory), with
+    """The EngineInfo of a loaded run (cxr.run.LoadedRun, perhaps only in memory), with
     the run folder's calibration.json applied when it fits these weights."""
     thresholds = np.asarray(run.thresholds, dtype=np.float64)
     return _calibrated(EngineInfo(Path(run.run_dir), run.config, list(run.findings), run.task,
@@ -118,16 +117,6 @@ def normalise_numpy(pixels: np.ndarray) -> np.ndarray:
     x -= np.float32(MEAN)
     x /= np.float32(STD)
     return x
-
-
-def probabilities_numpy(logits: np.ndarray, task: str, temperature: float = 1.0) -> np.ndarray:
-    """float64 probabilities from logits: sigmoid per finding or softmax over classes."""
-    z = np.asarray(logits, dtype=np.float64) / float(temperature)
-    if task == "multilabel":
-        return 0.5 * (1.0 + np.tanh(0.5 * z))  # = sigmoid, without overflow for large |z|
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 class _Engine:
@@ -208,18 +197,16 @@ class TorchEngine(_Engine):
             return self.model(self._input(pixels)).float().cpu().numpy()
 
     def predict_with_features(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """One forward pass for both: the pooled layer4 features, then the fc head on them."""
+        """One forward pass for both: the pooled features, then the head on them."""
         import torch
-
-        from cxr.models import pooled_features
 
         pixels = self.check_pixels(pixels)
         if len(pixels) == 0:
             k = len(self.findings)
-            return np.zeros((0, k)), np.zeros((0, self.model.fc.in_features))
+            return np.zeros((0, k)), np.zeros((0, self.model.num_features))
         with torch.inference_mode():
-            features = pooled_features(self.model, self._input(pixels))
-            logits = self.model.fc(features).float().cpu().numpy()
+            features = self.model.pooled_features(self._input(pixels))
+            logits = self.model.head(features).float().cpu().numpy()
         probs = probabilities_numpy(logits, self.info.task, self.info.temperature)
         return probs, features.float().cpu().numpy().astype(np.float64)
 
@@ -290,126 +277,3 @@ def _providers(device: str, ort) -> list[str]:
     if device != "cpu":
         raise ConfigError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}")
     return ["CPUExecutionProvider"]
-
-
-def make_engine(
-    run,
-    backend: str = "torch",
-    device: str = "cpu",
-    onnx_path: str | Path | None = None,
-    threads: int | None = None,
-) -> InferenceEngine:
-    """An engine for a finished run folder (or a cxr.evaluate.LoadedRun, reusing its model).
-
-    backend: "torch" or "onnx". For "onnx", onnx_path defaults to RUN/model.onnx and its
-    contract (model.onnx.json beside it) is checked against the run before anything loads.
-    """
-    if backend not in BACKENDS:
-        raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    loaded = None if isinstance(run, (str, Path)) else run
-    run_dir = Path(loaded.run_dir if loaded is not None else run)
-    info = read_engine_info(run_dir) if loaded is None else engine_info(loaded)
-    if backend == "onnx":
-        from cxr.export import ONNX_FILE
-
-        onnx_path = Path(onnx_path) if onnx_path is not None else run_dir / ONNX_FILE
-        check_contract(info, onnx_path)
-        return OnnxEngine(info, onnx_path, device, threads)
-    if loaded is None:
-        from cxr.evaluate import load_run
-
-        loaded = load_run(run_dir, device="cpu")
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-    return TorchEngine(info, loaded.model, device)
-
-
-def check_contract(info: EngineInfo, onnx_path: Path) -> dict:
-    """Refuse an ONNX file that does not fit the run: names each field that differs."""
-    from cxr.export import CONTRACT_FORMAT, CONTRACT_VERSIONS, file_sha256
-
-    contract_path = onnx_path.with_name(onnx_path.name + ".json")
-    hint = f"re-export with `cxr export --model {info.run_dir}`"
-    if not onnx_path.is_file():
-        raise CxrError(f"{onnx_path}: no ONNX model; create it with `cxr export --model "
-                       f"{info.run_dir}`")  # fmt: skip
-    if not contract_path.is_file():
-        raise CxrError(f"{contract_path}: the ONNX model has no preprocessing contract; {hint}")
-    try:
-        contract = json.loads(contract_path.read_text())
-        if contract.get("format") != CONTRACT_FORMAT:
-            raise ValueError(f"format is {contract.get('format')!r}, not {CONTRACT_FORMAT!r}")
-        if contract.get("version") not in CONTRACT_VERSIONS:
-            raise ValueError(f"version {contract.get('version')!r}, expected one of "
-                             f"{', '.join(map(str, CONTRACT_VERSIONS))}")  # fmt: skip
-    except (OSError, ValueError, AttributeError) as exc:
-        raise CxrError(f"{contract_path}: not a cxr ONNX contract ({exc}); {hint}") from None
-
-    problems = []
-    wanted_pre = info.preprocess.model_dump()
-    got_pre = contract.get("preprocess") or {}
-    for key in sorted(set(wanted_pre) | set(got_pre)):
-        if got_pre.get(key) != wanted_pre.get(key):
-            problems.append(
-                f"preprocess.{key} is {got_pre.get(key)!r} in the contract but "
-                f"{wanted_pre.get(key)!r} in the run's config.json"
-            )
-    norm = contract.get("normalization") or {}
-    for key, value in (("mean", MEAN), ("std", STD)):
-        if norm.get(key) != value:
-            problems.append(f"normalization.{key} is {norm.get(key)!r}, this cxr uses {value}")
-    if contract.get("pipeline_version") != PIPELINE_VERSION:
-        problems.append(
-            f"pipeline_version is {contract.get('pipeline_version')!r}, this cxr preprocesses "
-            f"with version {PIPELINE_VERSION}"
-        )
-    for key, value in (("findings", info.findings), ("task", info.task)):
-        if contract.get(key) != value:
-            problems.append(f"{key} is {contract.get(key)!r} in the contract, {value!r} here")
-    if contract.get("model_sha256") != file_sha256(info.run_dir / "model.safetensors"):
-        problems.append("it was exported from other weights than the run's model.safetensors")
-    if contract.get("onnx_sha256") != file_sha256(onnx_path):
-        problems.append(f"{onnx_path.name} was changed after export (sha256 differs)")
-    problems += _graph_problems(onnx_path, info)
-    if problems:
-        raise CxrError(f"{onnx_path} does not match the run {info.run_dir}: "
-                       + "; ".join(problems) + f"; {hint}")  # fmt: skip
-    return contract
-
-
-def _graph_problems(onnx_path: Path, info: EngineInfo) -> list[str]:
-    """The graph's own input and output shapes against the run's image size and findings."""
-    import onnx
-
-    try:
-        graph = onnx.load(str(onnx_path), load_external_data=False).graph
-    except Exception as exc:  # noqa: BLE001 - any protobuf error means "not a readable model"
-        return [f"{onnx_path.name} cannot be read as ONNX ({exc.__class__.__name__})"]
-
-    def dims(value) -> list:
-        return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
-
-    if len(graph.input) != 1 or len(graph.output) not in (1, 2):
-        return [f"the graph has {len(graph.input)} inputs and {len(graph.output)} outputs, "
-                "expected one image input, logits and perhaps features"]  # fmt: skip
-    s, k = info.image_size, len(info.findings)
-    problems = []
-    shape = dims(graph.input[0])
-    if len(shape) != 4 or shape[1:] != [1, s, s]:
-        problems.append(
-            f"its input shape is {_show(shape)} but the run's preprocess.image_size {s} "
-            f"needs (batch, 1, {s}, {s})"
-        )
-    out = dims(graph.output[0])
-    if len(out) != 2 or out[1] != k:
-        problems.append(f"its output shape is {_show(out)} but the run has {k} findings")
-    if len(graph.output) == 2 and len(dims(graph.output[1])) != 2:
-        problems.append(f"its features output has shape {_show(dims(graph.output[1]))}, "
-                        "expected (batch, F)")  # fmt: skip
-    return problems
-
-
-def _show(shape: list) -> str:
-    return "(" + ", ".join(str(d) for d in shape) + ")"

@@ -1,7 +1,7 @@
 """The report's per-subgroup and test-time-augmentation analyses: pure functions of scores.
 
 Both take the evaluation images' labels, logits and patients (`ScoredImages`) and resample
-patients, not images, for their intervals, like the rest of `cxr.report`.
+patients, not images, for their intervals, like the rest of `cxr.report.build`.
 """
 
 from __future__ import annotations
@@ -22,6 +22,13 @@ TTA_VIEWS = (
     ("rotate -5 deg", -5.0, 1.0),
     ("zoom 1.08", 0.0, 1.08),
 )
+
+OPERATING_POINTS = {
+    "youden": "Youden's J (max sensitivity + specificity - 1)",
+    "sensitivity:0.95": "sensitivity >= 0.95 on validation",
+    "specificity:0.95": "specificity >= 0.95 on validation",
+}
+RATES = ("sensitivity", "specificity", "ppv", "npv", "f1")
 
 
 @dataclass

@@ -15,7 +15,7 @@ Two files land in the run folder:
 - `model.onnx.json`: the contract a consumer needs to feed the graph the same pixels the model
   was validated on: the PreprocessConfig and pipeline version, MEAN/STD, the input and output
   shapes, findings, task and thresholds, and sha256 fingerprints of both model.safetensors and
-  model.onnx, so `cxr.engine.make_engine(..., backend="onnx")` refuses a stale or edited export.
+  model.onnx, so `cxr.inference.make_engine(..., backend="onnx")` refuses a stale or edited export.
 
 The export is verified before anything is written in place: onnxruntime and PyTorch must give
 the same logits to within VERIFY_TOLERANCE on real validation images of the run when their
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import hashlib
 import io
 import os
 import time
@@ -39,21 +38,21 @@ import torch
 from cxr import NOT_A_MEDICAL_DEVICE, __version__
 from cxr.checkpoint import write_json
 from cxr.errors import CxrError
+from cxr.inference.contract import (
+    CONTRACT_FORMAT,
+    CONTRACT_VERSION,
+    FEATURES_NAME,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    file_sha256,
+)
 from cxr.preprocess import MEAN, PIPELINE_VERSION, STD
+from cxr.run import RunDir, load_run
 
-ONNX_FILE = "model.onnx"
-CONTRACT_FILE = "model.onnx.json"
-CONTRACT_FORMAT = "cxr-onnx-contract"
-CONTRACT_VERSION = 2  # 2: the "features" output; version 1 exports (logits only) still load
-CONTRACT_VERSIONS = (1, 2)
 OPSET = 18
-INPUT_NAME = "image"
-OUTPUT_NAME = "logits"
-FEATURES_NAME = "features"
 VERIFY_TOLERANCE = 1e-4  # max |logit difference|; float32 reorderings give ~1e-6
 _VERIFY_IMAGES = 8
 _EXAMPLE_BATCH = 2  # torch.export specialises a dimension traced at size 1, so trace at 2
-
 
 @dataclass
 class ExportResult:
@@ -75,12 +74,10 @@ def export_run(
     images: optional uint8 (N, S, S) preprocessed images to verify on; by default up to 8 of
     the run's validation images (from split.csv) when their files are readable.
     """
-    from cxr.evaluate import load_run
-
     start = time.perf_counter()
     run = load_run(run_dir, device="cpu")
     run_dir = Path(run_dir)
-    out = Path(out) if out is not None else run_dir / ONNX_FILE
+    out = Path(out) if out is not None else RunDir(run_dir).onnx
     if out.is_dir() or out.suffix != ".onnx":
         raise CxrError(f"--out {out}: expected a file name ending in .onnx")
     size = run.config.preprocess.image_size
@@ -117,10 +114,8 @@ class _LogitsAndFeatures(torch.nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        from cxr.models import pooled_features
-
-        features = pooled_features(self.model, x)
-        return self.model.fc(features), features
+        features = self.model.pooled_features(x)
+        return self.model.head(features), features
 
 
 def export_model(model: torch.nn.Module, path: str | Path, image_size: int, opset: int = OPSET):
@@ -151,15 +146,14 @@ def max_abs_difference(model: torch.nn.Module, onnx_path: str | Path, pixels: np
     the features (both feed decisions: the calls and the OOD gate)."""
     import onnxruntime as ort
 
-    from cxr.engine import normalise_numpy
-    from cxr.models import pooled_features
+    from cxr.inference.backends import normalise_numpy
 
     x = normalise_numpy(pixels)
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     logits, features = session.run([OUTPUT_NAME, FEATURES_NAME], {INPUT_NAME: x})
     with torch.no_grad():
         model = model.eval()
-        want_features = pooled_features(model, torch.from_numpy(x)).float()
+        want_features = model.pooled_features(torch.from_numpy(x)).float()
         want_logits = model(torch.from_numpy(x)).float().numpy()
     logit_diff = np.max(np.abs(logits.astype(np.float64) - want_logits))
     feature_diff = np.max(np.abs(features.astype(np.float64) - want_features.numpy()))
@@ -177,7 +171,7 @@ def build_contract(run, onnx_path: Path, opset: int, diff: float, verified_on: s
         "version": CONTRACT_VERSION,
         "onnx_file": onnx_path.name,
         "onnx_sha256": file_sha256(onnx_path),
-        "model_sha256": file_sha256(Path(run.run_dir) / "model.safetensors"),
+        "model_sha256": file_sha256(run.files.weights),
         "opset": opset,
         "arch": run.config.model.arch,
         "input": {
@@ -197,9 +191,9 @@ def build_contract(run, onnx_path: Path, opset: int, diff: float, verified_on: s
         },
         "features": {
             "name": FEATURES_NAME,
-            "shape": ["batch", int(run.model.fc.in_features)],
+            "shape": ["batch", int(run.model.num_features)],
             "dtype": "float32",
-            "meaning": "global-average-pooled layer4: what the run's OOD gate (ood.json) scores",
+            "meaning": "the pooled features before the head, which the OOD gate (ood.json) scores",
         },
         "normalization": {
             "mean": MEAN,
@@ -228,21 +222,13 @@ def build_contract(run, onnx_path: Path, opset: int, diff: float, verified_on: s
     }
 
 
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _verification_images(run_dir: Path, cfg) -> tuple[np.ndarray, str]:
     """Up to 8 of the run's validation images, preprocessed; a seeded random batch if none."""
     from cxr.data.image_io import decode_image
     from cxr.preprocess import preprocess
 
     pixels = []
-    split = run_dir / "split.csv"
+    split = RunDir(run_dir).split
     if split.is_file():
         with open(split, newline="") as fh:
             keys = [row.get("key", "") for row in csv.DictReader(fh) if row.get("split") == "val"]

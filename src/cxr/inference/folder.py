@@ -2,8 +2,8 @@
 
 The same checks as `POST /api/predict` (decode limits, colour-photo refusal, the run's
 out-of-distribution gate, the validation thresholds), so a CSV row and an API answer agree;
-but batched through `cxr.batch_predict.predict_files`: worker threads decode and preprocess the next
-images while the model (PyTorch or ONNX Runtime) and the gate run on whole batches.
+but batched through `cxr.inference.batch.predict_files`: worker threads decode and preprocess
+the next images while the model (PyTorch or ONNX Runtime) and the gate run on whole batches.
 A file that cannot be used gets a row with its error, and the others go on.
 """
 
@@ -18,7 +18,18 @@ from pathlib import Path
 import numpy as np
 
 from cxr.data.image_io import IMAGE_EXTENSIONS
-from cxr.errors import CxrError, DataError
+from cxr.errors import CxrError, DataError, NotAChestXray
+from cxr.inference.batch import Prepared, predict_files
+from cxr.inference.predictor import Predictor
+from cxr.inference.screening import (
+    check_colour,
+    decode_upload,
+    gate_verdict,
+    load_gate,
+    ood_warning,
+)
+from cxr.ood.gate import OodGate, contrast
+from cxr.preprocess import preprocess
 
 
 @dataclass
@@ -69,10 +80,9 @@ def predict_folder(
     backend: str = "torch",
     batch_size: int = 32,
     workers: int | None = None,
+    device: str = "cpu",
 ) -> FolderResult:
     """Predict every image under `folder` with the run in `model`; one CSV row per file."""
-    from cxr.batch_predict import predict_files
-    from cxr.serve.engine import Engine
 
     out = Path(out)
     if out.is_dir():
@@ -84,16 +94,18 @@ def predict_folder(
     if workers is not None and workers < 1:
         raise CxrError(f"--workers must be at least 1, got {workers}")
     files = image_files(folder)
-    serve = Engine(
-        {"model": str(model), "max_pixels": max_pixels, "ood_gate": ood_gate, "backend": backend}
-    )
+    predictor = Predictor.from_run_dir(model, device=device, backend=backend)
+    gate, note = (None, "turned off (--no-ood-gate)")
+    if ood_gate:
+        gate, note = load_gate(Path(model), predictor.run)
+    checks = _Checks(predictor, gate, note, max_pixels)
     root = Path(folder) if Path(folder).is_dir() else Path(folder).parent
-    findings = serve.findings
+    findings = predictor.findings
     rows, n_ok, total = [], 0, 0.0
     start = time.perf_counter()
     results = predict_files(
-        serve.predictor.engine, files, batch_size=batch_size, workers=workers,
-        prepare=_preparer(serve), screen=_screen(serve), progress=progress,
+        predictor.engine, files, batch_size=batch_size, workers=workers,
+        prepare=_preparer(checks), screen=_screen(checks), progress=progress,
     )  # fmt: skip
     for r in results:
         row = {"file": r.path.relative_to(root).as_posix()}
@@ -120,20 +132,25 @@ def predict_folder(
     return FolderResult(out, n_ok, len(rows) - n_ok, total, time.perf_counter() - start)
 
 
-def _preparer(serve):
+@dataclass
+class _Checks:
+    """What the workers and the batch screen share: the model, its gate, the decode limit."""
+
+    predictor: Predictor
+    gate: OodGate | None
+    gate_note: str
+    max_pixels: int
+
+
+def _preparer(serve: _Checks):
     """path -> Prepared, in a worker thread: read, decode with the API's limits, refuse colour
     photographs, preprocess; keeps only what the gate needs (not the full-size image)."""
-    from cxr.batch_predict import Prepared
-    from cxr.ood import contrast
-    from cxr.preprocess import preprocess
-    from cxr.serve.engine import decode_upload
-
     cfg = serve.predictor.run.config.preprocess
 
     def prepare(path: Path) -> Prepared:
         tick = time.perf_counter()
         decoded = decode_upload(path.read_bytes(), str(path), serve.cfg.max_pixels)
-        serve.check_colour(decoded, str(path))
+        check_colour(decoded, str(path))
         tock = time.perf_counter()
         pixels = preprocess(decoded.image, cfg)
         extra = {"path": str(path), "raw": decoded.colour}
@@ -144,12 +161,10 @@ def _preparer(serve):
     return prepare
 
 
-def _screen(serve):
+def _screen(serve: _Checks):
     """The run's OOD gate on a whole batch, as the API words it: a refusal becomes the file's
     error, a warning goes into its row. The gate's features come from the forward pass that gave
     the probabilities (PyTorch, or ONNX exports with a features output); else it runs its own."""
-    from cxr.serve.engine import NotAChestXray, ood_warning
-
     def screen(batch: list, features: np.ndarray | None) -> list[str | None]:
         if serve.gate is None:
             for item in batch:
@@ -165,7 +180,7 @@ def _screen(serve):
         errors: list[str | None] = []
         for item, verdict in zip(batch, verdicts, strict=True):
             try:
-                ood = serve.ood_answer(verdict, item.extra["path"])
+                ood = gate_verdict(verdict, item.extra["path"])
             except NotAChestXray as exc:
                 item.extra["ood"] = exc.ood
                 errors.append(str(exc))

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from cxr.config import PreprocessConfig
-from cxr.engine import InferenceEngine, cpu_cores
 from cxr.errors import CxrError
+from cxr.inference.backends import InferenceEngine, cpu_cores
 
 
 @dataclass

@@ -6,13 +6,42 @@ from __future__ import annotations
 
 import json
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
+from optuna.trial import TrialState
 
 from cxr.config import DataConfig, RunConfig, load_config
-from cxr.search_space import SearchSpace
-from cxr.tune import TuneResult, epochs_spent, trial_counts
+from cxr.evaluate import evaluate_run
+from cxr.run import RunDir, split_keys
+from cxr.tune.space import SearchSpace
+
+
+@dataclass
+class TuneResult:
+    study_dir: Path
+    study_name: str
+    counts: dict[str, int]  # complete / pruned / failed / running
+    epochs: int  # epochs trained by all trials together
+    best_trial: int | None = None
+    best_value: float | None = None
+    best_params: dict = field(default_factory=dict)
+    best_run: Path | None = None
+    best_config: Path | None = None
+    test_metrics: dict | None = None
+
+
+def trial_counts(study: optuna.Study) -> dict[str, int]:
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    names = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned",
+             TrialState.FAIL: "failed", TrialState.RUNNING: "running"}  # fmt: skip
+    return {name: sum(s == state for s in states) for state, name in names.items()}
+
+
+def epochs_spent(trial: optuna.trial.FrozenTrial) -> int:
+    """Epochs a trial trained: one reported value per epoch."""
+    return len(trial.intermediate_values)
 
 
 def write_report(
@@ -56,14 +85,13 @@ def write_best(
     the split's test images (if it has any) and on test_data: only now, after the search."""
     import yaml
 
-    from cxr.data.splits import keys_in_split
-    from cxr.evaluate import evaluate_run
 
     best = study.best_trial
     run = Path(best.user_attrs.get("run_dir") or base.out_dir + "/no-run-folder")
     study_dir = Path(base.out_dir)
     # From the trial's own folder where this machine has it, else rebuilt from its parameters.
-    cfg = load_config(run / "config.json") if (run / "config.json").is_file() else None
+    files = RunDir(run)
+    cfg = load_config(files.config) if files.config.is_file() else None
     cfg = cfg or space.apply(base, best.params)
     cfg = cfg.model_copy(update={"out_dir": str(study_dir / "retrain-best")})
     result.best_config = study_dir / "best_config.yaml"
@@ -74,10 +102,10 @@ def write_best(
     raw = json.loads(cfg.model_dump_json())
     result.best_config.write_text(header + yaml.safe_dump(raw, sort_keys=False))
     result.best_trial, result.best_value, result.best_params = best.number, best.value, best.params
-    if not (run / "model.json").is_file():
+    if not files.model_json.is_file():
         return  # the best trial ran on another machine: its folder is there
     result.best_run = run
-    if keys_in_split(run / "split.csv", "test"):
+    if split_keys(run, "test"):
         result.test_metrics = evaluate_run(
             run, base.data, study_dir / "best_test_metrics.json", split="test", progress=progress,
             allow_overlap=allow_overlap,

@@ -6,11 +6,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
+from tqdm.auto import tqdm
 
+from cxr.data.table import load_image
 from cxr.errors import CxrError
+from cxr.explain import heatmaps, overlay
+from cxr.inference import Predictor
 from cxr.metrics import compute_metrics
-from cxr.report_analysis import ScoredImages, known_mask
+from cxr.report.analysis import ScoredImages, known_mask
 
 GALLERY_PER_KIND = 3  # most confident true and false positives shown per finding...
 GALLERY_MAX = 36  # ...fewer per finding when there are many findings (Grad-CAM costs ~1 s each)
@@ -65,16 +70,6 @@ def gallery_entries(
     run_dir, table, test: ScoredImages, arrays, findings, progress
 ) -> tuple[list, str]:
     """Most confident true and false positives per finding at the Youden point, with Grad-CAM."""
-    try:
-        from cxr import explain
-    except ImportError as exc:
-        return [], f"left out: Grad-CAM (cxr.explain) is not available here ({exc})"
-    import cv2
-    from tqdm.auto import tqdm
-
-    from cxr.data.table import load_image
-    from cxr.inference import Predictor
-
     probs, thresholds = arrays["probs"], arrays["thresholds"]["youden"]
     per_kind = max(1, min(GALLERY_PER_KIND, GALLERY_MAX // (2 * len(findings))))
     chosen = []
@@ -93,8 +88,8 @@ def gallery_entries(
         chosen, desc="Grad-CAM", unit="img", disable=not progress, leave=False
     ):
         image = load_image(table, i)
-        heatmap = explain.heatmaps(predictor, image, [name], "gradcam")[name]
-        rgb = np.asarray(explain.overlay(image, heatmap), dtype=np.uint8)
+        heatmap = heatmaps(predictor, image, [name], "gradcam")[name]
+        rgb = np.asarray(overlay(image, heatmap), dtype=np.uint8)
         side = 224 / max(rgb.shape[:2])
         if side < 1:
             rgb = cv2.resize(rgb, None, fx=side, fy=side, interpolation=cv2.INTER_AREA)

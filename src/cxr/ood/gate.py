@@ -30,7 +30,9 @@ precision matrices).
 
 from __future__ import annotations
 
+import io
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -41,15 +43,15 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cxr import NOT_A_MEDICAL_DEVICE
-from cxr.errors import ConfigError, CxrError
-from cxr.evaluate import LoadedRun, load_run
-from cxr.models import pooled_features
-from cxr.preprocess import model_input, preprocess
+from cxr.errors import ConfigError, CxrError, NotAChestXray
+from cxr.preprocess import preprocess
+from cxr.run import LoadedRun, load_run
+from cxr.runtime import Runtime, forward
 
 GATE_FILE = "ood.json"
 TENSORS_FILE = "ood.safetensors"
 GATE_VERSION = 1
-_MIDLINE_MARGIN = 0.05  # grey levels (of 1) below the training percentile before we call it
+MIDLINE_MARGIN = 0.05  # grey levels (of 1) below the training percentile before we call it
 _REASONS = {
     "colour": "a colour image (a photograph?), not a grey radiograph",
     "blank": "a blank or near-constant image",
@@ -57,10 +59,6 @@ _REASONS = {
     "layout": "its layout is unlike the training chest X-rays",
     "features": "far from the training images in the model's feature space",
 }
-
-
-class OutOfDistributionError(CxrError):
-    """The gate refused an input (action "refuse"); the message says which check and why."""
 
 
 class OodConfig(BaseModel):
@@ -167,37 +165,27 @@ def thumbnails(pixels: np.ndarray, side: int) -> np.ndarray:
     return np.stack(out) / 255.0
 
 
-@torch.no_grad()
-def penultimate_features(model: torch.nn.Module, pixels: np.ndarray, batch_size=64) -> np.ndarray:
-    """(N, S, S) uint8 preprocessed -> (N, F) float64: a torchvision ResNet's pooled layer4.
-
-    A plain forward pass (no hooks), so it is safe beside predictions in other threads.
-    """
+def penultimate_features(model: torch.nn.Module, pixels: np.ndarray) -> np.ndarray:
+    """(N, S, S) uint8 preprocessed -> (N, F) float64: the model's pooled features (the batched
+    forward of `cxr.runtime`, on the model's own device). A plain forward pass (no hooks), so it
+    is safe beside predictions in other threads."""
     batch = np.asarray(pixels)
     if batch.ndim == 2:
         batch = batch[None]
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    out = []
-    for start in range(0, len(batch), batch_size):
-        chunk = np.array(batch[start : start + batch_size], dtype=np.uint8)  # a writable copy
-        x = model_input(torch.from_numpy(chunk)).to(device)
-        out.append(pooled_features(model, x).float().cpu().numpy())
-    model.train(was_training)
-    return np.concatenate(out).astype(np.float64)
+    return forward(model, batch, Runtime(device, amp=False, channels_last=False))[1]
 
 
 # ---------------------------------------------------------------- a Mahalanobis distance
 
 
 @dataclass
-class _Mahalanobis:
+class Mahalanobis:
     mean: np.ndarray  # (F,)
     precision: np.ndarray  # (F, F), inverse of the shrunk covariance
 
     @classmethod
-    def fit(cls, x: np.ndarray) -> _Mahalanobis:
+    def fit(cls, x: np.ndarray) -> Mahalanobis:
         from sklearn.covariance import LedoitWolf
 
         lw = LedoitWolf().fit(x)
@@ -218,8 +206,8 @@ class OodGate:
         self,
         run: LoadedRun,
         config: OodConfig,
-        features: _Mahalanobis,
-        layout: _Mahalanobis,
+        features: Mahalanobis,
+        layout: Mahalanobis,
         limits: dict[str, float],
         info: dict,
     ):
@@ -234,7 +222,7 @@ class OodGate:
 
     def check(self, image: np.ndarray, raw: np.ndarray | None = None) -> OodResult:
         """Judge a decoded image (float32 [0, 1] 2-D); raw: its pixels before the grey
-        conversion (for the colour check), e.g. from `raw_pixels(bytes)`; None skips that check.
+        conversion (for the colour check), e.g. from `colour_sample(bytes)`; None skips that check.
         """
         pixels = preprocess(image, self.run.config.preprocess)
         return self.check_preprocessed(pixels, image=image, raw=raw)
@@ -323,10 +311,10 @@ class OodGate:
         )
 
     def enforce(self, image: np.ndarray, raw: np.ndarray | None = None) -> OodResult:
-        """`check`, raising OutOfDistributionError when the config says "refuse"."""
+        """`check`, raising NotAChestXray when the config says "refuse"."""
         result = self.check(image, raw)
         if result.refused:
-            raise OutOfDistributionError(
+            raise NotAChestXray(
                 f"input refused by the out-of-distribution gate: {result.reason}. "
                 + NOT_A_MEDICAL_DEVICE
             )
@@ -388,24 +376,41 @@ class OodGate:
             raise ConfigError(f"{path}: gate version {payload.get('version')}, expected "
                               f"{GATE_VERSION}: refit with `cxr ood-fit`")  # fmt: skip
         run = run or load_run(run_dir)
-        features = _Mahalanobis(tensors["feature_mean"], tensors["feature_precision"])
-        layout = _Mahalanobis(tensors["layout_mean"], tensors["layout_precision"])
+        features = Mahalanobis(tensors["feature_mean"], tensors["feature_precision"])
+        layout = Mahalanobis(tensors["layout_mean"], tensors["layout_precision"])
         return cls(run, config, features, layout, limits, payload.get("info", {}))
 
 
-def raw_pixels(data: bytes) -> np.ndarray | None:
-    """The undecoded-to-grey pixels of raster bytes (RGB order), for the colour check.
+_COLOUR_SAMPLE = 256  # the colour check looks at a copy at most this wide: enough, and cheap
+_GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F", "La"}
 
-    None for DICOM or anything OpenCV cannot read (decode errors are `decode_bytes`'s job).
+
+def colour_sample(data: bytes) -> np.ndarray | None:
+    """The pixels of an encoded colour PNG/JPEG/BMP/TIFF before any grey conversion (which would
+    hide colour), as RGB uint8 at most _COLOUR_SAMPLE wide; None for grey files and DICOM.
+    The one source of "raw" pixels for both colour checks (the refusal and the gate's).
+
+    Call it after decode_bytes accepted the file, so sizes are already within the limits.
     """
-    if len(data) > 132 and data[128:132] == b"DICM":
+    from PIL import Image
+
+    if data[128:132] == b"DICM":
         return None
     try:
-        arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-    except cv2.error:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as img:
+                if img.mode in _GREY_MODES:
+                    return None
+                img.draft("RGB", (_COLOUR_SAMPLE, _COLOUR_SAMPLE))  # JPEG: decode at 1/2..1/8
+                rgb = np.asarray(img.convert("RGB"))
+    except Exception:  # noqa: BLE001 - decode_bytes already read it; a PIL quirk skips the check
         return None
-    if arr is None:
-        return None
-    if arr.ndim == 3 and arr.shape[2] in (3, 4):
-        arr = arr[..., 2::-1]
-    return arr
+    h, w = rgb.shape[:2]
+    if w > _COLOUR_SAMPLE:
+        rgb = cv2.resize(
+            rgb,
+            (_COLOUR_SAMPLE, max(1, round(h * _COLOUR_SAMPLE / w))),
+            interpolation=cv2.INTER_AREA,
+        )
+    return rgb

@@ -1,13 +1,15 @@
 """Grad-CAM heatmaps for any finding, aligned with the original image, and the pointing game.
 
-Heatmaps come from the `grad-cam` package (pytorch_grad_cam): Grad-CAM or Grad-CAM++ on the last
-block of layer4, with the target the finding's logit (one sigmoid per finding, or the class's
+Heatmaps come from the `grad-cam` package (pytorch_grad_cam): Grad-CAM or Grad-CAM++ on the
+layer the backbone names "last" (`Classifier.cam_layers`; layer4's last block on a ResNet), with
+the target the finding's logit (one sigmoid per finding, or the class's
 pre-softmax score). The package returns a map over the model's S x S input; we undo the pad /
 crop / resize of preprocessing with `cxr.preprocess.heatmap_to_original`, so a heatmap lies on
 the original pixels whatever the image's aspect ratio.
 
-The maps' resolution is the layer4 grid: S / 32 cells a side (3 x 3 at 96 px, 7 x 7 at 224 px),
-bilinearly upsampled. That is the nature of Grad-CAM on a ResNet, not a bug.
+The maps' resolution is that layer's grid: S / 32 cells a side for every registered backbone
+(3 x 3 at 96 px, 7 x 7 at 224 px), bilinearly upsampled; "finer" is S / 16. That is the nature of
+Grad-CAM on a CNN, not a bug.
 
 Thread safety: the package hooks the model's layers, and a hook on a shared model would also
 fire on a concurrent `Predictor.predict` in another thread (a Flask server). So heatmaps are
@@ -23,7 +25,7 @@ import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -33,8 +35,16 @@ from torch import nn
 from cxr.errors import CxrError
 from cxr.preprocess import Geometry, heatmap_to_original
 
-if TYPE_CHECKING:
-    from cxr.inference import Predictor
+
+class Explainable(Protocol):
+    """What a heatmap needs of a loaded run (`cxr.inference.Predictor` is one)."""
+
+    findings: list[str]
+    model: nn.Module  # a cxr.models.Classifier
+
+    def prepare(self, image: np.ndarray) -> tuple[np.ndarray, Geometry]: ...
+
+    def input_tensor(self, preprocessed: np.ndarray) -> torch.Tensor: ...
 
 
 def _cam_classes() -> dict[str, type]:
@@ -44,9 +54,11 @@ def _cam_classes() -> dict[str, type]:
 
 
 METHODS = ("gradcam", "gradcam++")
-# Target block: layer4 (the default, the usual Grad-CAM layer: S / 32 cells a side) or layer3
-# (twice as fine, S / 16, less specific to the finding).
-LAYERS = ("layer4", "layer3")
+# Target layer: "last" (the default, the usual Grad-CAM layer: S / 32 cells a side) or "finer"
+# (twice as fine, S / 16, less specific to the finding); on a ResNet they are layer4 and layer3,
+# and those names are accepted too.
+LAYERS = ("last", "finer")
+_ALIASES = {"layer4": "last", "layer3": "finer"}
 _TWINS: weakref.WeakKeyDictionary[nn.Module, tuple[nn.Module, threading.Lock, tuple]] = (
     weakref.WeakKeyDictionary()
 )
@@ -57,12 +69,12 @@ _TWINS_LOCK = threading.Lock()
 
 
 def heatmaps(
-    predictor: Predictor,
+    predictor: Explainable,
     image: np.ndarray,
     findings: list[str] | None = None,
     method: str = "gradcam",
     *,
-    layer: str = "layer4",
+    layer: str = "last",
 ) -> dict[str, np.ndarray]:
     """Per finding, a float32 heatmap in [0, 1] with the shape of `image` (the decoded original).
 
@@ -76,12 +88,12 @@ def heatmaps(
 
 
 def heatmap_for_preprocessed(
-    predictor: Predictor,
+    predictor: Explainable,
     pixels: np.ndarray,
     findings: list[str] | None = None,
     method: str = "gradcam",
     *,
-    layer: str = "layer4",
+    layer: str = "last",
 ) -> dict[str, np.ndarray]:
     """Per finding, a float32 (S, S) map in [0, 1] over the model's input (uint8 (S, S) pixels).
 
@@ -104,10 +116,11 @@ def heatmap_for_preprocessed(
     x = predictor.input_tensor(pixels)
     batch = x.expand(len(index), *x.shape[1:]).contiguous()
     targets = [ClassifierOutputTarget(i) for i in index]
+    layer = _ALIASES.get(layer, layer)
     if layer not in LAYERS:
         raise CxrError(f"unknown target layer {layer!r}; expected one of {list(LAYERS)}")
     with _private_copy(predictor.model) as model:
-        target = getattr(model, layer)[-1]
+        target = model.cam_layers()[layer]
         # Gradients are needed at the target block's output only: the graph starts at that
         # block (its weights require grad, frozen in the original or not), so the backward pass
         # stops there instead of running through the whole network.
@@ -168,13 +181,22 @@ def _weights_version(model: nn.Module) -> tuple[int, int]:
     return sum(t._version for t in tensors), sum(t.data_ptr() for t in tensors)
 
 
-def feature_grid(image_size: int, layer: str = "layer4") -> int:
-    """Side of a torchvision ResNet's layer grid for an S x S input: halvings, rounded up."""
-    n = int(image_size)
-    # conv1, maxpool, layer2, layer3, layer4: each stride 2, padded
-    for _ in range(5 if layer == "layer4" else 4):
-        n = -(-n // 2)
-    return n
+def feature_grid(model: nn.Module, image_size: int, layer: str = "last") -> int:
+    """Side of the grid of the model's Grad-CAM `layer` for an S x S input (measured with one
+    forward pass of a blank image, so it holds for every backbone)."""
+    target = model.cam_layers()[_ALIASES.get(layer, layer)]
+    seen = []
+    hook = target.register_forward_hook(lambda _m, _i, out: seen.append(out.shape[-1]))
+    try:
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            was_training = model.training
+            model.eval()
+            model(torch.zeros(1, 1, image_size, image_size, device=device))
+            model.train(was_training)
+    finally:
+        hook.remove()
+    return int(seen[0])
 
 
 # ---------------------------------------------------------------- overlays
@@ -210,150 +232,3 @@ def save_overlay(path: str | Path, image: np.ndarray, heatmap: np.ndarray, alpha
     if not cv2.imwrite(str(path), rgb[..., ::-1]):
         raise CxrError(f"cannot write the overlay PNG: {path}")
     return path
-
-
-# ---------------------------------------------------------------- pointing game
-
-
-def pointing_hit(heatmap: np.ndarray, mask: np.ndarray, tolerance_px: int = 0) -> bool:
-    """Whether the heatmap's maximum lies in the mask dilated by `tolerance_px` pixels.
-
-    A flat map (no maximum, e.g. all zero) is a miss.
-    """
-    heat = np.asarray(heatmap, dtype=np.float32)
-    if heat.shape != mask.shape:
-        raise ValueError(f"heatmap {heat.shape} and mask {mask.shape} differ in shape")
-    if not heat.size or float(heat.max()) <= float(heat.min()):
-        return False
-    region = dilate(mask, tolerance_px)
-    return bool(region.flat[int(np.argmax(heat))])
-
-
-def mass_inside(heatmap: np.ndarray, mask: np.ndarray) -> float:
-    """Share of the heatmap's total mass that lies inside the (undilated) mask; 0 for a 0 map."""
-    heat = np.clip(np.asarray(heatmap, dtype=np.float64), 0.0, None)
-    total = heat.sum()
-    return float(heat[mask].sum() / total) if total > 0 else 0.0
-
-
-def dilate(mask: np.ndarray, radius_px: int) -> np.ndarray:
-    """The mask grown by a disk of `radius_px` pixels (0: unchanged)."""
-    mask = np.asarray(mask, dtype=bool)
-    if radius_px <= 0:
-        return mask
-    disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius_px + 1,) * 2)
-    return cv2.dilate(mask.astype(np.uint8), disk) > 0
-
-
-def same_side(heatmap: np.ndarray, mask: np.ndarray) -> bool:
-    """Whether the heatmap has more mass in the image half (left / right) holding more mask.
-
-    A check a centre-biased map cannot pass for a one-sided lesion (effusion, pneumothorax).
-    """
-    w = mask.shape[1]
-    heat = np.clip(np.asarray(heatmap, dtype=np.float64), 0.0, None)
-    lesion_right = mask[:, w // 2 :].sum() > mask[:, : w // 2].sum()
-    left, right = heat[:, : w // 2].sum(), heat[:, w - w // 2 :].sum()
-    return bool(right > left) if lesion_right else bool(left > right)
-
-
-def pointing_game(
-    predictor: Predictor,
-    root: str | Path,
-    keys: list[str],
-    finding: str,
-    method: str = "gradcam",
-    layer: str = "layer4",
-    tolerance: float = 0.03,
-    random_draws: int = 20,
-    seed: int = 0,
-    progress: bool = True,
-) -> dict:
-    """Does the heatmap point at the planted lesion? On SYNTHETIC phantoms with known masks.
-
-    Over the images of `keys` that have `finding` planted (a mask in `root`/masks), per map:
-    hit_rate: share whose heatmap maximum lies inside the lesion mask dilated by
-        `tolerance` x the image's long side (3%: 4 px at 128 px, 8 px at 256 px), the usual
-        allowance of the pointing game for a map that is coarse by construction; a flat map
-        is a miss;
-    mass_inside: mean share of heatmap mass inside the undilated mask;
-    side_rate: share whose heatmap mass leans to the lesion's half of the image (`same_side`);
-    random_*: the same for random maps: uniform noise on the same grid as the heatmap (S / 32 a
-        side for layer4), put on the image exactly as Grad-CAM is (bilinear, pad removed),
-        `random_draws` per image, seeded;
-    centre_*: a map peaked at the image centre: a pointing game a central lesion lets a
-        constant map win (centre_side_rate is 0: a symmetric map leans nowhere);
-    mask_area: mean share of the image the mask covers (the mass a uniform map would score).
-    """
-    from cxr.data.image_io import decode_image
-    from cxr.data.synthetic import load_masks
-
-    root = Path(root)
-    rng = np.random.default_rng(seed)
-    grid = feature_grid(predictor.run.config.preprocess.image_size, layer)
-    scores: dict[str, list[np.ndarray]] = {"": [], "random_": [], "centre_": []}
-    areas, radii = [], []
-    iterator = keys
-    if progress:
-        from tqdm.auto import tqdm
-
-        iterator = tqdm(keys, desc=f"pointing game {finding}", unit="img", leave=False)
-    for key in iterator:
-        masks = load_masks(root, key)
-        if finding not in masks:
-            continue
-        path = Path(key) if Path(key).is_file() else root / "images" / Path(key).name
-        image = decode_image(path)
-        mask = masks[finding]
-        if mask.shape != image.shape:
-            mask = cv2.resize(mask.astype(np.uint8), image.shape[::-1], cv2.INTER_NEAREST) > 0
-        radius = max(1, round(tolerance * max(image.shape)))
-        pixels, geometry = predictor.prepare(image)
-        maps = heatmap_for_preprocessed(predictor, pixels, [finding], method, layer=layer)
-
-        def score(heat: np.ndarray, mask=mask, radius=radius) -> np.ndarray:
-            hit = pointing_hit(heat, mask, radius)
-            return np.array([hit, mass_inside(heat, mask), same_side(heat, mask)], np.float64)
-
-        randoms = [
-            score(to_original(rng.random((grid, grid), dtype=np.float32), geometry))
-            for _ in range(random_draws)
-        ]
-        scores[""].append(score(to_original(maps[finding], geometry)))
-        scores["random_"].append(np.mean(randoms, axis=0))
-        scores["centre_"].append(score(to_original(_centre_map(grid), geometry)))
-        areas.append(float(mask.mean()))
-        radii.append(radius)
-    if not areas:
-        raise CxrError(f"no image among the {len(keys)} given has a {finding} mask in {root}")
-    out = {"finding": finding, "method": method, "layer": layer, "n_images": len(areas)}
-    for prefix, rows in scores.items():
-        mean = np.mean(rows, axis=0)
-        out |= {f"{prefix}hit_rate": float(mean[0]), f"{prefix}mass_inside": float(mean[1]),
-                f"{prefix}side_rate": float(mean[2])}  # fmt: skip
-    out |= {"mask_area": float(np.mean(areas)), "tolerance_px": int(np.median(radii)), "grid": grid}
-    return out
-
-
-def _centre_map(grid: int) -> np.ndarray:
-    """A map on the layer4 grid that peaks at its centre."""
-    centre = (grid - 1) / 2
-    yy, xx = np.mgrid[0:grid, 0:grid]
-    return (1.0 / (1.0 + (yy - centre) ** 2 + (xx - centre) ** 2)).astype(np.float32)
-
-
-def format_pointing_table(results: list[dict]) -> str:
-    """Pointing-game results as an aligned text table, one row per finding (and method)."""
-    head = (
-        f"{'finding':<14}{'method':<11}{'n':>4} | {'hit':>6}{'random':>7}{'centre':>7} | "
-        f"{'mass':>6}{'random':>7}{'mask':>6} | {'side':>6}{'random':>7}"
-    )
-    lines = [head, "-" * len(head)]
-    for r in results:
-        lines.append(
-            f"{r['finding']:<14}{r['method']:<11}{r['n_images']:>4} | {r['hit_rate']:>6.2f}"
-            f"{r['random_hit_rate']:>7.2f}{r['centre_hit_rate']:>7.2f} | {r['mass_inside']:>6.2f}"
-            f"{r['random_mass_inside']:>7.2f}{r['mask_area']:>6.2f} | {r['side_rate']:>6.2f}"
-            f"{r['random_side_rate']:>7.2f}"
-        )
-    return "\n".join(lines)

@@ -1,5 +1,5 @@
 """SYNTHETIC inputs a chest X-ray gate must flag, drawn by code: colour photographs, hand
-X-rays, blank frames and inverted X-rays. For checking a fitted gate (`cxr.ood`) in tests and
+X-rays, blank frames and inverted X-rays. For checking a fitted gate (`cxr.ood.gate`) in tests and
 `benchmarks/ood.py`; never training data.
 """
 

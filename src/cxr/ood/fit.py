@@ -1,6 +1,6 @@
 """Fitting the out-of-distribution gate (`cxr ood-fit`) and measuring what it flags.
 
-The gate itself, its checks and its file format are in `cxr.ood`; this module makes one from a
+The gate itself, its checks and its file format are in `cxr.ood.gate`; this module makes one from a
 run's training images and counts its verdicts on a set of inputs.
 """
 
@@ -12,19 +12,22 @@ from pathlib import Path
 
 import numpy as np
 
+from cxr.data.cache import build_cache
+from cxr.data.prepare import resolve_table
+from cxr.data.table import load_image
 from cxr.errors import CxrError
-from cxr.evaluate import LoadedRun, load_run
-from cxr.ood import (
-    _MIDLINE_MARGIN,
+from cxr.ood.gate import (
+    MIDLINE_MARGIN,
+    Mahalanobis,
     OodConfig,
     OodGate,
-    _Mahalanobis,
+    colour_sample,
     midline_score,
     penultimate_features,
-    raw_pixels,
     thumbnails,
 )
 from cxr.preprocess import preprocess
+from cxr.run import LoadedRun, load_run, split_keys
 
 
 def fit_ood_gate(
@@ -53,13 +56,13 @@ def fit_ood_gate(
     feats = penultimate_features(run.model, pixels)
     thumbs = thumbnails(pixels, config.thumbnail)
     midline = np.array([midline_score(p) for p in pixels])
-    features = _Mahalanobis.fit(feats[fit_idx])
-    layout = _Mahalanobis.fit(thumbs[fit_idx])
+    features = Mahalanobis.fit(feats[fit_idx])
+    layout = Mahalanobis.fit(thumbs[fit_idx])
     q = config.percentile
     limits = {
         "feature_max": float(np.percentile(features.distance(feats[cal_idx]), q)),
         "layout_max": float(np.percentile(layout.distance(thumbs[cal_idx]), q)),
-        "midline_min": float(np.percentile(midline, config.midline_percentile) - _MIDLINE_MARGIN),
+        "midline_min": float(np.percentile(midline, config.midline_percentile) - MIDLINE_MARGIN),
         "contrast_min": config.min_contrast,
         "colour_max": config.colour_max,
     }
@@ -75,22 +78,19 @@ def fit_ood_gate(
 
 
 def fit_ood_gate_for_run(
-    run_dir: str | Path,
+    run_dir: str | Path | LoadedRun,
     config: OodConfig | None = None,
     limit: int | None = 2000,
     progress: bool = True,
 ) -> OodGate:
     """Fit on the training split of a finished run (its split.csv), from the preprocessing cache
     where training left it; at most `limit` images (a seeded sample), then save into the run."""
-    from cxr.data.cache import build_cache
-    from cxr.data.prepare import resolve_table
-    from cxr.data.splits import keys_in_split
-
-    run = load_run(run_dir)
+    run = run_dir if isinstance(run_dir, LoadedRun) else load_run(run_dir)
+    run_dir = run.run_dir
     config = config or OodConfig()
     cfg = run.config
     table = resolve_table(cfg.data, cfg.train.cache_dir, progress)
-    wanted = keys_in_split(Path(run_dir) / "split.csv", "train")
+    wanted = split_keys(run_dir, "train")
     index = [i for i, key in enumerate(table.keys) if key in wanted]
     if not index:
         raise CxrError(f"{run_dir}/split.csv lists no training image that the data still has")
@@ -114,12 +114,9 @@ def iter_split_images(
     At most `limit`, a seeded sample. Unreadable files are left out (they are not the gate's
     business: decoding refuses them before the gate sees them).
     """
-    from cxr.data.prepare import resolve_table
-    from cxr.data.splits import keys_in_split
-    from cxr.data.table import load_image
 
     table = resolve_table(run.config.data, run.config.train.cache_dir, progress=False)
-    wanted = keys_in_split(run.run_dir / "split.csv", split)
+    wanted = split_keys(run.run_dir, split)
     index = [i for i, key in enumerate(table.keys) if key in wanted]
     if limit is not None and len(index) > limit:
         index = sorted(np.random.default_rng(seed).permutation(index)[:limit].tolist())
@@ -129,7 +126,7 @@ def iter_split_images(
             if table.arrays is not None:
                 raw = np.asarray(table.arrays[i])
             else:
-                raw = raw_pixels(Path(table.keys[i]).read_bytes())
+                raw = colour_sample(Path(table.keys[i]).read_bytes())
         except (CxrError, OSError):
             continue
         yield image, raw

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from cxr.bootstrap import Interval
+from cxr.report.analysis import OPERATING_POINTS, RATES
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -37,7 +38,6 @@ def render_html(report: dict, figures: dict, gallery: list[dict]) -> str:
     import jinja2
     from markupsafe import Markup
 
-    from cxr.report import OPERATING_POINTS, RATES
 
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     env.filters["num"] = _fmt

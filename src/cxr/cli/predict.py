@@ -1,0 +1,194 @@
+"""`cxr predict`, `cxr explain`, `cxr export`, `cxr serve`, `cxr ood-fit`: using runs."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from cxr import NOT_A_MEDICAL_DEVICE
+from cxr.cli.common import device_flag, gate_flag, model_flag, resolve_device
+from cxr.config import serve_config
+from cxr.errors import ConfigError, CxrError
+from cxr.explain import LAYERS, METHODS, heatmaps, save_overlay
+from cxr.inference import Predictor, export_run, predict_folder
+from cxr.inference.screening import check_colour, decode_upload, gate_verdict, load_gate
+from cxr.ood import OodConfig, fit_ood_gate_for_run, flag_rate, iter_split_images
+from cxr.run import RunDir, load_run
+
+
+def predict_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("folder", help="a folder (searched recursively) or one image file")
+    p.add_argument("--backend", choices=["torch", "onnx"], default="torch",
+                   help="onnx: ONNX Runtime on RUN/model.onnx (`cxr export` first)")  # fmt: skip
+    p.add_argument("--out", default="predictions.csv", help="CSV to write")
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    p.add_argument("--max-pixels", type=int, default=40_000_000)
+    p.add_argument("--batch-size", type=int, default=32, help="images per model call")
+    p.add_argument("--workers", type=int, default=None,
+                   help="threads decoding and preprocessing ahead of the model "
+                        "(default: one per core)")  # fmt: skip
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device)
+    result = predict_folder(args.model, args.folder, args.out, force=args.force,
+                            max_pixels=args.max_pixels, ood_gate=not args.no_ood_gate,
+                            backend=args.backend, batch_size=args.batch_size,
+                            workers=args.workers, device=device)  # fmt: skip
+    print(f"{result.n_ok} image(s) predicted, {result.n_failed} could not be used "
+          f"(see the error column); written to {result.out}")  # fmt: skip
+    print(f"{result.wall_s:.1f} s from the first file to the CSV (model loading not counted): "
+          f"{result.images_per_s:.1f} images/s, {args.backend} on {device}, "
+          f"batches of {args.batch_size}")  # fmt: skip
+    print(NOT_A_MEDICAL_DEVICE)
+    return 0
+
+
+def explain_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("image", help="a PNG, JPEG or DICOM file")
+    p.add_argument("--finding", action="append",
+                   help="finding to explain (repeatable; default: those called positive, or "
+                   "the most probable)")  # fmt: skip
+    p.add_argument("--method", default="gradcam", choices=list(METHODS))
+    p.add_argument("--layer", default="last", choices=[*LAYERS, "layer4", "layer3"],
+                   help="last (usual: S/32 cells a side) or finer (S/16, better on inputs under "
+                   "~160 px, see README); layer4/layer3 name them on a ResNet")  # fmt: skip
+    p.add_argument("--out", help="overlay PNG (with several findings: OUT_<finding>.png; "
+                   "default ./<image>_<method>_<finding>.png)")  # fmt: skip
+
+
+def run_explain(args: argparse.Namespace) -> int:
+    """Prediction table plus one Grad-CAM overlay PNG per finding; the same screening as the
+    web API (colour photographs refused, the run's OOD gate) first."""
+    path = Path(args.image)
+    if not path.is_file():
+        raise CxrError(f"image file not found: {path}")
+    predictor = Predictor.from_run_dir(args.model, device=resolve_device(args.device))
+    decoded = decode_upload(path.read_bytes(), str(path), max_pixels=40_000_000)
+    check_colour(decoded, str(path))
+    prediction, features = predictor.predict_with_features(decoded.image)
+    gate, note = (None, "turned off") if args.no_ood_gate else load_gate(args.model, predictor.run)
+    if gate is not None:
+        result = gate.check_preprocessed(prediction.preprocessed, image=decoded.image,
+                                         raw=decoded.colour, features=features)  # fmt: skip
+        ood = gate_verdict(result, str(path))  # raises NotAChestXray when the gate refuses
+        if not ood["ok"]:
+            print(f"warning: {ood['reason']}; the output below is probably meaningless")
+    else:
+        print(f"note: input checks are off for this model (out-of-distribution gate: {note})")
+    print(f"{'finding':<22}{'probability':>12}{'threshold':>11}  call")
+    for row in prediction.as_dict()["findings"]:
+        call = "positive" if row["positive"] else "-"
+        print(f"{row['finding']:<22}{row['probability']:>12.3f}{row['threshold']:>11.3f}  {call}")
+    findings = args.finding or _explained_findings(prediction)
+    maps = heatmaps(predictor, decoded.image, findings, args.method, layer=args.layer)
+    for finding, heat in maps.items():
+        out = _overlay_path(path, args.out, finding, args.method, several=len(maps) > 1)
+        save_overlay(out, decoded.image, heat)
+        empty = " (empty: no evidence for it in this image)" if not heat.any() else ""
+        print(f"{args.method} heatmap for {finding}: {out}{empty}")
+    print(NOT_A_MEDICAL_DEVICE)
+    return 0
+
+
+def _explained_findings(prediction) -> list[str]:
+    """The findings called positive, or the most probable one when none is."""
+    positive = [f for f, p in zip(prediction.findings, prediction.positive, strict=True) if p]
+    return positive or [prediction.findings[int(prediction.probabilities.argmax())]]
+
+
+def _overlay_path(image: Path, out: str | None, finding: str, method: str, several: bool) -> Path:
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in finding)
+    if out is None:
+        return Path(f"{image.stem}_{method.replace('+', 'p')}_{safe}.png")
+    out_path = Path(out)
+    return out_path.with_name(f"{out_path.stem}_{safe}{out_path.suffix}") if several else out_path
+
+
+def export_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", help="ONNX file to write (default RUN/model.onnx; contract beside it)")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    result = export_run(args.model, out=args.out, opset=args.opset)
+    print(f"wrote {result.onnx_path} and its preprocessing contract {result.contract_path}")
+    print(f"onnxruntime vs PyTorch: max |logit difference| {result.max_abs_diff:.2e} on "
+          f"{result.verified_on} ({result.seconds:.1f} s)")  # fmt: skip
+    print(NOT_A_MEDICAL_DEVICE)
+    return 0
+
+
+def serve_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to listen on every interface")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--backend", choices=["torch", "onnx"], default="torch",
+                   help="onnx: ONNX Runtime on RUN/model.onnx (`cxr export` first)")  # fmt: skip
+    p.add_argument("--threads", type=int, default=4, help="waitress worker threads")
+    p.add_argument("--max-upload-mb", type=float, default=32.0, help="largest image file")
+    p.add_argument("--max-batch-mb", type=float, default=128.0, help="largest batch request")
+    p.add_argument("--max-pixels", type=int, default=40_000_000,
+                   help="larger images are refused before decoding")  # fmt: skip
+    p.add_argument("--save-uploads", metavar="DIR",
+                   help="keep a copy of each upload here (default: memory only)")  # fmt: skip
+    p.add_argument("--web-dir", help="built front end to serve (default: web/dist)")
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from cxr.serve.server import run_server  # the only command that needs Flask
+
+    cfg = serve_config(
+        {
+            "model": args.model, "device": resolve_device(args.device),
+            "max_upload_mb": args.max_upload_mb, "max_batch_mb": args.max_batch_mb,
+            "max_pixels": args.max_pixels, "save_uploads": args.save_uploads,
+            "web_dir": args.web_dir, "ood_gate": not args.no_ood_gate, "backend": args.backend,
+        }
+    )  # fmt: skip
+    run_server(cfg, host=args.host, port=args.port, threads=args.threads)
+    return 0
+
+
+def ood_fit_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--action", default="warn", choices=["warn", "refuse"],
+                   help="what predictions do with an input that fails the gate")  # fmt: skip
+    p.add_argument("--percentile", type=float, default=99.5,
+                   help="of held-out training distances, for the thresholds")  # fmt: skip
+    p.add_argument("--limit", type=int, default=2000, help="at most this many training images")
+    p.add_argument("--check-limit", type=int, default=500,
+                   help="validation images checked after fitting (false refusals)")  # fmt: skip
+
+
+def run_ood_fit(args: argparse.Namespace) -> int:
+    try:
+        config = OodConfig(action=args.action, percentile=args.percentile)
+    except ValueError as exc:
+        raise ConfigError(f"ood-fit: {exc}") from None
+    run = load_run(args.model, resolve_device(args.device))
+    gate = fit_ood_gate_for_run(run, config, limit=args.limit)
+    lim, info = gate.limits, gate.info
+    print(f"OOD gate fitted on {info['n_fit']} training images, thresholds at the "
+          f"{config.percentile}th percentile of {info['n_calibration']} held-out ones: "
+          f"feature distance <= {lim['feature_max']:.3g}, layout distance <= "
+          f"{lim['layout_max']:.3g}, midline >= {lim['midline_min']:.3g}")  # fmt: skip
+    val = flag_rate(gate, iter_split_images(run, "val", limit=args.check_limit))
+    if val["n"]:
+        print(f"validation images flagged (false refusals if set to refuse): {val['flagged']} of "
+              f"{val['n']} ({100 * val['rate']:.1f}%), by check {val['by_check']}")  # fmt: skip
+    print(f"written to {RunDir(args.model).ood_gate}; inputs that fail will be "
+          f"{'refused' if config.action == 'refuse' else 'flagged with a warning'}")  # fmt: skip
+    return 0
+
+
+COMMANDS = {
+    "predict": ("predict every image in a folder into a CSV", predict_arguments, run_predict,
+                [model_flag, device_flag, gate_flag]),
+    "explain": ("predict one image and write Grad-CAM overlay PNGs", explain_arguments,
+                run_explain, [model_flag, device_flag, gate_flag]),
+    "export": ("write the run's model as ONNX + its preprocessing contract", export_arguments,
+               run_export, [model_flag]),
+    "serve": ("the web app and JSON API for a trained run (waitress)", serve_arguments,
+              run_serve, [model_flag, device_flag, gate_flag]),
+    "ood-fit": ("fit the out-of-distribution gate on a run's training images (written into the "
+                "run folder)", ood_fit_arguments, run_ood_fit, [model_flag, device_flag]),
+}  # fmt: skip

@@ -1,0 +1,214 @@
+"""Bytes in, a JSON-ready answer out: the one path behind `POST /api/predict`.
+
+Flask-free on purpose (the web API is a thin door onto it): the upload's screening
+(`cxr.inference.screening`) -> `Predictor` -> Grad-CAM for the findings asked for -> PNGs for the
+browser. Nothing here writes to disk.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from cxr import NOT_A_MEDICAL_DEVICE
+from cxr.config import ServeConfig, serve_config
+from cxr.errors import BadRequest
+from cxr.explain.gradcam import overlay
+from cxr.inference.model_info import model_info
+from cxr.inference.predictor import Predictor
+from cxr.inference.screening import (
+    Decoded,
+    check_colour,
+    decode_upload,
+    gate_verdict,
+    load_gate,
+    ood_warning,
+)
+
+__all__ = ["Analyser", "HEATMAP_CHOICES", "heatmap_rgba", "png_data_url"]
+
+HEATMAP_CHOICES = ("auto", "none", "top", "positive", "all")
+# Grad-CAM is a 7 x 7 grid at 224 px: a 256 px PNG carries all of it, and the browser stretches
+# it over the preview. At the preview's 1024 px an RGBA PNG cost ~10x more to encode and send.
+HEATMAP_SIZE = 256
+
+
+def png_data_url(pixels: np.ndarray) -> str:
+    """uint8 grey, RGB or RGBA pixels -> a PNG data URL (fast compression: latency matters)."""
+    if pixels.ndim == 3:
+        order = [2, 1, 0, 3][: pixels.shape[2]]  # RGB(A) -> OpenCV's BGR(A)
+        pixels = pixels[..., order]
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(pixels), [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:  # pragma: no cover - OpenCV fails only on shapes we never make
+        raise RuntimeError("PNG encoding failed")
+    return "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode("ascii")
+
+
+def display_size(shape: tuple[int, int], limit: int) -> tuple[int, int]:
+    """(h, w) of the returned preview: the original, shrunk to `limit` on its long side."""
+    h, w = shape
+    factor = min(1.0, limit / max(h, w))
+    return max(1, round(h * factor)), max(1, round(w * factor))
+
+
+def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    if image.shape[:2] == size:
+        return image
+    return cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+
+
+def heatmap_rgba(heatmap: np.ndarray) -> np.ndarray:
+    """[0, 1] map -> turbo colours whose opacity follows the map, so cold areas stay clear.
+
+    The browser lays this over the X-ray and its opacity slider scales the whole layer.
+    """
+    level = np.clip(heatmap, 0.0, 1.0)
+    bgr = cv2.applyColorMap((level * 255).astype(np.uint8), cv2.COLORMAP_TURBO)
+    alpha = (np.clip(level * 1.5, 0.0, 1.0) * 255).astype(np.uint8)
+    return np.dstack([bgr[..., ::-1], alpha])
+
+
+class Analyser:
+    """A run loaded once, with its checks; `analyse` answers one uploaded file."""
+
+    def __init__(self, cfg: ServeConfig | dict):
+        self.cfg = serve_config(cfg)
+        self.run_dir = Path(self.cfg.model)
+        self.predictor = Predictor.from_run_dir(self.run_dir, self.cfg.device, self.cfg.backend)
+        self.gate, self.gate_note = (None, "turned off (--no-ood-gate)")
+        if self.cfg.ood_gate:
+            self.gate, self.gate_note = load_gate(self.run_dir, self.predictor.run)
+        self.info = model_info(self.run_dir, self.predictor, self.gate, self.gate_note)
+        self.started = time.time()
+        # Many server threads, one model: forward passes take turns (no_grad inference would be
+        # safe in parallel, but two at once only fight over the same cores).
+        self._model_lock = threading.Lock()
+
+    @property
+    def findings(self) -> list[str]:
+        return self.predictor.findings
+
+    def heatmap_findings(self, spec: str | None, probs: dict[str, float], positive: set[str]):
+        """Which findings get a heatmap: see HEATMAP_CHOICES, or comma-separated names."""
+        spec = (spec or "auto").strip()
+        top = max(probs, key=probs.get)
+        if spec == "none":
+            return []
+        if spec == "all":
+            return list(self.findings)
+        if spec == "top":
+            return [top]
+        if spec == "positive":
+            return [f for f in self.findings if f in positive]
+        if spec == "auto":
+            return [f for f in self.findings if f in positive or f == top]
+        names = [n.strip() for n in spec.split(",") if n.strip()]
+        unknown = [n for n in names if n not in self.findings]
+        if unknown or not names:
+            raise BadRequest(
+                f"heatmaps={spec!r}: unknown finding(s) {unknown}; use one of "
+                f"{', '.join(HEATMAP_CHOICES)} or comma-separated names from {self.findings}"
+            )
+        return names
+
+    def check_gate(self, decoded: Decoded, pixels, features, name: str) -> dict:
+        """The run's OOD gate on the preprocessed pixels (and the prediction's own features,
+        when the backend gave them): what was checked; NotAChestXray when it refuses."""
+        if self.gate is None:
+            return {"checked": False, "reason": self.gate_note}
+        result = self.gate.check_preprocessed(
+            pixels, image=decoded.image, raw=decoded.colour, features=features
+        )
+        return gate_verdict(result, name)
+
+    def check_colour(self, decoded: Decoded, name: str) -> None:
+        if self.cfg.colour_check:
+            check_colour(decoded, name)
+
+    def analyse(
+        self,
+        data: bytes,
+        name: str,
+        heatmaps: str | None = "auto",
+        images: bool = True,
+        overlays: bool = False,
+    ) -> dict:
+        """One file's answer: findings, calls, heatmaps, preview PNGs, timings, notice."""
+        start = time.perf_counter()
+        timing: dict[str, float] = {}
+        self.heatmap_findings(heatmaps, dict.fromkeys(self.findings, 0.0), set())  # fail early
+        decoded = decode_upload(data, name, self.cfg.max_pixels)
+        timing["decode"] = time.perf_counter() - start
+        self.check_colour(decoded, name)
+        # One forward pass: the probabilities, and on PyTorch the features the OOD gate scores.
+        with self._model_lock:
+            prediction, features = self.predictor.predict_with_features(decoded.image)
+        timing["predict"] = prediction.seconds
+        tick = time.perf_counter()
+        ood = self.check_gate(decoded, prediction.preprocessed, features, name)
+        timing["checks"] = time.perf_counter() - tick
+        warnings_ = []
+        if ood.get("ok") is False:  # the gate is set to warn, not refuse
+            warnings_.append(ood_warning(ood))
+        answer = prediction.as_dict()
+        probs = {f["finding"]: f["probability"] for f in answer["findings"]}
+        positive = {f["finding"] for f in answer["findings"] if f["positive"]}
+        wanted = self.heatmap_findings(heatmaps, probs, positive)
+
+        maps = {}
+        if wanted:
+            tick = time.perf_counter()
+            maps, note = self._heatmaps(decoded.image, wanted)
+            timing["heatmaps"] = time.perf_counter() - tick
+            if note:
+                warnings_.append(note)
+
+        tick = time.perf_counter()
+        h, w = decoded.image.shape
+        shown = display_size((h, w), self.cfg.display_size)
+        grey = (_resize(decoded.image, shown) * 255 + 0.5).astype(np.uint8)
+        small = display_size((h, w), min(HEATMAP_SIZE, self.cfg.display_size))
+        answer.update(
+            file=name,
+            top_finding=answer["findings"][0]["finding"],
+            image={
+                "width": w,
+                "height": h,
+                "display_width": shown[1],
+                "display_height": shown[0],
+            },
+            heatmap_method="gradcam",
+            heatmaps={f: png_data_url(heatmap_rgba(_resize(m, small))) for f, m in maps.items()},
+            ood=ood,
+            warnings=warnings_,
+        )
+        if images:
+            answer["image"]["original"] = png_data_url(grey)
+            answer["image"]["preprocessed"] = png_data_url(prediction.preprocessed)
+        if overlays and maps:
+            answer["overlays"] = self._overlays(grey, maps, shown)
+        timing["encode"] = time.perf_counter() - tick
+        timing["total"] = time.perf_counter() - start
+        answer["timing"] = {k: round(v, 5) for k, v in timing.items()}
+        answer["seconds"] = round(timing["total"], 5)
+        answer["notice"] = NOT_A_MEDICAL_DEVICE
+        return answer
+
+    def _heatmaps(self, image: np.ndarray, wanted: list[str]) -> tuple[dict, str | None]:
+        try:
+            from cxr.explain.gradcam import heatmaps
+        except ImportError:
+            return {}, "Grad-CAM is not available in this install (cxr.explain.gradcam is missing)"
+        # No lock: cxr.explain.gradcam computes on its own locked copy of the model.
+        maps = heatmaps(self.predictor, image, findings=wanted, method="gradcam")
+        return {f: np.asarray(maps[f], dtype=np.float32) for f in wanted if f in maps}, None
+
+    def _overlays(self, grey: np.ndarray, maps: dict, shown: tuple[int, int]) -> dict[str, str]:
+        return {f: png_data_url(overlay(grey, _resize(m, shown))) for f, m in maps.items()}
+
+
