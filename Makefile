@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: install demo test web lint clean-cache
+.PHONY: install demo test test-fast web lint clean-cache
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,8 +25,13 @@ web:
 test: install web
 	$(BIN)/pytest -q
 
+# No training, no browser: the quick check while editing (the full suite is `make test`).
+test-fast: install
+	$(BIN)/pytest -q -m "not slow"
+
 lint: install
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 
 clean-cache:
 	rm -rf .cache/cxr

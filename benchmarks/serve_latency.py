@@ -115,23 +115,17 @@ def main() -> None:
 
     import logging
 
-    from waitress import create_server
-
     from cxr.config import serve_config
     from cxr.inference.analysis import Analyser as Engine
-    from cxr.serve import create_app
-    from cxr.serve.server import waitress_options
+    from cxr.serve.server import build_server
 
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # "queue depth" is expected here
     tmp = tempfile.TemporaryDirectory()
     model = args.model or untrained_run(Path(tmp.name) / "run", args.image_size, args.arch)
-    cfg = serve_config({"model": str(model)})
+    cfg = serve_config({"model": str(model), "workers": args.clients, "queue": 64})
     engine = Engine(cfg)
-    app = create_app(cfg, engine=engine)
-    options = waitress_options(cfg, "127.0.0.1", 0, threads=args.clients)
-    options.pop("ident", None)
-    server = create_server(app, **options)
-    port = server.effective_port
+    server = build_server(cfg, "127.0.0.1", 0, engine=engine)
+    port = int(server.effective_port)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
 

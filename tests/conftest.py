@@ -37,3 +37,18 @@ def tiny_kermany_run(kermany_train, tmp_path_factory) -> Path:
     from tiny_runs import train_kermany_run
 
     return train_kermany_run(kermany_train, tmp_path_factory.mktemp("tiny-kermany-run"), 100, 48)
+
+
+# Fixtures that train a model (directly or through another fixture): a test that uses one is
+# marked slow, so `make test-fast` (pytest -m "not slow") runs no training at all.
+TRAINING_FIXTURES = {
+    "tiny_kermany_run", "phantom_run", "predictor", "run", "exported", "kermany_run", "gate",
+    "val_images", "kermany_report", "nih_report", "run_dir", "engine", "client", "spec",
+    "tiny_run", "server",
+}  # fmt: skip
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

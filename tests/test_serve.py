@@ -22,7 +22,6 @@ from cxr.data.image_io import decode_image
 from cxr.inference.analysis import Analyser as Engine
 from cxr.inference.analysis import heatmap_rgba
 from cxr.serve import create_app
-from cxr.serve.server import waitress_options
 
 pytestmark = pytest.mark.slow
 
@@ -322,10 +321,10 @@ def test_grey_version_of_a_photo_passes_the_colour_check(client):
     [(False, "refuse", 422), (False, "warn", 200), (True, "refuse", 200)],
 )
 def test_ood_gate_verdicts(engine, kermany_jpeg, monkeypatch, ok, action, status):
-    class Verdict:
-        def __init__(self):
-            self.ok, self.action, self.reason = ok, action, "far from training"
-            self.score, self.threshold = 9.5, 3.0
+    from cxr.ood import OodResult
+
+    def Verdict():  # noqa: N802 - a verdict as the gate returns it, with these numbers
+        return OodResult(ok=ok, score=9.5, threshold=3.0, reason="far from training", action=action)
 
     class Gate:
         seen: list = []
@@ -438,12 +437,6 @@ def test_uploads_never_touch_the_disk(engine, nih_pixels, tmp_path, monkeypatch)
     assert len(kept) == 1 and kept[0].name.endswith("big.png") and kept[0].read_bytes() == data
 
 
-def test_waitress_keeps_uploads_in_memory(engine):
-    cfg = make_client(engine).application.extensions["cxr_engine"].cfg
-    options = waitress_options(cfg, "127.0.0.1", 0, 4)
-    assert options["inbuf_overflow"] > options["max_request_body_size"] >= cfg.max_batch_bytes
-
-
 # --- batch endpoint ------------------------------------------------------------------------------
 
 
@@ -483,6 +476,28 @@ def test_front_end_is_served_with_client_side_routes(engine, tmp_path):
     headers = client.get("/").headers
     assert headers["X-Content-Type-Options"] == "nosniff"
     assert "img-src 'self' data:" in headers["Content-Security-Policy"]
+
+
+def test_front_end_assets_are_gzipped_and_cached_by_hash(engine, tmp_path):
+    import gzip
+
+    (tmp_path / "assets").mkdir()
+    (tmp_path / "index.html").write_text("<!doctype html><div id=root></div>")
+    script = "const findings = [];\n" * 500
+    (tmp_path / "assets" / "index-abc123.js").write_text(script)
+    client = make_client(engine, web_dir=str(tmp_path))
+    asset = client.get("/assets/index-abc123.js", headers={"Accept-Encoding": "gzip, br"})
+    assert asset.headers["Content-Encoding"] == "gzip"
+    assert gzip.decompress(asset.data).decode() == script
+    assert len(asset.data) < len(script) / 10
+    assert "immutable" in asset.headers["Cache-Control"]
+    assert "max-age=31536000" in asset.headers["Cache-Control"]
+    assert "Accept-Encoding" in asset.headers["Vary"]
+    plain = client.get("/assets/index-abc123.js")  # a client that cannot gunzip
+    assert "Content-Encoding" not in plain.headers and plain.data.decode() == script
+    page = client.get("/", headers={"Accept-Encoding": "gzip"})
+    assert "no-cache" in page.headers["Cache-Control"]
+    assert b"id=root" in gzip.decompress(page.data)
 
 
 def test_unbuilt_front_end_says_how_to_build_it(engine, tmp_path):
@@ -599,3 +614,103 @@ def test_cli_predict_empty_folder_is_a_clear_error(run_dir, tmp_path, capsys):
 def test_cli_serve_with_a_bad_run_folder_is_a_clear_error(tmp_path, capsys):
     assert main(["serve", "--model", str(tmp_path)]) == 2
     assert "not a finished run" in capsys.readouterr().err
+
+
+# --- honest calls, DICOM header, full-depth preview (web viewer, issue 15) -----------------------
+
+
+def test_calls_carry_the_borderline_band_margin_and_reliability(client, engine, kermany_jpeg):
+    from cxr.inference.borderline import grade
+
+    bands = engine.info["operating_points"]
+    assert set(bands) == set(engine.findings)
+    for finding, band in bands.items():
+        assert band["low"] <= band["threshold"] <= band["high"]
+        assert band["reliable"] == (band["auroc"] is not None and band["auroc"] > 0.6)
+        assert band["band_source"].startswith("validation"), (finding, band)
+    body = upload(client, kermany_jpeg.read_bytes(), "a.jpeg", heatmaps="none").get_json()
+    for f in body["findings"]:
+        low, high = f["band"]
+        expected = "positive" if f["probability"] >= high else (
+            "possible" if f["probability"] >= low else "negative")  # fmt: skip
+        assert f["call"] == expected
+        assert f["margin"] == pytest.approx(f["probability"] - f["threshold"])
+    # a score inside a real band is "possible", however the rounding looks
+    band = {"threshold": 0.5, "low": 0.4, "high": 0.6, "auroc": 0.55, "reliable": False}
+    assert grade({"probability": 0.5004}, band)["call"] == "possible"
+    assert grade({"probability": 0.61}, band)["call"] == "positive"
+    assert grade({"probability": 0.39}, band)["call"] == "negative"
+
+
+def test_band_is_withheld_when_the_served_threshold_differs_from_validation():
+    from cxr.inference.borderline import finding_bands
+
+    metrics = {"auroc": {"A": 0.9}, "per_finding": {"A": {
+        "threshold": 0.3, "threshold_sensitivity_95": 0.1, "threshold_specificity_95": 0.6}}}
+    assert finding_bands(metrics, {"A": 0.3})["A"]["low"] == 0.1
+    recalibrated = finding_bands(metrics, {"A": 0.45})["A"]
+    assert recalibrated["low"] == recalibrated["high"] == 0.45
+    assert "differs" in recalibrated["band_source"]
+    missing = finding_bands(None, {"A": 0.45})["A"]
+    assert missing["reliable"] is False and missing["auroc"] is None
+
+
+@pytest.mark.parametrize(("modality", "part"), [("CT", "CHEST"), ("MR", "CHEST"), ("US", "")])
+def test_cross_sectional_dicom_is_refused(client, nih_pixels, modality, part):
+    stored = nih_pixels.astype(np.uint16) * 16
+    data = dicom_bytes(stored, Modality=modality, BodyPartExamined=part)
+    response = upload(client, data, "slice.dcm")
+    assert response.status_code == 422
+    body = response.get_json()
+    assert body["code"] == "not_a_chest_xray" and f"Modality {modality}" in body["error"]
+
+
+def test_dicom_header_is_returned_without_identifiers_and_other_body_parts_warned(
+        client, nih_pixels):  # fmt: skip
+    # 12 bits: the real image times 16 plus a ramp, so it holds more than 256 grey levels
+    ramp = np.linspace(0, 15, nih_pixels.shape[1], dtype=np.float32)[None, :]
+    stored = (nih_pixels.astype(np.float32) * 16 + ramp).astype(np.uint16)
+    data = dicom_bytes(stored, BodyPartExamined="KNEE", PatientName="Doe^Jane",
+                       PatientID="SECRET-123", ViewPosition="PA")  # fmt: skip
+    response = upload(client, data, "knee.dcm", heatmaps="none", depth="16")
+    assert response.status_code == 200
+    body = response.get_json()
+    header = body["dicom"]
+    assert header["modality"] == "CR" and header["body_part"] == "KNEE"
+    assert (header["rows"], header["columns"], header["bits_stored"]) == (512, 512, 12)
+    assert header["photometric_interpretation"] == "MONOCHROME2"
+    assert header["view_position"] == "PA"
+    assert header["transfer_syntax"] == "Explicit VR Little Endian"
+    assert "SECRET-123" not in json.dumps(body) and "Doe^Jane" not in json.dumps(body)
+    assert any("KNEE" in w for w in body["warnings"])
+    # depth=16: the preview keeps more than 256 grey levels
+    original = decode_data_url(body["image"]["original"])
+    assert original.dtype == np.uint16 and body["image"]["depth"] == 16
+    assert len(np.unique(original)) > 256
+
+
+def test_heatmap_grid_layer_and_notes(client, engine, kermany_jpeg):
+    pytest.importorskip("cxr.explain")
+    data = kermany_jpeg.read_bytes()
+    body = upload(client, data, "a.jpeg", heatmaps="all").get_json()
+    assert body["heatmap_layer"] == "last" and body["heatmap_grid"] == 2  # 48 px / 32
+    fine = upload(client, data, "a.jpeg", heatmaps="all", heatmap_layer="finer").get_json()
+    assert fine["heatmap_layer"] == "finer" and fine["heatmap_grid"] == 3
+    # a two-class softmax: the non-top class's map is empty, and the note says so
+    other = next(f for f in engine.findings if f != body["top_finding"])
+    assert body["heatmap_notes"].get(other, "").startswith("empty")
+    assert upload(client, data, "a.jpeg", depth="12").status_code == 400
+
+
+def test_heatmap_notes_name_empty_and_identical_maps():
+    from cxr.inference.analysis import heatmap_notes
+
+    blob = np.zeros((8, 8), np.float32)
+    blob[2:5, 3:6] = 1.0
+    other = np.roll(blob, 3, axis=0)
+    notes = heatmap_notes({"A": blob, "B": np.zeros((8, 8), np.float32), "C": blob.copy(),
+                           "D": other})  # fmt: skip
+    assert notes == {
+        "B": "empty: Grad-CAM found no positive evidence for this finding",
+        "C": "identical to the map for A",
+    }

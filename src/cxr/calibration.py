@@ -30,11 +30,11 @@ from scipy.optimize import minimize_scalar
 from scipy.special import expit, log_softmax, logsumexp, softmax
 
 from cxr.checkpoint import write_json
-from cxr.data.cache import build_cache
+from cxr.data.cache import CachedImages, build_cache
 from cxr.data.prepare import resolve_table
 from cxr.errors import CxrError, DataError
 from cxr.metrics import TASKS, choose_thresholds
-from cxr.run import RunDir, load_run, split_keys
+from cxr.run import LoadedRun, RunDir, load_run, split_keys
 from cxr.runtime import forward, select_runtime
 
 N_BINS = 15
@@ -287,7 +287,7 @@ def load_calibration(run_dir: str | Path) -> Calibration | None:
 # ---------------------------------------------------------------------------------------------
 
 
-def validation_images(run, progress: bool = True):
+def validation_images(run: LoadedRun, progress: bool = True) -> CachedImages:
     """The run's validation images (CachedImages), rebuilt from config.json and split.csv.
 
     Operating points and the temperature come from these images only, never from the data a

@@ -133,6 +133,14 @@ class ServeConfig(StrictConfig):
     ood_gate: bool = Field(True, description="use the run's out-of-distribution gate, if any")
     colour_check: bool = True
     display_size: int = Field(1024, ge=64, le=4096, description="long side of returned images")
+    save_uploads_max_mb: float = Field(1024.0, gt=0, description="--save-uploads folder cap")
+    workers: int = Field(4, ge=1, description="requests in model work at once")
+    queue: int = Field(16, ge=0, description="requests waiting for model work; more get 503")
+    deadline_s: float = Field(60.0, gt=0, description="a request's time from arrival to answer")
+    allowed_hosts: tuple[str, ...] = Field(
+        ("localhost", "127.0.0.1", "::1"), description="Host headers answered; '*' for any"
+    )
+    token_file: str | None = Field(None, description="bearer token for the API; off if None")
 
     @property
     def max_upload_bytes(self) -> int:

@@ -198,6 +198,9 @@ def choose_thresholds(
 # ---------------------------------------------------------------------------------------------
 
 
+BAND_TARGETS = ("sensitivity", "specificity")
+
+
 def _ratio(num: int, den: int) -> float | None:
     return float(num) / float(den) if den > 0 else None
 
@@ -242,7 +245,8 @@ def compute_metrics(
     Keys: "task", "findings", "n_images", "auroc" {finding: float|None}, "mean_auroc" (over
     estimable findings, None if none), "auprc", "mean_auprc", "accuracy", "per_finding"
     {finding: {n_positive, n_negative, prevalence, threshold, estimable, sensitivity, specificity,
-    ppv, npv, f1, accuracy, confusion {tp, fp, tn, fn}}}; multiclass adds "confusion_matrix"
+    ppv, npv, f1, accuracy, confusion {tp, fp, tn, fn}, threshold_sensitivity_95,
+    threshold_specificity_95 (None where not estimable)}}; multiclass adds "confusion_matrix"
     (K x K list, rows = true class, columns = predicted class).
 
     Accuracy: multilabel -> mean over findings of per-finding accuracy at the thresholds (NaN
@@ -269,6 +273,12 @@ def compute_metrics(
         auprc[name] = float(average_precision_score(labels, scores)) if estimable else None
         summary = _binary_summary(labels, scores, thresholds[j])
         summary["estimable"] = estimable
+        # The two standard operating points around the chosen one: the web app shows scores
+        # between them as "possible" (the borderline band) rather than a firm call.
+        for kind in BAND_TARGETS:
+            summary[f"threshold_{kind}_95"] = (
+                _threshold_for_column(labels, scores, kind, 0.95) if estimable else None
+            )
         per_finding[name] = summary
 
     out: dict = {

@@ -20,24 +20,32 @@ describe("csvCell", () => {
 });
 
 describe("toCsv", () => {
-  it("writes one row per file with every finding's probability, threshold and call", () => {
+  it("writes one row per file: each finding's probability, threshold, band and call, the model", () => {
+    const result = prediction();
+    result.findings[0] = { ...result.findings[0], call: "possible", band: [0.5, 0.9], reliable: false };
     const csv = toCsv(
       [
-        { file: "a.png", result: prediction() },
+        { file: "a.png", result },
         { file: "notes,txt", error: "notes,txt: not a readable image" },
       ],
       "not a medical device",
+      { model: "nih-run", version: "0.3.0", thresholdMethod: "youden", exported: "2026-01-02T03:04:05Z" },
     );
     const lines = csv.trimEnd().split("\r\n");
+    const per = (f: string) =>
+      ["probability", "threshold", "band_low", "band_high", "call", "reliable", "positive"].map((k) => `${f}_${k}`);
     expect(lines[0]).toBe(
-      "file,status,top_finding,NORMAL_probability,NORMAL_threshold,NORMAL_positive," +
-        "PNEUMONIA_probability,PNEUMONIA_threshold,PNEUMONIA_positive,seconds,error,notice",
+      ["file", "status", "top_finding", ...per("NORMAL"), ...per("PNEUMONIA"), "seconds", "error", "model",
+        "model_version", "threshold_method", "exported_at", "notice"].join(","),
     );
     expect(lines[1]).toBe(
-      "a.png,ok,PNEUMONIA,0.170000,0.450000,0,0.830000,0.550000,1,0.0420,,not a medical device",
+      "a.png,ok,PNEUMONIA,0.170000,0.450000,0.450000,0.450000,negative,,0," +
+        "0.830000,0.550000,0.500000,0.900000,possible,0,1," +
+        "0.0420,,nih-run,0.3.0,youden,2026-01-02T03:04:05Z,not a medical device",
     );
     expect(lines[2]).toBe(
-      '"notes,txt",error,,,,,,,,,"notes,txt: not a readable image",not a medical device',
+      '"notes,txt",error,,,,,,,,,,,,,,,,,"notes,txt: not a readable image",nih-run,0.3.0,youden,' +
+        "2026-01-02T03:04:05Z,not a medical device",
     );
     expect(lines).toHaveLength(3);
   });

@@ -1,10 +1,19 @@
-// The results table as CSV, built in the browser (nothing is sent anywhere).
+// The results list as CSV, built in the browser (nothing is sent anywhere).
 import type { Prediction } from "./api";
+import { callOf } from "./calls";
 
 export interface ResultRow {
   file: string;
   result?: Prediction;
   error?: string;
+}
+
+/** Which model answered, and when: every row carries it, so a pasted-together sheet stays honest. */
+export interface CsvMeta {
+  model: string;
+  version: string;
+  thresholdMethod: string;
+  exported: string; // ISO timestamp
 }
 
 /** One CSV cell: quoted when needed; a leading = + - @ is defused so spreadsheets do not run it. */
@@ -25,15 +34,21 @@ export function findingsOf(rows: ResultRow[]): string[] {
   return names.sort();
 }
 
-export function toCsv(rows: ResultRow[], notice: string): string {
+const PER_FINDING = ["probability", "threshold", "band_low", "band_high", "call", "reliable", "positive"];
+
+export function toCsv(rows: ResultRow[], notice: string, meta?: CsvMeta): string {
   const findings = findingsOf(rows);
   const header = [
     "file",
     "status",
     "top_finding",
-    ...findings.flatMap((f) => [`${f}_probability`, `${f}_threshold`, `${f}_positive`]),
+    ...findings.flatMap((f) => PER_FINDING.map((k) => `${f}_${k}`)),
     "seconds",
     "error",
+    "model",
+    "model_version",
+    "threshold_method",
+    "exported_at",
     "notice",
   ];
   const lines = [header.map(csvCell).join(",")];
@@ -46,9 +61,30 @@ export function toCsv(rows: ResultRow[], notice: string): string {
     ];
     for (const name of findings) {
       const f = byName.get(name);
-      cells.push(f?.probability.toFixed(6), f?.threshold.toFixed(6), f ? (f.positive ? 1 : 0) : "");
+      if (!f) {
+        cells.push(...PER_FINDING.map(() => ""));
+        continue;
+      }
+      const [low, high] = f.band ?? [f.threshold, f.threshold];
+      cells.push(
+        f.probability.toFixed(6),
+        f.threshold.toFixed(6),
+        low.toFixed(6),
+        high.toFixed(6),
+        callOf(f),
+        f.reliable === undefined ? "" : f.reliable ? 1 : 0,
+        f.positive ? 1 : 0,
+      );
     }
-    cells.push(row.result?.seconds.toFixed(4), row.error, notice);
+    cells.push(
+      row.result?.seconds.toFixed(4),
+      row.error,
+      meta?.model,
+      meta?.version,
+      meta?.thresholdMethod,
+      meta?.exported,
+      notice,
+    );
     lines.push(cells.map(csvCell).join(","));
   }
   return lines.join("\r\n") + "\r\n";

@@ -8,6 +8,7 @@ browser. Nothing here writes to disk.
 from __future__ import annotations
 
 import base64
+import json
 import threading
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from cxr import NOT_A_MEDICAL_DEVICE
 from cxr.config import ServeConfig, serve_config
 from cxr.errors import BadRequest
 from cxr.explain.gradcam import overlay
+from cxr.inference.borderline import RELIABLE_AUROC, finding_bands, grade
 from cxr.inference.model_info import model_info
 from cxr.inference.predictor import Predictor
 from cxr.inference.screening import (
@@ -30,12 +32,16 @@ from cxr.inference.screening import (
     ood_warning,
 )
 
-__all__ = ["Analyser", "HEATMAP_CHOICES", "heatmap_rgba", "png_data_url"]
+__all__ = ["Analyser", "HEATMAP_CHOICES", "HEATMAP_SPEC_CHARS", "heatmap_rgba", "png_data_url"]
 
 HEATMAP_CHOICES = ("auto", "none", "top", "positive", "all")
 # Grad-CAM is a 7 x 7 grid at 224 px: a 256 px PNG carries all of it, and the browser stretches
 # it over the preview. At the preview's 1024 px an RGBA PNG cost ~10x more to encode and send.
 HEATMAP_SIZE = 256
+HEATMAP_SPEC_CHARS = 2048  # every finding's name, comma-separated, fits with room to spare
+# Grad-CAM target: "last" (the usual layer, S / 32 cells a side) or "finer" (S / 16); the
+# ResNet names layer4 / layer3 are accepted too.
+HEATMAP_LAYERS = {"last": "last", "finer": "finer", "layer4": "last", "layer3": "finer"}
 
 
 def png_data_url(pixels: np.ndarray) -> str:
@@ -84,10 +90,14 @@ class Analyser:
         if self.cfg.ood_gate:
             self.gate, self.gate_note = load_gate(self.run_dir, self.predictor.run)
         self.info = model_info(self.run_dir, self.predictor, self.gate, self.gate_note)
+        self.bands = finding_bands(_val_metrics(self.run_dir), self.info["thresholds"])
+        self.info["operating_points"] = self.bands
+        self.info["reliable_auroc"] = RELIABLE_AUROC
         self.started = time.time()
         # Many server threads, one model: forward passes take turns (no_grad inference would be
         # safe in parallel, but two at once only fight over the same cores).
         self._model_lock = threading.Lock()
+        self._grids: dict[str, int] = {}
 
     @property
     def findings(self) -> list[str]:
@@ -96,6 +106,8 @@ class Analyser:
     def heatmap_findings(self, spec: str | None, probs: dict[str, float], positive: set[str]):
         """Which findings get a heatmap: see HEATMAP_CHOICES, or comma-separated names."""
         spec = (spec or "auto").strip()
+        if len(spec) > HEATMAP_SPEC_CHARS:
+            raise BadRequest(f"heatmaps= is {len(spec)} characters; at most {HEATMAP_SPEC_CHARS}")
         top = max(probs, key=probs.get)
         if spec == "none":
             return []
@@ -107,7 +119,8 @@ class Analyser:
             return [f for f in self.findings if f in positive]
         if spec == "auto":
             return [f for f in self.findings if f in positive or f == top]
-        names = [n.strip() for n in spec.split(",") if n.strip()]
+        # each finding once: a name repeated 2,048 times once cost 20 s and 2.4 GB
+        names = list(dict.fromkeys(n.strip() for n in spec.split(",") if n.strip()))
         unknown = [n for n in names if n not in self.findings]
         if unknown or not names:
             raise BadRequest(
@@ -137,12 +150,24 @@ class Analyser:
         heatmaps: str | None = "auto",
         images: bool = True,
         overlays: bool = False,
+        depth: int = 8,
+        layer: str = "last",
     ) -> dict:
-        """One file's answer: findings, calls, heatmaps, preview PNGs, timings, notice."""
+        """One file's answer: findings, calls, heatmaps, preview PNGs, timings, notice.
+
+        depth 16 returns the preview as a 16-bit PNG, so the browser can window it at the
+        file's full bit depth; layer picks the Grad-CAM block (layer3: a grid twice as fine).
+        """
         start = time.perf_counter()
         timing: dict[str, float] = {}
         self.heatmap_findings(heatmaps, dict.fromkeys(self.findings, 0.0), set())  # fail early
-        decoded = decode_upload(data, name, self.cfg.max_pixels)
+        if depth not in (8, 16):
+            raise BadRequest(f"depth={depth!r}: expected 8 or 16 (bits of the preview PNG)")
+        if layer not in HEATMAP_LAYERS:
+            raise BadRequest(f"heatmap_layer={layer!r}: expected one of {list(HEATMAP_LAYERS)}")
+        layer = HEATMAP_LAYERS[layer]
+        decoded = decode_upload(data, name, self.cfg.max_pixels)  # refuses CT, MR, US DICOMs
+        warnings_ = [decoded.caution] if decoded.caution else []
         timing["decode"] = time.perf_counter() - start
         self.check_colour(decoded, name)
         # One forward pass: the probabilities, and on PyTorch the features the OOD gate scores.
@@ -152,10 +177,10 @@ class Analyser:
         tick = time.perf_counter()
         ood = self.check_gate(decoded, prediction.preprocessed, features, name)
         timing["checks"] = time.perf_counter() - tick
-        warnings_ = []
         if ood.get("ok") is False:  # the gate is set to warn, not refuse
             warnings_.append(ood_warning(ood))
         answer = prediction.as_dict()
+        answer["findings"] = [grade(f, self.bands[f["finding"]]) for f in answer["findings"]]
         probs = {f["finding"]: f["probability"] for f in answer["findings"]}
         positive = {f["finding"] for f in answer["findings"] if f["positive"]}
         wanted = self.heatmap_findings(heatmaps, probs, positive)
@@ -163,7 +188,7 @@ class Analyser:
         maps = {}
         if wanted:
             tick = time.perf_counter()
-            maps, note = self._heatmaps(decoded.image, wanted)
+            maps, note = self._heatmaps(decoded.image, wanted, layer)
             timing["heatmaps"] = time.perf_counter() - tick
             if note:
                 warnings_.append(note)
@@ -171,7 +196,8 @@ class Analyser:
         tick = time.perf_counter()
         h, w = decoded.image.shape
         shown = display_size((h, w), self.cfg.display_size)
-        grey = (_resize(decoded.image, shown) * 255 + 0.5).astype(np.uint8)
+        unit = _resize(decoded.image, shown)
+        grey = (unit * 255 + 0.5).astype(np.uint8)
         small = display_size((h, w), min(HEATMAP_SIZE, self.cfg.display_size))
         answer.update(
             file=name,
@@ -183,12 +209,19 @@ class Analyser:
                 "display_height": shown[0],
             },
             heatmap_method="gradcam",
+            heatmap_layer=layer,
+            heatmap_grid=self.heatmap_grid(layer),
+            heatmap_notes=heatmap_notes(maps),
             heatmaps={f: png_data_url(heatmap_rgba(_resize(m, small))) for f, m in maps.items()},
+            dicom=decoded.dicom,
             ood=ood,
             warnings=warnings_,
         )
         if images:
-            answer["image"]["original"] = png_data_url(grey)
+            answer["image"]["original"] = png_data_url(
+                grey if depth == 8 else (unit * 65535 + 0.5).astype(np.uint16)
+            )
+            answer["image"]["depth"] = depth
             answer["image"]["preprocessed"] = png_data_url(prediction.preprocessed)
         if overlays and maps:
             answer["overlays"] = self._overlays(grey, maps, shown)
@@ -199,16 +232,53 @@ class Analyser:
         answer["notice"] = NOT_A_MEDICAL_DEVICE
         return answer
 
-    def _heatmaps(self, image: np.ndarray, wanted: list[str]) -> tuple[dict, str | None]:
+    def heatmap_grid(self, layer: str) -> int | None:
+        """Cells a side of the Grad-CAM layer's grid: the map's true resolution (measured once
+        per layer with a forward pass of a blank image, under the model lock)."""
+        if layer not in self._grids:
+            try:
+                from cxr.explain.gradcam import feature_grid
+            except ImportError:
+                return None
+            with self._model_lock:
+                size = int(self.info["image_size"])
+                self._grids[layer] = feature_grid(self.predictor.model, size, layer)
+        return self._grids[layer]
+
+    def _heatmaps(
+        self, image: np.ndarray, wanted: list[str], layer: str = "last"
+    ) -> tuple[dict, str | None]:
         try:
             from cxr.explain.gradcam import heatmaps
         except ImportError:
             return {}, "Grad-CAM is not available in this install (cxr.explain.gradcam is missing)"
         # No lock: cxr.explain.gradcam computes on its own locked copy of the model.
-        maps = heatmaps(self.predictor, image, findings=wanted, method="gradcam")
+        maps = heatmaps(self.predictor, image, findings=wanted, method="gradcam", layer=layer)
         return {f: np.asarray(maps[f], dtype=np.float32) for f in wanted if f in maps}, None
 
     def _overlays(self, grey: np.ndarray, maps: dict, shown: tuple[int, int]) -> dict[str, str]:
         return {f: png_data_url(overlay(grey, _resize(m, shown))) for f, m in maps.items()}
 
 
+def heatmap_notes(maps: dict[str, np.ndarray]) -> dict[str, str]:
+    """Why a map shows nothing useful: empty (no positive evidence anywhere), or the same
+    picture as another finding's (the caption would otherwise claim a finding-specific map)."""
+    notes: dict[str, str] = {}
+    names = list(maps)
+    for i, name in enumerate(names):
+        m = maps[name]
+        if not np.isfinite(m).all() or float(np.max(m)) <= 1e-6:
+            notes[name] = "empty: Grad-CAM found no positive evidence for this finding"
+            continue
+        for other in names[:i]:
+            if other not in notes and np.allclose(m, maps[other], atol=1e-3):
+                notes[name] = f"identical to the map for {other}"
+                break
+    return notes
+
+
+def _val_metrics(run_dir: Path) -> dict | None:
+    try:
+        return json.loads((run_dir / "val_metrics.json").read_text())
+    except (OSError, ValueError):
+        return None

@@ -29,7 +29,7 @@ from cxr.config import PreprocessConfig, RunConfig
 from cxr.errors import ConfigError
 from cxr.models import probabilities_numpy
 from cxr.preprocess import MEAN, STD
-from cxr.run import read_run_files
+from cxr.run import LoadedRun, read_run_files
 
 BACKENDS = ("torch", "onnx")
 
@@ -81,7 +81,7 @@ def read_engine_info(run_dir: str | Path) -> EngineInfo:
     return _calibrated(EngineInfo(run_dir, cfg, findings, info["task"], thresholds, 1.0, info))
 
 
-def engine_info(run) -> EngineInfo:
+def engine_info(run: LoadedRun) -> EngineInfo:
     """The EngineInfo of a loaded run (cxr.run.LoadedRun, perhaps only in memory), with
     the run folder's calibration.json applied when it fits these weights."""
     thresholds = np.asarray(run.thresholds, dtype=np.float64)

@@ -47,7 +47,7 @@ from cxr.inference.contract import (
     file_sha256,
 )
 from cxr.preprocess import MEAN, PIPELINE_VERSION, STD
-from cxr.run import RunDir, load_run
+from cxr.run import LoadedRun, RunDir, load_run
 
 OPSET = 18
 VERIFY_TOLERANCE = 1e-4  # max |logit difference|; float32 reorderings give ~1e-6
@@ -160,7 +160,9 @@ def max_abs_difference(model: torch.nn.Module, onnx_path: str | Path, pixels: np
     return float(max(logit_diff, feature_diff))
 
 
-def build_contract(run, onnx_path: Path, opset: int, diff: float, verified_on: str) -> dict:
+def build_contract(
+    run: LoadedRun, onnx_path: Path, opset: int, diff: float, verified_on: str
+) -> dict:
     """What a consumer needs to feed the ONNX graph exactly what the model was validated on."""
     import onnxruntime as ort
 

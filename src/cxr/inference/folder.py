@@ -149,7 +149,7 @@ def _preparer(serve: _Checks):
 
     def prepare(path: Path) -> Prepared:
         tick = time.perf_counter()
-        decoded = decode_upload(path.read_bytes(), str(path), serve.cfg.max_pixels)
+        decoded = decode_upload(path.read_bytes(), str(path), serve.max_pixels)
         check_colour(decoded, str(path))
         tock = time.perf_counter()
         pixels = preprocess(decoded.image, cfg)

@@ -61,27 +61,34 @@ def _calibration(run_dir: Path) -> dict | None:
     return {k: getattr(found, k) for k in keep if hasattr(found, k)}
 
 
-def _thresholds(predictor, calibration: dict | None) -> dict[str, float]:
-    """The thresholds the Predictor's calls use: its own, else calibrated, else model.json's."""
-    findings = predictor.findings
-    values = getattr(predictor, "thresholds", None)
-    if values is None and calibration and getattr(predictor, "calibration", None) is not None:
-        values = [calibration["thresholds"][f] for f in findings]
-    if values is None:
-        values = predictor.run.thresholds
-    return {f: float(t) for f, t in zip(findings, values, strict=True)}
+def _thresholds(predictor) -> dict[str, float]:
+    """The thresholds the Predictor's calls use (the engine's: calibrated when the run is)."""
+    values = predictor.engine.info.thresholds
+    return {f: float(t) for f, t in zip(predictor.findings, values, strict=True)}
+
+
+def _without_paths(value, key: str = ""):
+    """Server paths are not the client's business: a path keeps its last part only."""
+    if isinstance(value, dict):
+        return {k: _without_paths(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_paths(v, key) for v in value]
+    absolute = isinstance(value, str) and (value.startswith(("/", "~")) or value[1:2] == ":")
+    if isinstance(value, str) and (key.endswith("path") or absolute):
+        return Path(value.replace("\\", "/").rstrip("/")).name
+    return value
 
 
 def model_info(run_dir: Path, predictor, gate, gate_note: str) -> dict:
     """What GET /api/model answers, read once at start-up (no request touches the model)."""
     run = predictor.run
     info = run.info
-    data = info.get("training_data") or {}
+    data = _without_paths(info.get("training_data") or {})
     source = data.get("source") or data.get("path") or "unknown data"
     n_train = data.get("n_train")
     trained_on = f"{n_train} images from {source}" if n_train else f"images from {source}"
     calibration = _calibration(run_dir)
-    thresholds = _thresholds(predictor, calibration)
+    thresholds = _thresholds(predictor)
     return {
         "name": run_dir.name,
         "version": __version__,

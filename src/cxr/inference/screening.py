@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cxr.data.dicom_header import chest_radiograph_problem, dicom_header, is_dicom
 from cxr.data.image_io import decode_bytes
 from cxr.errors import NotAChestXray
 from cxr.ood.gate import GATE_FILE, OodGate, OodResult, colour_sample
@@ -39,14 +40,23 @@ class Decoded:
     image: np.ndarray  # float32 (H, W) in [0, 1]: the intensity contract
     colour: np.ndarray | None  # small RGB uint8 copy when the file stores colour, else None
     coloured_fraction: float  # share of clearly coloured pixels (0 for grey files)
+    dicom: dict | None = None  # a DICOM's technical header fields (no identifiers)
+    caution: str | None = None  # why the DICOM header doubts this is a chest radiograph
 
 
 def decode_upload(data: bytes, name: str, max_pixels: int) -> Decoded:
-    """decode_bytes (limits, DICOM, clear errors) plus a small colour copy for the checks."""
+    """decode_bytes (limits, DICOM, clear errors) plus a small colour copy for the checks; a
+    DICOM whose header says CT, MR, US... is refused before its pixels are decoded."""
+    header = caution = None
+    if is_dicom(data):
+        header = dicom_header(data, name)
+        refusal, caution = chest_radiograph_problem(header)
+        if refusal:
+            raise NotAChestXray(refusal, path=name)
     image = decode_bytes(data, name=name, max_pixels=max_pixels)
     colour = colour_sample(data)
     fraction = 0.0 if colour is None else coloured_fraction(colour)
-    return Decoded(image, colour, fraction)
+    return Decoded(image, colour, fraction, header, caution)
 
 
 def coloured_fraction(rgb: np.ndarray) -> float:

@@ -40,9 +40,10 @@ from typing import Literal
 import cv2
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from cxr import NOT_A_MEDICAL_DEVICE
+from cxr.config import StrictConfig
 from cxr.errors import ConfigError, CxrError, NotAChestXray
 from cxr.preprocess import preprocess
 from cxr.run import LoadedRun, load_run
@@ -61,10 +62,8 @@ _REASONS = {
 }
 
 
-class OodConfig(BaseModel):
+class OodConfig(StrictConfig):
     """How the gate is fitted and what it does with an input that fails."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     action: Literal["warn", "refuse"] = "warn"
     percentile: float = Field(99.5, gt=50.0, le=100.0, description="of held-out distances")

@@ -51,7 +51,7 @@ from cxr.report.analysis import (
 )
 from cxr.report.card import limitations, model_card, source_kind
 from cxr.report.figures import draw_figures, gallery_entries
-from cxr.run import load_run, split_keys
+from cxr.run import LoadedRun, load_run, split_keys
 from cxr.runtime import forward, select_runtime
 
 # ---------------------------------------------------------------------------------------------
@@ -154,7 +154,7 @@ def analyse(
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_findings(table, run, data_path: str) -> None:
+def _check_findings(table, run: LoadedRun, data_path: str) -> None:
     if table.findings == run.findings and table.task == run.task:
         return
     missing = [f for f in run.findings if f not in table.findings]
@@ -237,7 +237,7 @@ def _scored(images, logits: np.ndarray) -> ScoredImages:
     )
 
 
-def _calibration(run, val: ScoredImages):
+def _calibration(run: LoadedRun, val: ScoredImages):
     """The run's saved calibration, or a fresh fit on validation (saved for predict and serve)."""
     from cxr.calibration import fit_calibration
 
@@ -270,7 +270,9 @@ def _method(calibration, origin: str, n_boot: int, seed: int) -> dict:
     }  # fmt: skip
 
 
-def _measure_tta(run, images, test, rt, temperature, n_boot, seed, progress) -> dict:
+def _measure_tta(
+    run: LoadedRun, images, test, rt, temperature, n_boot, seed, progress
+) -> dict:
     views = [
         forward(run.model, images.pixels, rt, transform=tta_transform(angle, zoom),
                 progress=progress, desc=f"TTA {name}")[0]

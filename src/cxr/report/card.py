@@ -7,6 +7,7 @@ from __future__ import annotations
 from cxr import NOT_A_MEDICAL_DEVICE
 from cxr.config import DataConfig
 from cxr.errors import CxrError
+from cxr.run import LoadedRun
 
 SUBGROUP_NOTES_MAX = 6  # weaker-subgroup lines in the model card's limitations
 
@@ -105,7 +106,7 @@ def limitations(report: dict) -> list[str]:
     return out
 
 
-def model_card(run, data: DataConfig, kind: str) -> dict:
+def model_card(run: LoadedRun, data: DataConfig, kind: str) -> dict:
     training = run.info.get("training_data", {})
     return {
         "intended_use": (

@@ -12,13 +12,19 @@ import copy
 import io
 from pathlib import Path
 
-from flask import Flask, Request, jsonify, request, send_from_directory
+from flask import Flask, Request, jsonify, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+from werkzeug.security import safe_join
 
 from cxr import NOT_A_MEDICAL_DEVICE
 from cxr.config import ServeConfig, serve_config
 from cxr.inference.analysis import Analyser
+from cxr.serve.access_log import AccessLog
 from cxr.serve.api import api, describe_error
+from cxr.serve.queue import ModelQueue
+from cxr.serve.saved_uploads import UploadFolder
+from cxr.serve.security import AccessGuard, read_token
+from cxr.serve.static import send_front_end_file
 
 __all__ = ["create_app", "default_web_dir"]
 
@@ -60,6 +66,15 @@ def create_app(config: ServeConfig | dict, engine: Analyser | None = None) -> Fl
     app.config.update(MAX_CONTENT_LENGTH=cfg.max_upload_bytes + REQUEST_OVERHEAD)
     app.json.sort_keys = False
     app.extensions["cxr_engine"] = engine
+    app.extensions["cxr_queue"] = ModelQueue(cfg.workers, cfg.queue, cfg.deadline_s)
+    if cfg.save_uploads:
+        app.extensions["cxr_upload_folder"] = UploadFolder(
+            cfg.save_uploads, int(cfg.save_uploads_max_mb * 2**20)
+        )
+    # Host, origin and token checks run before Flask reads a body; the access log sees all.
+    app.wsgi_app = AccessLog(
+        AccessGuard(app.wsgi_app, cfg.allowed_hosts, read_token(cfg.token_file))
+    )
     app.register_blueprint(api, url_prefix="/api")
     _register_errors(app)
     _register_front_end(app, Path(cfg.web_dir) if cfg.web_dir else default_web_dir())
@@ -85,12 +100,20 @@ def _register_errors(app: Flask) -> None:
         ood = getattr(exc, "ood", None)
         if ood:
             body["ood"] = ood
-        return jsonify(body), status
+        headers = {}
+        if isinstance(exc, HTTPException) and exc.code == 405:
+            headers = {k: v for k, v in exc.get_headers() if k == "Allow"}
+        if hasattr(exc, "retry_after"):
+            headers["Retry-After"] = str(exc.retry_after)
+        return jsonify(body), status, headers
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException):
         if not request.path.startswith("/api/") and exc.code == 404:
             return exc  # the front end's own 404 page
+        if request.path.startswith("/api/") and exc.code == 405:
+            # routing saw the front end's GET catch-all: say what the API itself takes
+            exc = _api_miss(app, request.path.lstrip("/"))
         return as_json(exc)
 
     @app.errorhandler(Exception)
@@ -98,24 +121,45 @@ def _register_errors(app: Flask) -> None:
         return as_json(exc)
 
 
-def _api_miss(app: Flask, path: str) -> None:
-    """A GET under /api/ that no API route takes: 405 if it takes POST, else 404."""
-    adapter = app.url_map.bind_to_environ(request.environ)
-    try:
-        adapter.match(f"/{path}", method="POST")
-    except HTTPException:
-        raise NotFound(f"no API endpoint /{path}; see /api/openapi.json") from None
-    raise MethodNotAllowed(["POST"], description=f"/{path} takes POST (see /api/openapi.json)")
+def _api_methods(app: Flask, path: str) -> set[str]:
+    """The methods the API's own routes take at `path` (not the front end's catch-all)."""
+    methods: set[str] = set()
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint.startswith("api.") and rule.rule == path:
+            methods |= set(rule.methods or ()) - {"OPTIONS"}
+    return methods
+
+
+def _api_miss(app: Flask, path: str) -> HTTPException:
+    """A request under /api/ that no API route takes: 405 (with exactly the API's methods in
+    Allow) if the path exists for another method, else 404."""
+    allowed = _api_methods(app, f"/{path}")
+    if not allowed:
+        return NotFound(f"no API endpoint /{path}; see /api/openapi.json")
+    shown = " or ".join(sorted(allowed - {"HEAD"}))
+    return MethodNotAllowed(
+        sorted(allowed), description=f"/{path} takes {shown} (see /api/openapi.json)"
+    )
 
 
 def _register_front_end(app: Flask, web_dir: Path) -> None:
     index = web_dir / "index.html"
 
+    @app.before_request
+    def _api_options():
+        """OPTIONS under /api/ lists the API's methods only, not the front end's GET."""
+        if request.method == "OPTIONS" and request.path.startswith("/api/"):
+            allowed = _api_methods(app, request.path)
+            if not allowed:
+                raise _api_miss(app, request.path.lstrip("/"))
+            return "", 204, {"Allow": ", ".join(sorted(allowed | {"OPTIONS"}))}
+        return None
+
     @app.get("/", defaults={"path": ""})
     @app.get("/<path:path>")
     def front_end(path: str):
         if path.startswith("api/"):
-            _api_miss(app, path)
+            raise _api_miss(app, path)
         if not index.is_file():
             return (
                 "<!doctype html><title>cxr</title><h1>cxr API</h1>"
@@ -127,6 +171,9 @@ def _register_front_end(app: Flask, web_dir: Path) -> None:
                 200,
                 {"Content-Type": "text/html; charset=utf-8"},
             )
-        if path and (web_dir / path).is_file():
-            return send_from_directory(web_dir, path, max_age=3600 if "assets/" in path else 0)
-        return send_from_directory(web_dir, "index.html", max_age=0)  # client-side routes
+        # the joined path is checked before the filesystem is asked: '../../etc/passwd' must
+        # answer exactly as a missing file does, or the route tells which files exist
+        inside = safe_join(str(web_dir), path) if path else None
+        if inside is not None and Path(inside).is_file():
+            return send_front_end_file(web_dir, path)
+        return send_front_end_file(web_dir, "index.html")  # client-side routes

@@ -7,17 +7,16 @@ handlers for that live in `cxr.serve.create_app`, so a bad upload never stops th
 from __future__ import annotations
 
 import time
-import uuid
-from pathlib import Path
 
 from flask import Blueprint, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
-from werkzeug.utils import secure_filename
 
 from cxr import NOT_A_MEDICAL_DEVICE, __version__
 from cxr.errors import BadRequest, CxrError, UploadTooLarge
 from cxr.inference.analysis import Analyser
 from cxr.serve.openapi import openapi_spec
+from cxr.serve.queue import ClientGone, ModelQueue
+from cxr.serve.saved_uploads import UploadFolder
 
 api = Blueprint("api", __name__)
 
@@ -31,6 +30,17 @@ def describe_error(exc: BaseException) -> tuple[int, str, str]:
     A cxr error declares its own status and code (cxr.errors); nothing is read from its text."""
     if isinstance(exc, RequestEntityTooLarge):  # Werkzeug's: the whole request was too large
         cfg = engine().cfg
+        if (request.content_length or 0) <= (request.max_content_length or 0):
+            app = current_app.config  # the body fits: werkzeug's form limits refused it
+            return (
+                413,
+                "form_too_large",
+                (
+                    f"the form has more than {app['MAX_FORM_PARTS']} parts, or a field that is not "
+                    f"a file is over {app['MAX_FORM_MEMORY_SIZE'] // 1000} KB; send fewer files "
+                    "per request, and images only as files"
+                ),
+            )
         if request.endpoint == "api.predict_batch":
             limit = f"{cfg.max_batch_mb:g} MB per batch request (cxr serve --max-batch-mb)"
         else:
@@ -55,6 +65,26 @@ def engine() -> Analyser:
     return current_app.extensions["cxr_engine"]
 
 
+def model_queue() -> ModelQueue:
+    return current_app.extensions["cxr_queue"]
+
+
+def _model_turn():
+    """A turn at the model for this request (503 when busy or late; dropped if client gone)."""
+    env = request.environ
+    return model_queue().turn(env.get("cxr.received"), env.get("waitress.client_disconnected"))
+
+
+def _heatmaps_param(default: str | None) -> str | None:
+    """`heatmaps` from the query or the form; both, and different, is an error."""
+    query, form = request.args.get("heatmaps"), request.form.get("heatmaps") or None
+    if query is not None and form is not None and query != form:
+        raise BadRequest(
+            f"heatmaps is {query!r} in the query but {form!r} in the form: send it once"
+        )
+    return query if query is not None else form if form is not None else default
+
+
 def _flag(name: str, default: bool) -> bool:
     raw = request.args.get(name, request.form.get(name))
     if raw is None:
@@ -68,17 +98,25 @@ def _flag(name: str, default: bool) -> bool:
 
 
 def _uploads(field: str, many: bool) -> list[tuple[str, bytes]]:
-    """(name, bytes) of the uploaded files: multipart field `field`, or a raw request body."""
-    limit = engine().cfg.max_upload_bytes
-    files = [f for f in request.files.getlist(field) if f.filename or f.content_length]
-    if not files and request.files:
+    """(name, bytes) of the uploaded files: multipart field `field`, or a raw request body.
+
+    Sizes are checked by the caller: a batch answers an oversized file with its own error.
+    """
+    items: list[tuple[str, bytes]] = []
+    for f in request.files.getlist(field):
+        data = f.read()
+        if f.filename or data:  # a part with filename="" but content is still a file
+            items.append((_display_name(f.filename), data))
+    if not items and request.files:
         other = ", ".join(sorted(request.files))
         raise BadRequest(f"no file in form field '{field}' (got field(s) {other})")
-    items: list[tuple[str, bytes]] = []
-    if files:
-        for f in files:
-            items.append((_display_name(f.filename), f.read()))
-    elif request.content_length and not request.form:
+    multipart = request.mimetype == "multipart/form-data"
+    if not items and multipart and not request.form:
+        raise BadRequest(
+            "the multipart/form-data body could not be read (no boundary= in its Content-Type, "
+            "or a malformed body): send it with curl -F or a browser's FormData"
+        )
+    if not items and not multipart and request.content_length and not request.form:
         name = request.args.get("filename") or "upload"
         items.append((_display_name(name), request.get_data(cache=False)))
     if not items:
@@ -87,14 +125,16 @@ def _uploads(field: str, many: bool) -> list[tuple[str, bytes]]:
             f"no image uploaded: send multipart/form-data with the image in the '{field}' field "
             f"(e.g. curl -F {how}=@image.png), or the image itself as the request body"
         )
-    for name, data in items:
-        if len(data) > limit:
-            raise UploadTooLarge(
-                f"{name} is {len(data) / 2**20:.1f} MB, over the {limit / 2**20:g} MB limit "
-                "per image (cxr serve --max-upload-mb)"
-            )
-    _save_if_asked(items)
     return items
+
+
+def _check_size(name: str, data: bytes) -> None:
+    limit = engine().cfg.max_upload_bytes
+    if len(data) > limit:
+        raise UploadTooLarge(
+            f"{name} is {len(data) / 2**20:.1f} MB, over the {limit / 2**20:g} MB limit "
+            "per image (cxr serve --max-upload-mb)"
+        )
 
 
 def _display_name(name: str | None) -> str:
@@ -103,17 +143,12 @@ def _display_name(name: str | None) -> str:
     return (name or "upload")[:120]
 
 
-def _save_if_asked(items: list[tuple[str, bytes]]) -> None:
-    """Uploads stay in memory unless the operator turned saving on (--save-uploads DIR)."""
-    folder = engine().cfg.save_uploads
-    if not folder:
-        return
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    for name, data in items:
-        safe = secure_filename(name) or "upload"
-        (folder / f"{stamp}-{uuid.uuid4().hex[:8]}-{safe}").write_bytes(data)
+def _save_if_asked(name: str, data: bytes) -> None:
+    """Uploads stay in memory unless the operator turned saving on (--save-uploads DIR);
+    then only images the model answered are kept, up to the folder's size cap."""
+    folder: UploadFolder | None = current_app.extensions.get("cxr_upload_folder")
+    if folder is not None:
+        folder.save(name, data)
 
 
 @api.before_request
@@ -146,16 +181,28 @@ def openapi():
     return jsonify(openapi_spec(engine().info))
 
 
+def _depth() -> int:
+    raw = request.args.get("depth", request.form.get("depth", "8"))
+    if raw.strip() not in ("8", "16"):
+        raise BadRequest(f"depth={raw!r}: expected 8 or 16 (bits of the preview PNG)")
+    return int(raw)
+
+
 @api.post("/predict")
 def predict():
     name, data = _uploads("file", many=False)[0]
-    answer = engine().analyse(
-        data,
-        name,
-        heatmaps=request.args.get("heatmaps", request.form.get("heatmaps")),
-        images=_flag("images", True),
-        overlays=_flag("overlays", False),
-    )
+    _check_size(name, data)
+    heatmaps = _heatmaps_param(None)
+    options = {
+        "images": _flag("images", True),
+        "overlays": _flag("overlays", False),
+        "depth": _depth(),
+        "layer": request.args.get("heatmap_layer", request.form.get("heatmap_layer", "last")),
+    }
+    engine().heatmap_findings(heatmaps, dict.fromkeys(engine().findings, 0.0), set())
+    with _model_turn():
+        answer = engine().analyse(data, name, heatmaps=heatmaps, **options)
+    _save_if_asked(name, data)
     return jsonify(answer)
 
 
@@ -168,19 +215,28 @@ def predict_batch():
             f"{len(items)} files in one request, over the limit of {eng.cfg.max_batch_files}; "
             "send them in smaller batches"
         )
-    heatmaps = request.args.get("heatmaps", request.form.get("heatmaps", "none"))
+    heatmaps = _heatmaps_param("none")
     images = _flag("images", False)
     eng.heatmap_findings(heatmaps, dict.fromkeys(eng.findings, 0.0), set())  # validate once
     start = time.perf_counter()
     results = []
-    for name, data in items:
-        try:
-            results.append(eng.analyse(data, name, heatmaps=heatmaps, images=images))
-        except Exception as exc:  # noqa: BLE001 - one bad file must not sink the batch
-            status, code, message = describe_error(exc)
-            if status >= 500:
-                current_app.logger.exception("batch item %s failed", name)
-            results.append({"file": name, "error": message, "code": code, "status": status})
+    with _model_turn() as deadline:
+        for name, data in items:
+            try:
+                deadline.check(f"before {name}")
+                _check_size(name, data)
+                results.append(eng.analyse(data, name, heatmaps=heatmaps, images=images))
+                _save_if_asked(name, data)
+            except ClientGone:
+                raise
+            except Exception as exc:  # noqa: BLE001 - one bad file must not sink the batch
+                status, code, message = describe_error(exc)
+                if status >= 500 and status != 503:
+                    current_app.logger.exception("batch item %s failed", name)
+                item = {"file": name, "error": message, "code": code, "status": status}
+                if getattr(exc, "ood", None):
+                    item["ood"] = exc.ood  # what the single endpoint says about a refusal
+                results.append(item)
     return jsonify(
         results=results,
         n_ok=sum("error" not in r for r in results),

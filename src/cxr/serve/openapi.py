@@ -7,8 +7,10 @@ against the schema given here for it.
 
 from __future__ import annotations
 
+import re
+
 from cxr import NOT_A_MEDICAL_DEVICE, __version__
-from cxr.inference.analysis import HEATMAP_CHOICES
+from cxr.inference.analysis import HEATMAP_CHOICES, HEATMAP_SPEC_CHARS
 
 _NUM_OR_NULL = {"type": ["number", "null"]}
 _DATA_URL = {"type": "string", "pattern": "^data:image/png;base64,"}
@@ -35,7 +37,12 @@ _UPLOAD_ERRORS = {
         "Not a usable chest X-ray: not an image, a corrupt file or DICOM, a colour photograph, "
         "or rejected by the out-of-distribution gate (code says which)"
     ),
+    "403": _error("A post from a page on another site (Origin / Sec-Fetch-Site)"),
     "500": _error("A server bug; the server keeps serving"),
+    "503": {
+        **_error("Busy: the model queue is full or the request's deadline passed; retry"),
+        "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}},
+    },
 }
 
 _IMAGE_BODY = {
@@ -50,13 +57,12 @@ _IMAGE_BODY = {
                         "format": "binary",
                         "description": "PNG, JPEG, BMP, TIFF or DICOM",
                     },
-                    "heatmaps": {"type": "string"},
                 },
                 "required": ["file"],
             }
         },
         "application/octet-stream": {
-            "schema": {"type": "string", "format": "binary"},
+            "schema": {"type": "string", "format": "binary", "minLength": 1},
         },
     },
 }
@@ -155,6 +161,19 @@ _SCHEMAS: dict = {
             "probability": {"type": "number", "minimum": 0, "maximum": 1},
             "threshold": {"type": "number"},
             "positive": {"type": "boolean", "description": "probability >= threshold"},
+            "call": {
+                "enum": ["positive", "possible", "negative"],
+                "description": "possible: inside the borderline band (see band)",
+            },
+            "margin": {"type": "number", "description": "probability - threshold"},
+            "band": {
+                "type": "array",
+                "items": {"type": "number"},
+                "description": "[low, high]: validation sensitivity-0.95 to specificity-0.95 "
+                "thresholds (low == high when the run has no operating points)",
+            },
+            "auroc": {**_NUM_OR_NULL, "description": "validation AUROC; null: not estimable"},
+            "reliable": {"type": "boolean", "description": "validation AUROC > 0.6"},
         },
     },
     "OodResult": {
@@ -199,9 +218,24 @@ _SCHEMAS: dict = {
                     "display_height": {"type": "integer"},
                     "original": {**_DATA_URL, "description": "the upload, grey, display size"},
                     "preprocessed": {**_DATA_URL, "description": "what the model saw (CLAHE)"},
+                    "depth": {"enum": [8, 16], "description": "bits per pixel of `original`"},
                 },
             },
             "heatmap_method": {"const": "gradcam"},
+            "heatmap_layer": {"enum": ["last", "finer"]},
+            "heatmap_grid": {
+                "type": ["integer", "null"],
+                "description": "cells a side of the Grad-CAM layer: the maps' true resolution",
+            },
+            "heatmap_notes": {
+                "type": "object",
+                "additionalProperties": {"type": "string"},
+                "description": "finding -> why its map shows nothing useful (empty, identical)",
+            },
+            "dicom": {
+                "type": ["object", "null"],
+                "description": "technical DICOM header fields (no identifiers); null otherwise",
+            },
             "heatmaps": {
                 "type": "object",
                 "description": (
@@ -229,6 +263,7 @@ _SCHEMAS: dict = {
                     "error": {"type": "string"},
                     "code": {"type": "string"},
                     "status": {"type": "integer"},
+                    "ood": {"$ref": "#/components/schemas/OodResult"},
                 },
             },
         ]
@@ -257,14 +292,25 @@ def _query(name: str, description: str, schema: dict) -> dict:
     }
 
 
+def heatmaps_pattern(findings: list[str]) -> dict:
+    """`heatmaps`: one of HEATMAP_CHOICES, or finding names joined by commas (each once)."""
+    if not findings:
+        return {"maxLength": HEATMAP_SPEC_CHARS}
+    name = "(" + "|".join(re.escape(f) for f in findings) + ")"
+    choices = "|".join(HEATMAP_CHOICES)
+    # empty means auto
+    return {"pattern": f"^({choices}|{name}(,{name})*|)$", "maxLength": HEATMAP_SPEC_CHARS}
+
+
 def openapi_spec(info: dict | None = None) -> dict:
     """The spec; with the served model's info, the findings are listed in the descriptions."""
-    findings = ", ".join((info or {}).get("findings", [])) or "the model's findings"
+    names = (info or {}).get("findings", [])
+    findings = ", ".join(names) or "the model's findings"
     heatmaps = _query(
         "heatmaps",
         f"which findings get a Grad-CAM heatmap: {', '.join(HEATMAP_CHOICES)} (auto: the top "
         f"finding and every positive one), or comma-separated names from: {findings}",
-        {"type": "string", "default": "auto"},
+        {"type": "string", "default": "auto", **heatmaps_pattern(names)},
     )
     images = _query(
         "images", "include the original and preprocessed PNGs", {"type": "boolean", "default": True}
@@ -319,6 +365,16 @@ def openapi_spec(info: dict | None = None) -> dict:
                             {"type": "boolean", "default": False},
                         ),
                         _query(
+                            "depth",
+                            "bits of the returned preview PNG: 16 keeps a DICOM's depth",
+                            {"enum": [8, 16], "default": 8},
+                        ),
+                        _query(
+                            "heatmap_layer",
+                            "Grad-CAM layer: finer is twice as fine as last (ResNet layer3, 4)",
+                            {"enum": ["last", "finer", "layer4", "layer3"], "default": "last"},
+                        ),
+                        _query(
                             "filename",
                             "name of a raw-body upload, for messages",
                             {"type": "string"},
@@ -333,7 +389,7 @@ def openapi_spec(info: dict | None = None) -> dict:
                     "summary": "Many images (form field `files`, repeated); per-file errors inline",
                     "operationId": "predictBatch",
                     "parameters": [
-                        {**heatmaps, "schema": {"type": "string", "default": "none"}},
+                        {**heatmaps, "schema": {**heatmaps["schema"], "default": "none"}},
                         {**images, "schema": {"type": "boolean", "default": False}},
                     ],
                     "requestBody": {
@@ -346,6 +402,7 @@ def openapi_spec(info: dict | None = None) -> dict:
                                         "files": {
                                             "type": "array",
                                             "items": {"type": "string", "format": "binary"},
+                                            "minItems": 1,
                                         }
                                     },
                                     "required": ["files"],
@@ -355,8 +412,7 @@ def openapi_spec(info: dict | None = None) -> dict:
                     },
                     "responses": {
                         "200": _json("BatchResult", "One result or error per file, in order"),
-                        "400": _UPLOAD_ERRORS["400"],
-                        "413": _UPLOAD_ERRORS["413"],
+                        **{k: _UPLOAD_ERRORS[k] for k in ("400", "403", "413", "500", "503")},
                     },
                 }
             },

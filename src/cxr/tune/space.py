@@ -21,8 +21,9 @@ import optuna
 from cxr.config import RunConfig, config_from_dict
 from cxr.errors import ConfigError
 from cxr.losses import MULTICLASS_LOSSES, MULTILABEL_LOSSES
+from cxr.models import check_arch
 
-DEFAULT_SPACE = Path(__file__).resolve().parents[2] / "configs" / "search_space.yaml"
+DEFAULT_SPACE = Path(__file__).resolve().parents[3] / "configs" / "search_space.yaml"
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("hyperband", "median", "asha", "none")
 _TOP_KEYS = {"epochs", "min_epochs", "sampler", "pruner", "fixed", "params"}
@@ -367,8 +368,10 @@ def _check_value(name: str, value: Any, where: str) -> None:
     section, key = name.split(".", 1)
     try:
         config_from_dict({section: {key: value}}, source=where)
+        if name == "model.arch":  # the names live in the model registry, not in the config
+            check_arch(value)
     except ConfigError as exc:
-        raise ConfigError(str(exc)) from None
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def _number(value: Any, where: str, kind: str) -> float:

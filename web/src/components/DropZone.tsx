@@ -1,33 +1,17 @@
-import { useRef, useState } from "react";
+import { useRef } from "react";
 
 interface Props {
   onFiles: (files: File[]) => void;
   busy: boolean;
+  over: boolean;
 }
 
-/** Drag and drop, or pick, one or many files; the server decides what it can read. */
-export function DropZone({ onFiles, busy }: Props) {
+/** Pick one or many files (dropping works anywhere on the page: see App). */
+export function DropZone({ onFiles, busy, over }: Props) {
   const input = useRef<HTMLInputElement>(null);
-  const [over, setOver] = useState(false);
-  const take = (list: FileList | null) => {
-    const files = list ? Array.from(list) : [];
-    if (files.length) onFiles(files);
-  };
   return (
-    <div
-      className={`drop${over ? " over" : ""}`}
-      onDragOver={(e) => {
-        e.preventDefault();
-        setOver(true);
-      }}
-      onDragLeave={() => setOver(false)}
-      onDrop={(e) => {
-        e.preventDefault();
-        setOver(false);
-        take(e.dataTransfer.files);
-      }}
-    >
-      <p className="drop-title">Drop chest X-rays here</p>
+    <div className={`drop${over ? " over" : ""}`}>
+      <p className="drop-title">Drop chest X-rays anywhere on this page</p>
       <p className="drop-hint">PNG, JPEG or DICOM; one or several at a time</p>
       <button type="button" className="primary" onClick={() => input.current?.click()}>
         {busy ? "Add more files…" : "Choose files…"}
@@ -40,7 +24,8 @@ export function DropZone({ onFiles, busy }: Props) {
         multiple
         hidden
         onChange={(e) => {
-          take(e.target.files);
+          const files = e.target.files ? Array.from(e.target.files) : [];
+          if (files.length) onFiles(files);
           e.target.value = ""; // the same file can be chosen again
         }}
       />

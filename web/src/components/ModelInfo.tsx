@@ -1,15 +1,17 @@
 import type { ModelInfo as Info } from "../api";
+import { humanName } from "../calls";
 
 function fmt(value: number | null | undefined, digits = 3): string {
   return value === null || value === undefined ? "n/a" : value.toFixed(digits);
 }
 
-/** What the model is, what it was trained on, how it did on validation, what it is for. */
+/** What the model is, what it was trained on (never a server path), how each finding did on
+ * validation (with its positives and borderline band), and what it is for. */
 export function ModelInfo({ info, error }: { info: Info | null; error: string | null }) {
   if (error) {
     return (
-      <section className="panel model-info">
-        <h2>Model</h2>
+      <section className="panel model-info" aria-labelledby="model-title">
+        <h2 id="model-title">Model</h2>
         <p className="error" role="alert">
           {error}
         </p>
@@ -19,20 +21,26 @@ export function ModelInfo({ info, error }: { info: Info | null; error: string | 
   if (!info) return <section className="panel model-info">Loading model information…</section>;
   const val = info.metrics.validation;
   const data = info.training_data;
+  const points = info.operating_points ?? {};
+  const cut = info.reliable_auroc ?? 0.6;
   return (
-    <section className="panel model-info" aria-label="Model information">
-      <details open>
+    <section className="panel model-info" aria-labelledby="model-title">
+      <details>
         <summary>
-          <h2>
-            Model: {info.arch}, {info.findings.length}{" "}
-            {info.task === "multilabel" ? "findings" : "classes"}, {info.image_size} px
+          <h2 id="model-title">
+            Model: {info.arch}, {info.findings.length} {info.task === "multilabel" ? "findings" : "classes"},{" "}
+            {info.image_size} px
           </h2>
         </summary>
         <dl>
+          <dt>Name and version</dt>
+          <dd>
+            {info.name}
+            {info.version ? `, cxr ${info.version}` : ""}
+          </dd>
           <dt>Trained on</dt>
           <dd>
-            {data.n_train ?? "?"} images ({data.n_val ?? "?"} for validation) from{" "}
-            <code>{data.source ?? data.path ?? "unknown"}</code>
+            {data.n_train ?? "?"} images ({data.n_val ?? "?"} for validation) from {data.source ?? "an unnamed source"}
           </dd>
           <dt>Validation</dt>
           <dd>
@@ -40,42 +48,56 @@ export function ModelInfo({ info, error }: { info: Info | null; error: string | 
               ? `mean AUROC ${fmt(val.mean_auroc)}, accuracy ${fmt(val.accuracy)} on ${val.n_images} images`
               : "no validation metrics in this run"}
           </dd>
+          <dt>Thresholds</dt>
+          <dd>
+            {info.threshold_method ?? "chosen on the validation split"}; scores between the band's ends are called
+            “possible”. Findings with validation AUROC ≤ {cut} (or not estimable) are marked unreliable.
+          </dd>
           <dt>Intended use</dt>
           <dd>{info.model_card.intended_use}</dd>
           <dt>Not for</dt>
           <dd>{info.model_card.not_for}</dd>
           <dt>Limitations</dt>
           <dd>{info.model_card.limitations}</dd>
-          <dt>Out-of-distribution check</dt>
-          <dd>{info.ood_gate?.enabled ? "on" : `off: ${info.ood_gate?.note ?? "none"}`}</dd>
+          <dt>Input checks</dt>
+          <dd>{info.ood_gate?.enabled ? "on: images unlike the training X-rays are refused or flagged" : "off for this model"}</dd>
         </dl>
-        {val && (
-          <div className="table-scroll">
+        <div className="table-scroll" tabIndex={0} role="region" aria-label="Validation metrics per finding">
           <table className="metrics">
-            <caption>Validation metrics per finding (at the threshold)</caption>
+            <caption>Validation metrics per finding (at the threshold); no confidence intervals in this run</caption>
             <thead>
               <tr>
-                <th>finding</th>
-                <th>AUROC</th>
-                <th>sens.</th>
-                <th>spec.</th>
-                <th>threshold</th>
+                <th scope="col">finding</th>
+                <th scope="col">positives</th>
+                <th scope="col">AUROC</th>
+                <th scope="col">sens.</th>
+                <th scope="col">spec.</th>
+                <th scope="col">threshold</th>
+                <th scope="col">borderline band</th>
               </tr>
             </thead>
             <tbody>
-              {info.findings.map((f) => (
-                <tr key={f}>
-                  <td>{f}</td>
-                  <td>{fmt(val.per_finding[f]?.auroc)}</td>
-                  <td>{fmt(val.per_finding[f]?.sensitivity, 2)}</td>
-                  <td>{fmt(val.per_finding[f]?.specificity, 2)}</td>
-                  <td>{fmt(info.thresholds[f], 2)}</td>
-                </tr>
-              ))}
+              {info.findings.map((f) => {
+                const m = val?.per_finding[f];
+                const b = points[f];
+                return (
+                  <tr key={f} className={b && !b.reliable ? "unreliable" : undefined}>
+                    <th scope="row">
+                      {humanName(f)}
+                      {b && !b.reliable ? " (unreliable)" : ""}
+                    </th>
+                    <td>{m?.n_positive ?? "n/a"}</td>
+                    <td>{fmt(m?.auroc)}</td>
+                    <td>{fmt(m?.sensitivity, 2)}</td>
+                    <td>{fmt(m?.specificity, 2)}</td>
+                    <td>{fmt(info.thresholds[f], 3)}</td>
+                    <td>{b && b.high > b.low ? `${fmt(b.low, 3)}–${fmt(b.high, 3)}` : "none"}</td>
+                  </tr>
+                );
+              })}
             </tbody>
           </table>
-          </div>
-        )}
+        </div>
       </details>
     </section>
   );

@@ -1,0 +1,82 @@
+"""The few DICOM header fields a reader checks before trusting a chest X-ray model's answer,
+and the plain refusal for files that are not projection radiographs of the chest.
+
+Only technical fields are read (never names, IDs, dates or institutions), so the answer can be
+shown in the browser without echoing a patient identifier.
+"""
+
+from __future__ import annotations
+
+import io
+
+from cxr.errors import DataError
+
+# Cross-sectional and other non-radiograph modalities: a chest X-ray model's scores on them are
+# meaningless (an axial CT slice scored "Consolidation 88%"), so they are refused.
+REFUSED_MODALITIES = {
+    "CT": "a CT slice", "MR": "an MR image", "US": "an ultrasound image", "NM": "a nuclear "
+    "medicine image", "PT": "a PET image", "XA": "an angiogram", "MG": "a mammogram",
+    "OT": None,  # "other": often a secondary capture of a radiograph; warned, not refused
+}  # fmt: skip
+CHEST_PARTS = {"CHEST", "THORAX", "LUNG", "LUNGS", "TORSO", ""}
+
+_FIELDS = {
+    "modality": "Modality",
+    "view_position": "ViewPosition",
+    "body_part": "BodyPartExamined",
+    "rows": "Rows",
+    "columns": "Columns",
+    "bits_stored": "BitsStored",
+    "bits_allocated": "BitsAllocated",
+    "photometric_interpretation": "PhotometricInterpretation",
+}
+
+
+def is_dicom(data: bytes) -> bool:
+    return data[128:132] == b"DICM"
+
+
+def dicom_header(data: bytes, name: str = "upload") -> dict:
+    """Technical header fields of DICOM bytes (no identifiers); DataError when unreadable."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    except Exception as exc:  # noqa: BLE001 - untrusted bytes: any parser failure means unreadable
+        raise DataError(f"not a readable DICOM file ({type(exc).__name__})", path=name) from exc
+    header: dict = {}
+    for key, keyword in _FIELDS.items():
+        value = ds.get(keyword)
+        if value is None or value == "":
+            header[key] = None
+        elif isinstance(value, int) or key in ("rows", "columns", "bits_stored", "bits_allocated"):
+            header[key] = int(value)
+        else:
+            header[key] = str(value).strip()
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    header["transfer_syntax"] = syntax.name if syntax is not None else None
+    return header
+
+
+def chest_radiograph_problem(header: dict) -> tuple[str | None, str | None]:
+    """(refusal, warning): why this DICOM is not a chest radiograph, or why it may not be."""
+    modality = (header.get("modality") or "").upper()
+    if REFUSED_MODALITIES.get(modality):
+        return (
+            f"this DICOM is {REFUSED_MODALITIES[modality]} (Modality {modality}), not a chest "
+            "radiograph; the model was trained on chest X-rays only and its scores on it would "
+            "be meaningless",
+            None,
+        )
+    part = (header.get("body_part") or "").upper()
+    if part not in CHEST_PARTS:
+        return None, (
+            f"the DICOM header says the body part examined is {part}, not the chest; the model "
+            "was trained on chest X-rays only, so treat these scores with suspicion"
+        )
+    if modality and modality not in ("CR", "DX", "DR"):
+        return None, (
+            f"the DICOM modality is {modality}, not CR or DX (a radiograph); check that this is "
+            "a chest X-ray"
+        )
+    return None, None

@@ -1,0 +1,102 @@
+"""Admission to model work: a bounded queue with a deadline, apart from health and static files.
+
+Waitress runs every request on one thread pool. If model work could take all of its threads, a
+health probe would wait behind it (17.7 s was measured), so the pool is sized
+`workers + queue + spare`: at most `workers` requests run model work at once, at most `queue`
+more wait for a turn, and the spare threads are always free for /api/health, /api/model and
+the front end. A request that finds the queue full, or whose deadline passes while it waits, is
+answered 503 with Retry-After at once; one whose client has hung up is dropped unanswered.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from cxr.errors import CxrError
+
+SPARE_THREADS = 4  # for health, model info, OpenAPI and static files; never model work
+_POLL_S = 0.25  # how often a waiting request checks that its client is still there
+
+
+class ServerBusy(CxrError):
+    """The server cannot take this request now; the client should retry after `retry_after`."""
+
+    http_status = 503
+    code = "busy"
+
+    def __init__(self, message: str, retry_after: int = 1):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ClientGone(CxrError):
+    """The client hung up before its turn: its work is dropped, nothing is answered."""
+
+    http_status = 503
+    code = "client_gone"
+
+
+class ModelQueue:
+    """At most `workers` requests in model work, `queue` more waiting, each with a deadline."""
+
+    def __init__(self, workers: int, queue: int, deadline_s: float):
+        self.workers, self.queue, self.deadline_s = workers, queue, deadline_s
+        self._turns = threading.BoundedSemaphore(workers)
+        self._lock = threading.Lock()
+        self._admitted = 0  # running + waiting
+
+    @property
+    def threads(self) -> int:
+        """Waitress threads this queue needs so that health never waits behind it."""
+        return self.workers + self.queue + SPARE_THREADS
+
+    @property
+    def admitted(self) -> int:
+        return self._admitted
+
+    @contextmanager
+    def turn(
+        self, received: float | None = None, client_gone: Callable[[], bool] | None = None
+    ) -> Iterator[Deadline]:
+        """Wait for a turn at the model (ServerBusy when full or too late; ClientGone)."""
+        deadline = Deadline((received or time.monotonic()) + self.deadline_s, client_gone)
+        with self._lock:
+            if self._admitted >= self.workers + self.queue:
+                raise ServerBusy(
+                    f"the server is busy: {self.workers} request(s) running and {self.queue} "
+                    "waiting; retry in a few seconds",
+                    retry_after=max(1, round(self.deadline_s / 4)),
+                )
+            self._admitted += 1
+        try:
+            while not self._turns.acquire(timeout=min(_POLL_S, max(deadline.left, 0.001))):
+                deadline.check("while waiting for the model")
+            try:
+                deadline.check("while waiting for the model")
+                yield deadline
+            finally:
+                self._turns.release()
+        finally:
+            with self._lock:
+                self._admitted -= 1
+
+
+class Deadline:
+    """When a request's time is up; `check` raises ServerBusy after it, ClientGone if hung up."""
+
+    def __init__(self, at: float, client_gone: Callable[[], bool] | None = None):
+        self.at = at
+        self._client_gone = client_gone
+
+    @property
+    def left(self) -> float:
+        return self.at - time.monotonic()
+
+    def check(self, where: str) -> None:
+        if self._client_gone is not None and self._client_gone():
+            raise ClientGone(f"the client disconnected {where}")
+        if self.left <= 0:
+            raise ServerBusy(f"the request's deadline passed {where}; retry later", retry_after=5)
