@@ -419,3 +419,20 @@ def test_the_default_search_space_file_exists():
     from cxr.tune.space import DEFAULT_SPACE
 
     assert DEFAULT_SPACE.is_file(), DEFAULT_SPACE
+
+
+def test_test_data_on_the_study_split_is_refused_before_any_trial(kermany_train, tmp_path,
+                                                                  cache_dir):  # fmt: skip
+    """Issue 11 item 1: `tune --test-data` on images of the study's own train/val split is
+    refused by the leak guard before the search spends any trial; --allow-overlap goes on."""
+    from cxr.config import DataConfig
+    from cxr.errors import LeakageError
+
+    base = _base(kermany_train, tmp_path / "study", cache_dir)
+    space = search_space_from_dict(TINY_SPACE)
+    with pytest.raises(LeakageError, match=r"refusing to tune.*by image name"):
+        run_study(base, space, "leak", n_trials=0, test_data=DataConfig(path=str(kermany_train)),
+                  progress=False)  # fmt: skip
+    assert not (tmp_path / "study" / "trials").exists()
+    run_study(base, space, "leak", n_trials=0, test_data=DataConfig(path=str(kermany_train)),
+              progress=False, allow_overlap=True)  # fmt: skip

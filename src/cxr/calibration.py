@@ -237,6 +237,7 @@ class Calibration:
     fitted_on: str = "validation split of the run (split.csv)"
     threshold_method: str = "youden on calibrated validation probabilities"
     method: str = "temperature scaling: one T for all outputs, validation NLL minimised"
+    leakage: dict | None = None  # validation images also in train, fitted on under --allow-overlap
 
     def threshold_array(self, findings: list[str]) -> np.ndarray:
         missing = [f for f in findings if f not in self.thresholds]
@@ -345,12 +346,24 @@ def fit_calibration(
     )
 
 
-def calibrate_run(run_dir: str | Path, progress: bool = True, device: str = "auto") -> Calibration:
-    """Fit T on the run's validation split and save calibration.json in the run folder."""
+def calibrate_run(
+    run_dir: str | Path, progress: bool = True, device: str = "auto", allow_overlap: bool = False
+) -> Calibration:
+    """Fit T on the run's validation split and save calibration.json in the run folder.
+
+    Validation images that are also training images (same image name or identical pixels,
+    cxr.data.leakage) are refused unless allow_overlap, and then calibration.json says so.
+    """
+    from cxr.data.leakage import check_overlap, find_overlap, pixel_hashes
+
     rt = select_runtime(device)
     run = load_run(run_dir, rt.device)
     images = validation_images(run, progress)
+    overlap = find_overlap(images.table, run_dir, pixel_hashes(images.pixels), ("train",))
+    check_overlap(overlap, allow_overlap, "calibrate")
     logits, _ = forward(run.model, images.pixels, rt, progress=progress, desc="validation")
     calibration = fit_calibration(run_dir, logits, images.table.labels, run.task, run.findings)
+    if overlap.n_images:
+        calibration.leakage = overlap.as_dict()
     save_calibration(run_dir, calibration)
     return calibration

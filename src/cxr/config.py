@@ -37,6 +37,12 @@ class DataConfig(StrictConfig):
     test_fraction: float = Field(
         0.0, ge=0.0, lt=1.0, description="carved only when the data has no official test split"
     )
+    val_source: Literal["auto", "fraction", "official"] = Field(
+        "auto",
+        description="validation images: 'fraction' (a patient-level split of train by "
+        "val_fraction), 'official' (the dataset's val split), or 'auto' (official only when it "
+        "holds >= 200 images and >= 5% of train); a run's config.json records which was used",
+    )
     split_seed: int = 0
     split_file: str | None = Field(None, description="reuse the split of an earlier run")
     limit: int | None = Field(None, gt=0, description="use at most this many images (quick runs)")

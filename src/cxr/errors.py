@@ -108,3 +108,7 @@ class ClientGone(CxrError):
 
 class DecodeWarning(UserWarning):
     """The decoder made a choice the user should know about (a fallback window, a bit depth)."""
+
+
+class LeakageError(DataError):
+    """Evaluated images or patients were in the run's training or validation data."""

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from cxr.config import RunConfig
 from cxr.data.cache import CachedImages
+from cxr.distributed import training_batches
 from cxr.errors import ConfigError
 from cxr.preprocess import normalize, to_unit
 
@@ -71,12 +72,17 @@ def autocast(rt: Runtime):
 def batches(
     images: CachedImages, batch_size: int, generator: torch.Generator | None
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(uint8 images, labels) batches; shuffled when a generator is given, in order otherwise."""
+    """(uint8 images, labels) batches; shuffled when a generator is given (training: no batch
+    smaller than 2, see `distributed.training_batches`), in order otherwise."""
     n = len(images.table)
     order = torch.randperm(n, generator=generator).numpy() if generator is not None else None
     labels = images.table.labels
-    for start in range(0, n, batch_size):
-        index = np.arange(start, min(start + batch_size, n))
+    if order is None:
+        bounds = [slice(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+    else:
+        bounds = training_batches(n, batch_size)
+    for batch in bounds:
+        index = np.arange(n)[batch]
         if order is not None:
             index = np.sort(order[index])  # sorted: sequential reads from the memory map
         x = torch.from_numpy(np.ascontiguousarray(images.pixels[index]))

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from cxr import distributed
 from cxr.augment import augment_batch
 from cxr.checkpoint import (
+    CHECKPOINTS,
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
@@ -29,11 +30,12 @@ from cxr.checkpoint import (
 )
 from cxr.config import RunConfig, load_config, save_config
 from cxr.data.cache import CachedImages
+from cxr.data.leakage import HASH_FILE
 from cxr.data.prepare import PreparedData, prepare_data
 from cxr.errors import CxrError
 from cxr.losses import build_loss
 from cxr.metrics import choose_thresholds, compute_metrics
-from cxr.models import build_model, check_arch, probabilities_numpy
+from cxr.models import build_model, check_arch, check_pretrained, probabilities_numpy
 from cxr.optim import Schedule, build_optimizer
 from cxr.preprocess import normalize
 from cxr.progressive import epoch_image_size, resize_batch
@@ -183,6 +185,19 @@ def train(
         raise CxrError(
             f"{run_dir} already holds a run; pass --resume to continue it or choose another --out"
         )
+    # What can fail without reading any data fails first, before the run folder is made.
+    check_pretrained(cfg.model)
+    existed = run_dir.exists()
+    try:
+        return _train(cfg, run_dir, resume, progress, on_epoch)
+    except BaseException:
+        if not resume:
+            _discard_unfinished_run(run_dir, existed)
+        raise
+
+
+def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, on_epoch) -> TrainResult:
+    files = RunDir(run_dir)
     # Under torchrun: refuse a bad launch before any work, meet the other processes, check
     # that all run the same config; rank 0 alone writes the run folder (cxr.distributed).
     check_arch(cfg.model.arch)  # before any work: a typo must not cost a cache build
@@ -209,12 +224,18 @@ def train(
         ),
     )
     distributed.agree(world, _data_identity(data), "data")
+    if cfg.data.val_source == "auto" and data.val_source in ("official", "fraction"):
+        # config.json says which validation split "auto" chose, so a resume or a re-run agrees.
+        chosen = cfg.data.model_copy(update={"val_source": data.val_source})
+        cfg = cfg.model_copy(update={"data": chosen})
+        if world.is_main:
+            save_config(cfg, files.config)
     model = build_model(cfg.model, len(data.findings)).to(rt.device)
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)
     loss_fn = build_loss(cfg.train, data.task, data.train.table.labels)
     optimizer = build_optimizer(model, cfg.train)
-    steps = -(-len(data.train.table) // cfg.train.batch_size)
+    steps = len(distributed.training_batches(len(data.train.table), cfg.train.batch_size))
     schedule = Schedule(optimizer, cfg.train, steps)
     generator = torch.Generator().manual_seed(cfg.train.seed)
     state = {"epoch": 0, "history": [], "best": None, "best_epoch": 0, "stale": 0}
@@ -310,6 +331,21 @@ def augmented_samples(images: CachedImages, cfg: RunConfig, rt: Runtime, epoch: 
     return x.float().clamp(0, 1).cpu().numpy()
 
 
+def _discard_unfinished_run(run_dir: Path, existed: bool) -> None:
+    """After a failure before any weights were saved, remove what this run wrote (config.json,
+    split.csv, ...), and its folder if it made it and it is now empty, so that the same --out
+    can be used again. A run with a checkpoint is kept for --resume."""
+    if distributed.world_from_env().rank != 0:
+        return  # rank 0 alone writes the run folder
+    files = RunDir(run_dir)
+    if files.weights.exists() or (run_dir / CHECKPOINTS).exists():
+        return
+    for path in (files.config, files.split, files.history, run_dir / HASH_FILE):
+        path.unlink(missing_ok=True)
+    if not existed and run_dir.is_dir() and not any(run_dir.iterdir()):
+        run_dir.rmdir()
+
+
 def _data_identity(data: PreparedData) -> dict[str, str]:
     """What every rank must have read identically: the caches' keys (hashes of the files and
     the preprocessing) and the labels."""
@@ -345,6 +381,7 @@ def finish_run(run_dir: Path, cfg: RunConfig, data: PreparedData, state: dict, r
                 "source": data.table.source,
                 "n_train": len(data.train.table),
                 "n_val": len(data.val.table),
+                "val_source": data.val_source,
             },
             "best_epoch": state["best_epoch"],
         },

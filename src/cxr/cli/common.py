@@ -18,6 +18,13 @@ TRAIN_FLAGS = {
     "limit": ("data", "limit", int, "use at most this many images"),
     "val_fraction": ("data", "val_fraction", float, "share of patients for validation"),
     "split_file": ("data", "split_file", str, "reuse an earlier run's split.csv"),
+    "val_source": (
+        "data",
+        "val_source",
+        str,
+        "auto|fraction|official: auto uses the data's own val split only when it "
+        "holds >= 200 images and >= 5%% of train, else splits train by --val-fraction",
+    ),
     "image_size": ("preprocess", "image_size", int, "side of the square model input"),
     "arch": ("model", "arch", str, "resnet18..resnet152|densenet121|efficientnet_b0|convnext_tiny"),
     "pretrained": ("model", "pretrained", str, "none|imagenet|PATH to weights"),
@@ -63,6 +70,15 @@ def gate_flag() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--no-ood-gate", action="store_true",
                    help="skip the run's out-of-distribution gate")  # fmt: skip
+    return p
+
+
+def overlap_flag() -> argparse.ArgumentParser:
+    """--allow-overlap, for every command that scores a run on images (cxr.data.leakage)."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--allow-overlap", action="store_true",
+                   help="evaluate even images or patients the run was trained or validated on "
+                   "(refused by default); the outputs then say so first")  # fmt: skip
     return p
 
 

@@ -6,7 +6,7 @@ import argparse
 
 from cxr import NOT_A_MEDICAL_DEVICE
 from cxr.calibration import calibrate_run
-from cxr.cli.common import data_flags, device_flag, model_flag, resolve_device
+from cxr.cli.common import data_flags, device_flag, model_flag, overlap_flag, resolve_device
 from cxr.compare import compare_runs, format_comparison
 from cxr.config import DataConfig
 from cxr.evaluate import evaluate_run
@@ -28,7 +28,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     data = DataConfig(path=args.data, format=args.format, skip_bad=args.skip_bad)
     metrics = evaluate_run(args.model, data, out_json=args.json, split=args.split,
                            device=resolve_device(args.device),
-                           label_map=args.label_map)  # fmt: skip
+                           label_map=args.label_map, allow_overlap=args.allow_overlap)  # fmt: skip
     print(format_table(metrics))
     if "label_map" in metrics:
         left = metrics["label_map"]["model_only"]
@@ -79,7 +79,8 @@ def run_report(args: argparse.Namespace) -> int:
     data = DataConfig(path=args.data, format=args.format, skip_bad=args.skip_bad)
     report = build_report(args.model, data, out_dir=args.out, split=args.split, tta=args.tta,
                           n_boot=args.bootstrap, seed=args.seed, gallery=not args.no_gallery,
-                          device=resolve_device(args.device))  # fmt: skip
+                          device=resolve_device(args.device),
+                          allow_overlap=args.allow_overlap)  # fmt: skip
     res = report["results"]
     mean = res["mean_auroc"]
     print(f"{res['n_images']} images ({report['data']['split']}), mean AUROC "
@@ -96,7 +97,8 @@ def calibrate_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
-    cal = calibrate_run(args.model, device=resolve_device(args.device))
+    cal = calibrate_run(args.model, device=resolve_device(args.device),
+                        allow_overlap=args.allow_overlap)  # fmt: skip
     print(f"temperature {cal.temperature:.4f} fitted on {cal.n_images} validation images: "
           f"NLL {cal.nll_before:.4f} -> {cal.nll_after:.4f}, ECE "
           f"{cal.ece_before or 0:.4f} -> {cal.ece_after or 0:.4f}")  # fmt: skip
@@ -107,12 +109,12 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "evaluate": ("evaluate a run on a data set", evaluate_arguments, run_evaluate,
-                 [model_flag, data_flags, device_flag]),
+                 [model_flag, data_flags, device_flag, overlap_flag]),
     "compare": ("paired AUROC difference of two runs on the same images (DeLong or a "
                 "patient bootstrap)", compare_arguments, run_compare, [data_flags, device_flag]),
     "report": ("HTML + JSON evaluation report with intervals, calibration, subgroups, Grad-CAM "
                "and a model card", report_arguments, run_report,
-               [model_flag, data_flags, device_flag]),
+               [model_flag, data_flags, device_flag, overlap_flag]),
     "calibrate": ("fit temperature scaling on a run's validation split", calibrate_arguments,
-                  run_calibrate, [model_flag, device_flag]),
+                  run_calibrate, [model_flag, device_flag, overlap_flag]),
 }  # fmt: skip

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from cxr import NOT_A_MEDICAL_DEVICE
-from cxr.cli.common import build_config, train_flags
+from cxr.cli.common import build_config, overlap_flag, train_flags
 from cxr.config import DataConfig, RunConfig, config_from_dict
 from cxr.data.synthetic import write_synthetic_dataset
 from cxr.errors import CxrError
@@ -61,7 +61,8 @@ def run_tune(args: argparse.Namespace) -> int:
     test = DataConfig(path=args.test_data, format=args.test_format) if args.test_data else None
     try:
         result = run_study(base, space, args.study, args.storage, args.n_trials, args.timeout,
-                           resume=args.resume, test_data=test)  # fmt: skip
+                           resume=args.resume, test_data=test,
+                           allow_overlap=args.allow_overlap)  # fmt: skip
     except KeyboardInterrupt:
         print("interrupted: the running trial is marked failed; run the same command again to "
               "resume the study", file=sys.stderr)  # fmt: skip
@@ -134,7 +135,7 @@ def run_synth(args: argparse.Namespace) -> int:
 COMMANDS = {
     "train": ("train a model; writes a run folder", train_arguments, run_train, [train_flags]),
     "tune": ("hyperparameter search with Optuna (one or many workers)", tune_arguments, run_tune,
-             [train_flags]),
+             [train_flags, overlap_flag]),
     "demo": ("the whole job on synthetic phantoms, offline, in minutes", demo_arguments, run_demo,
              []),
     "synth": ("write synthetic phantoms (with lesion masks) to a folder", synth_arguments,

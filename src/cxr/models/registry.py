@@ -85,6 +85,17 @@ def check_arch(name: str) -> Architecture:
     return ARCHITECTURES[name]
 
 
+def check_pretrained(cfg: ModelConfig) -> None:
+    """Fail now, before any data is read, if the starting weights cannot be had: ImageNet
+    weights are fetched into torch's cache (so `build_model` later reads a local file), a
+    weights file must exist."""
+    arch = check_arch(cfg.arch)
+    if cfg.pretrained == "imagenet":
+        imagenet_state_dict(arch.weights)
+    elif cfg.pretrained != "none" and not Path(cfg.pretrained).is_file():
+        raise ConfigError(f"model.pretrained: weights file not found: {cfg.pretrained}")
+
+
 def build_model(cfg: ModelConfig, num_outputs: int) -> Classifier:
     """A Classifier taking (N, 1, S, S) normalised grey images, returning (N, num_outputs) logits.
 

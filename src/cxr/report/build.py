@@ -35,7 +35,6 @@ from cxr.calibration import (
     validation_images,
 )
 from cxr.config import DataConfig
-from cxr.data.cache import build_cache
 from cxr.data.prepare import resolve_table
 from cxr.data.splits import SPLITS
 from cxr.decision import decision_rule
@@ -309,21 +308,27 @@ def build_report(
     gallery: bool = True,
     progress: bool = True,
     device: str = "auto",
+    allow_overlap: bool = False,
 ) -> dict:
-    """Write report.html, report.json and the figures to out_dir (default RUN/report)."""
+    """Write report.html, report.json and the figures to out_dir (default RUN/report).
+
+    Images or patients the run was trained or validated on are refused (cxr.data.leakage)
+    unless allow_overlap, and then the JSON's first key and the HTML's first line say so.
+    """
+    from cxr.evaluate import data_for_run, guarded_cache
+
     if n_boot < 10:
         raise CxrError(f"--bootstrap must be at least 10 resamples, got {n_boot}")
     run_dir = Path(run_dir)
     rt = select_runtime(device)
     run = load_run(run_dir, rt.device)
+    data = data_for_run(run.config, data)
     out_dir = Path(out_dir) if out_dir is not None else run.files.report
 
     table = resolve_table(data, run.config.train.cache_dir, progress)
     _check_findings(table, run, data.path)
     table, split, warnings = select_split(table, run_dir, split, data.path)
-    images = build_cache(
-        table, run.config.preprocess, run.config.train.cache_dir, data.skip_bad, progress=progress
-    )
+    images, overlap = guarded_cache(table, run, data.skip_bad, allow_overlap, progress)
     val_images = validation_images(run, progress)
     val = _scored(
         val_images,
@@ -345,6 +350,7 @@ def build_report(
             "validation images now (different validation images?); the report uses the latter."
         )
     report = {
+        "leakage": overlap.as_dict(),
         "title": f"Evaluation of {run_dir.name}",
         "notice": NOT_A_MEDICAL_DEVICE,
         "created": dt.datetime.now().isoformat(timespec="seconds"),

@@ -31,9 +31,11 @@ from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
 from cxr.config import DataConfig, RunConfig
+from cxr.data.leakage import check_overlap, find_overlap
 from cxr.data.prepare import resolve_table
 from cxr.data.splits import (
     check_patient_disjoint,
+    describe_split,
     patient_level_split,
     read_split_file,
     write_split_file,
@@ -68,9 +70,13 @@ def run_study(
     test_data: DataConfig | None = None,
     progress: bool = True,
     grace_s: float = GRACE_S,
+    allow_overlap: bool = False,
 ) -> TuneResult:
     """Run trials until the study holds n_trials finished ones (all workers together) or
-    `timeout` seconds have passed, then write the report. base.out_dir is the study folder."""
+    `timeout` seconds have passed, then write the report. base.out_dir is the study folder.
+
+    test_data overlapping the study's train/val images is refused before any trial (by patient
+    and name; identical pixels after the search), unless allow_overlap (cxr.data.leakage)."""
     if n_trials is not None and n_trials < 0:
         raise StudyError(f"--n-trials must be >= 0, got {n_trials}")
     study_dir = Path(base.out_dir)
@@ -78,6 +84,12 @@ def run_study(
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # we print one line per trial instead
     store = open_storage(storage, study_dir)
     split_file, split_sha, task = shared_split(base, study_dir, progress)
+    if test_data is not None and not allow_overlap:
+        from cxr.evaluate import data_for_run
+
+        test_data = data_for_run(base, test_data)
+        test_table = resolve_table(test_data, base.train.cache_dir, progress)
+        check_overlap(find_overlap(test_table, split_file), False, "tune and then evaluate")
     space = space.for_task(task)
     _note_searched_fields(base, space)
     study = open_study(space, study_name, store, resume, split_sha, study_dir)
@@ -116,7 +128,7 @@ def run_study(
     finally:
         bar.close()
 
-    return write_report(study, space, base, test_data, progress)
+    return write_report(study, space, base, test_data, progress, allow_overlap)
 
 
 def _note_searched_fields(base: RunConfig, space: SearchSpace) -> None:
@@ -185,8 +197,10 @@ def shared_split(base: RunConfig, study_dir: Path, progress: bool = True) -> tup
             assignment = read_split_file(path, table)
         else:
             assignment = patient_level_split(
-                table, base.data.val_fraction, base.data.test_fraction, seed=base.data.split_seed
-            )
+                table, base.data.val_fraction, base.data.test_fraction, base.data.split_seed,
+                base.data.val_source,
+            )  # fmt: skip
+            print(describe_split(table, assignment))
             tmp = path.with_name(f"split.csv.{os.getpid()}.tmp")
             write_split_file(tmp, table, assignment)
             os.replace(tmp, path)  # two workers starting at once write identical files

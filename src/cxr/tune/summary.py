@@ -50,6 +50,7 @@ def write_report(
     base: RunConfig,
     test_data: DataConfig | None = None,
     progress: bool = True,
+    allow_overlap: bool = False,
 ) -> TuneResult:
     """trials.csv, plots, summary.json; and for the best trial best_config.yaml + evaluation."""
     study_dir = Path(base.out_dir)
@@ -59,7 +60,7 @@ def write_report(
     write_trials_csv(study, study_dir / "trials.csv")
     write_plots(study, study_dir)
     if counts["complete"]:
-        write_best(study, space, base, result, test_data, progress)
+        write_best(study, space, base, result, test_data, progress, allow_overlap)
     summary = {
         "study": study.study_name,
         "trials": counts,
@@ -77,7 +78,9 @@ def write_report(
     return result
 
 
-def write_best(study, space, base, result: TuneResult, test_data=None, progress=True) -> None:
+def write_best(
+    study, space, base, result: TuneResult, test_data=None, progress=True, allow_overlap=False
+) -> None:
     """best_config.yaml (for `cxr train --config`); the best run is kept and evaluated once on
     the split's test images (if it has any) and on test_data: only now, after the search."""
     import yaml
@@ -104,12 +107,14 @@ def write_best(study, space, base, result: TuneResult, test_data=None, progress=
     result.best_run = run
     if split_keys(run, "test"):
         result.test_metrics = evaluate_run(
-            run, base.data, study_dir / "best_test_metrics.json", split="test", progress=progress
-        )
+            run, base.data, study_dir / "best_test_metrics.json", split="test", progress=progress,
+            allow_overlap=allow_overlap,
+        )  # fmt: skip
     if test_data is not None:
         result.test_metrics = evaluate_run(
-            run, test_data, study_dir / "best_test_data_metrics.json", progress=progress
-        )
+            run, test_data, study_dir / "best_test_data_metrics.json", progress=progress,
+            allow_overlap=allow_overlap,
+        )  # fmt: skip
 
 
 def write_trials_csv(study: optuna.Study, path: Path) -> None:
