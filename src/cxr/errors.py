@@ -112,3 +112,5 @@ class DecodeWarning(UserWarning):
 
 class LeakageError(DataError):
     """Evaluated images or patients were in the run's training or validation data."""
+
+    code = "overlaps_training_data"
