@@ -44,8 +44,10 @@ def main() -> None:
     n = len(images.table)
     print(f"{n} real Kermany images at {args.image_size} px, one process:")
     print(f"  decode + preprocess into the cache: {1e3 * cache_s / n:.2f} ms/image")
-    print(f"  content hash of the cached pixels:  {1e3 * hash_s / n:.3f} ms/image "
-          f"({100 * hash_s / cache_s:.1f}% of caching)")  # fmt: skip
+    print(
+        f"  content hash of the cached pixels:  {1e3 * hash_s / n:.3f} ms/image "
+        f"({100 * hash_s / cache_s:.1f}% of caching)"
+    )
 
 
 if __name__ == "__main__":

@@ -27,20 +27,33 @@ RECIPES = {
     # From scratch (no ImageNet download here): 128 px keeps 2 CPU cores at ~50 img/s, so an
     # epoch of 4,400 images takes ~1.5 minutes; 10 epochs with cosine decay fit in 20 minutes.
     "kermany": {
-        "data": {"path": str(DATA / "kermany-pneumonia" / "chest_xray" / "train"),
-                 "val_fraction": 0.15},
+        "data": {
+            "path": str(DATA / "kermany-pneumonia" / "chest_xray" / "train"),
+            "val_fraction": 0.15,
+        },
         "preprocess": {"image_size": 128},
-        "train": {"epochs": 10, "batch_size": 32, "lr": 2e-3, "weight_decay": 5e-4,
-                  "early_stopping_patience": 0},
+        "train": {
+            "epochs": 10,
+            "batch_size": 32,
+            "lr": 2e-3,
+            "weight_decay": 5e-4,
+            "early_stopping_patience": 0,
+        },
     },
     # 840 images at 64 px: val is 25% of patients so that rare findings have any positives.
     "nih": {
         "data": {"path": str(DATA / "nih-chestxray14-1000"), "val_fraction": 0.25},
         "preprocess": {"image_size": 64},
-        "train": {"epochs": 30, "batch_size": 32, "lr": 1e-3, "weight_decay": 1e-3,
-                  "loss": "weighted_bce", "early_stopping_patience": 8},
+        "train": {
+            "epochs": 30,
+            "batch_size": 32,
+            "lr": 1e-3,
+            "weight_decay": 1e-3,
+            "loss": "weighted_bce",
+            "early_stopping_patience": 8,
+        },
     },
-}  # fmt: skip
+}
 
 
 def main() -> None:
@@ -81,14 +94,17 @@ def report(args, cfg, results: list, minutes: list[float], out: Path) -> None:
     n = len(results)
     metrics = [r.val_metrics for r in results]
     print(f"\n## {args.dataset}: validation split (patient-level), {out}")
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch threads "
-          f"{torch.get_num_threads()}; {cfg.model.arch} from scratch at "
-          f"{cfg.preprocess.image_size} px, {cfg.train.epochs} epochs at most (best "
-          f"{', '.join(str(r.best_epoch) for r in results)}), "
-          f"{sum(minutes):.1f} min wall time including caching")  # fmt: skip
-    print(f"{n} seed(s) ({', '.join(map(str, range(n)))}): each its own split and weights; "
-          + ("figures are mean +- sample sd over seeds" if n > 1 else
-             "one seed: no spread measured"))  # fmt: skip
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, torch threads "
+        f"{torch.get_num_threads()}; {cfg.model.arch} from scratch at "
+        f"{cfg.preprocess.image_size} px, {cfg.train.epochs} epochs at most (best "
+        f"{', '.join(str(r.best_epoch) for r in results)}), "
+        f"{sum(minutes):.1f} min wall time including caching"
+    )
+    print(
+        f"{n} seed(s) ({', '.join(map(str, range(n)))}): each its own split and weights; "
+        + ("figures are mean +- sample sd over seeds" if n > 1 else "one seed: no spread measured")
+    )
     print("| finding | val AUROC | val AUPRC | positives in val | negatives in val |")
     print("|---|---|---|---|---|")
     for finding in metrics[0]["auroc"]:
@@ -96,14 +112,17 @@ def report(args, cfg, results: list, minutes: list[float], out: Path) -> None:
         auprc = spread([m["auprc"][finding] for m in metrics])
         pos = spread([m["per_finding"][finding]["n_positive"] for m in metrics])
         neg = spread([m["per_finding"][finding]["n_negative"] for m in metrics])
-        print(f"| {finding} | {_fmt(auc)} | {_fmt(auprc)} | {pos['mean']:.0f} | "
-              f"{neg['mean']:.0f} |")  # fmt: skip
+        print(
+            f"| {finding} | {_fmt(auc)} | {_fmt(auprc)} | {pos['mean']:.0f} | {neg['mean']:.0f} |"
+        )
     mean_auc = spread([m["mean_auroc"] for m in metrics])
     mean_auprc = spread([m["mean_auprc"] for m in metrics])
     print(f"| **mean** | **{_fmt(mean_auc)}** | {_fmt(mean_auprc)} | | |")
     accuracy = spread([m["accuracy"] for m in metrics])
-    print(f"accuracy at the validation-chosen decision rule: {_fmt(accuracy, 4)} "
-          f"({metrics[0]['n_images']} validation images in seed 0)")  # fmt: skip
+    print(
+        f"accuracy at the validation-chosen decision rule: {_fmt(accuracy, 4)} "
+        f"({metrics[0]['n_images']} validation images in seed 0)"
+    )
 
 
 def _fmt(s: dict, digits: int = 3) -> str:

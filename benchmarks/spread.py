@@ -10,8 +10,15 @@ def spread(values: list[float | None]) -> dict:
     values (None: not estimable in that seed, left out and counted in n_missing)."""
     kept = np.array([v for v in values if v is not None], dtype=np.float64)
     if kept.size == 0:
-        return {"mean": None, "sd": None, "min": None, "max": None, "n": 0,
-                "n_missing": len(values), "values": list(values)}  # fmt: skip
+        return {
+            "mean": None,
+            "sd": None,
+            "min": None,
+            "max": None,
+            "n": 0,
+            "n_missing": len(values),
+            "values": list(values),
+        }
     return {
         "mean": float(kept.mean()),
         "sd": float(kept.std(ddof=1)) if kept.size > 1 else 0.0,

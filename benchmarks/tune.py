@@ -79,8 +79,13 @@ def run_default(base, out: Path) -> dict:
         train(base.model_copy(update={"out_dir": str(run)}), resume=resume, progress=True)
     history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
     best = max(row["val_mean_auroc"] or 0.0 for row in history)
-    return {"best": best, "epochs": len(history), "seconds": time.perf_counter() - start,
-            "run_dir": str(run), "test": test_auroc(run, base.data)}  # fmt: skip
+    return {
+        "best": best,
+        "epochs": len(history),
+        "seconds": time.perf_counter() - start,
+        "run_dir": str(run),
+        "test": test_auroc(run, base.data),
+    }
 
 
 def run_arm(name: str, base, space_raw: dict, out: Path, trials: int, **override) -> dict:
@@ -124,8 +129,11 @@ def epochs_to_reach(curve: list, target: float) -> int | None:
     return None
 
 
-ARMS = (("default", "default config"), ("random", "random search, no pruning"),
-        ("tpe", "TPE + pruning"))  # fmt: skip
+ARMS = (
+    ("default", "default config"),
+    ("random", "random search, no pruning"),
+    ("tpe", "TPE + pruning"),
+)
 
 
 def plot(per_seed: dict, path: Path) -> None:
@@ -152,14 +160,23 @@ def run_seed(args, seed: int, out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     base = config_from_dict(
         {
-            "data": {"path": args.data, "limit": args.limit, "val_fraction": args.val_fraction,
-                     "test_fraction": args.test_fraction, "split_seed": seed},
+            "data": {
+                "path": args.data,
+                "limit": args.limit,
+                "val_fraction": args.val_fraction,
+                "test_fraction": args.test_fraction,
+                "split_seed": seed,
+            },
             "preprocess": {"image_size": args.image_size},
-            "train": {"epochs": args.epochs, "early_stopping_patience": 0,
-                      "cache_dir": args.cache_dir, "seed": seed},
+            "train": {
+                "epochs": args.epochs,
+                "early_stopping_patience": 0,
+                "cache_dir": args.cache_dir,
+                "seed": seed,
+            },
             "out_dir": str(out),
         }
-    )  # fmt: skip
+    )
     split, _, _ = shared_split(base, out)  # one split for every arm and every trial
     if not any(line.endswith(",test") for line in split.read_text().splitlines()):
         raise SystemExit(f"{split}: no test images held out (--test-fraction, --limit)")
@@ -176,14 +193,17 @@ def run_seed(args, seed: int, out: Path) -> dict:
     reach = epochs_to_reach(t["curve"], r["best"]) if r["best"] is not None else None
     results["tpe_epochs_to_reach_random_best"] = reach
     results["reached_with_half_the_epochs"] = reach is not None and reach <= r["epochs"] / 2
-    results["n_images"] = {part: sum(1 for line in split.read_text().splitlines()[1:]
-                                     if line.endswith("," + part))
-                           for part in ("train", "val", "test")}  # fmt: skip
+    results["n_images"] = {
+        part: sum(1 for line in split.read_text().splitlines()[1:] if line.endswith("," + part))
+        for part in ("train", "val", "test")
+    }
     results["default_config"] = load_config(out / "default" / "config.json").train.model_dump(
         include={"optimizer", "lr"}
     ) | {"arch": load_config(out / "default" / "config.json").model.arch}
-    print(f"seed {seed}: test AUROC default {results['default']['test']}, random "
-          f"{r['test']}, TPE {t['test']}")  # fmt: skip
+    print(
+        f"seed {seed}: test AUROC default {results['default']['test']}, random "
+        f"{r['test']}, TPE {t['test']}"
+    )
     return results
 
 
@@ -215,9 +235,11 @@ def main() -> None:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"torch {torch.__version__} with {torch.get_num_threads()} threads, load average "
-          f"{os.getloadavg()[0]:.1f} at start")  # fmt: skip
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"torch {torch.__version__} with {torch.get_num_threads()} threads, load average "
+        f"{os.getloadavg()[0]:.1f} at start"
+    )
     per_seed = {}
     for seed in range(args.seed, args.seed + args.seeds):
         per_seed[seed] = run_seed(args, seed, out / f"seed_{seed}")
@@ -229,10 +251,12 @@ def report(per_seed: dict, args, out: Path) -> None:
     first = per_seed[seeds[0]]
     n = first["n_images"]
     cfg = first["default_config"]
-    print(f"\n{len(seeds)} seed(s) ({', '.join(map(str, seeds))}); per seed: {args.trials} "
-          f"trials per search, at most {args.epochs} epochs each, {args.image_size} px, "
-          f"{n['train']} train / {n['val']} val / {n['test']} test images (by patient); "
-          f"default = {cfg['arch']}, {cfg['optimizer']} lr {cfg['lr']:g}\n")  # fmt: skip
+    print(
+        f"\n{len(seeds)} seed(s) ({', '.join(map(str, seeds))}); per seed: {args.trials} "
+        f"trials per search, at most {args.epochs} epochs each, {args.image_size} px, "
+        f"{n['train']} train / {n['val']} val / {n['test']} test images (by patient); "
+        f"default = {cfg['arch']}, {cfg['optimizer']} lr {cfg['lr']:g}\n"
+    )
     summary = {}
     print(
         "| arm | test AUROC, mean +- sd over seeds | minus default (paired) | "
@@ -241,27 +265,44 @@ def report(per_seed: dict, args, out: Path) -> None:
     print("|---|---|---|---|---|---|")
     for name, label in ARMS:
         test = spread([per_seed[s][name]["test"] for s in seeds])
-        diff = spread([None if per_seed[s][name]["test"] is None
-                       or per_seed[s]["default"]["test"] is None
-                       else per_seed[s][name]["test"] - per_seed[s]["default"]["test"]
-                       for s in seeds])  # fmt: skip
+        diff = spread(
+            [
+                None
+                if per_seed[s][name]["test"] is None or per_seed[s]["default"]["test"] is None
+                else per_seed[s][name]["test"] - per_seed[s]["default"]["test"]
+                for s in seeds
+            ]
+        )
         val = spread([per_seed[s][name]["best"] for s in seeds])
         epochs = spread([per_seed[s][name]["epochs"] for s in seeds])
         minutes = spread([per_seed[s][name]["seconds"] / 60 for s in seeds])
-        summary[name] = {"test_auroc": test, "minus_default": diff, "val_auroc": val,
-                         "epochs": epochs, "minutes": minutes}  # fmt: skip
+        summary[name] = {
+            "test_auroc": test,
+            "minus_default": diff,
+            "val_auroc": val,
+            "epochs": epochs,
+            "minutes": minutes,
+        }
         shown_diff = "-" if name == "default" else show(diff)
-        print(f"| {label} | {show(test)} | {shown_diff} | {show(val)} | "
-              f"{epochs['mean']:.0f} | {minutes['mean']:.1f} |")  # fmt: skip
-    tpe_wins = sum(1 for s in seeds if per_seed[s]["tpe"]["test"] is not None
-                   and per_seed[s]["tpe"]["test"] > per_seed[s]["default"]["test"])  # fmt: skip
+        print(
+            f"| {label} | {show(test)} | {shown_diff} | {show(val)} | "
+            f"{epochs['mean']:.0f} | {minutes['mean']:.1f} |"
+        )
+    tpe_wins = sum(
+        1
+        for s in seeds
+        if per_seed[s]["tpe"]["test"] is not None
+        and per_seed[s]["tpe"]["test"] > per_seed[s]["default"]["test"]
+    )
     half = sum(1 for s in seeds if per_seed[s]["reached_with_half_the_epochs"])
     print(
         f"\ntuned (TPE) beats the default on held-out test patients in {tpe_wins} of "
         f"{len(seeds)} seeds (mean difference {show(summary['tpe']['minus_default'])})"
     )
-    print(f"TPE + pruning reached random search's best validation AUROC with at most half its "
-          f"epochs in {half} of {len(seeds)} seeds")  # fmt: skip
+    print(
+        f"TPE + pruning reached random search's best validation AUROC with at most half its "
+        f"epochs in {half} of {len(seeds)} seeds"
+    )
     for s in seeds:
         print(f"seed {s}: best TPE params {json.dumps(per_seed[s]['tpe']['best_params'])}")
     record = {

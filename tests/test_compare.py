@@ -104,8 +104,22 @@ def test_cli_compare_two_real_runs_on_the_same_images(kermany_train, tmp_path, c
     run_a = train_kermany_run(kermany_train, tmp_path / "a", 80, 32)
     run_b = train_kermany_run(kermany_train, tmp_path / "b", 80, 32, lr=5e-3)
     out = tmp_path / "cmp.json"
-    assert main(["compare", str(run_a), str(run_b), "--data", str(kermany_train),
-                 "--split", "val", "--json", str(out)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "compare",
+                str(run_a),
+                str(run_b),
+                "--data",
+                str(kermany_train),
+                "--split",
+                "val",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     result = json.loads(out.read_text())
     assert set(result["findings"]) == {"NORMAL", "PNEUMONIA"}
     n_val = sum(line.endswith(",val") for line in (run_a / "split.csv").read_text().splitlines())

@@ -64,8 +64,16 @@ def test_positive_class_is_the_one_not_named_normal():
 
 def test_more_classes_are_called_by_argmax_and_per_class_figures_follow_it():
     y = np.eye(3)[[0, 0, 1, 1, 2, 2]]
-    s = np.array([[0.5, 0.4, 0.1], [0.6, 0.3, 0.1], [0.45, 0.5, 0.05], [0.3, 0.5, 0.2],
-                  [0.1, 0.2, 0.7], [0.2, 0.35, 0.45]])  # fmt: skip
+    s = np.array(
+        [
+            [0.5, 0.4, 0.1],
+            [0.6, 0.3, 0.1],
+            [0.45, 0.5, 0.05],
+            [0.3, 0.5, 0.2],
+            [0.1, 0.2, 0.7],
+            [0.2, 0.35, 0.45],
+        ]
+    )
     # thresholds that would call class 0 on every image: the rule ignores them
     m = compute_metrics(y, s, ["a", "b", "c"], "multiclass", [0.1, 0.9, 0.9])
     assert m["decision"]["rule"] == "argmax"
@@ -77,13 +85,21 @@ def test_more_classes_are_called_by_argmax_and_per_class_figures_follow_it():
 
 def test_a_decision_field_that_does_not_fit_the_run_is_refused():
     with pytest.raises(DecisionError, match="positive_class"):
-        rule_from_json({"rule": "binary", "positive_class": "CAT", "threshold": 0.5},
-                       "multiclass", ["NORMAL", "PNEUMONIA"], [0.5, 0.5])  # fmt: skip
+        rule_from_json(
+            {"rule": "binary", "positive_class": "CAT", "threshold": 0.5},
+            "multiclass",
+            ["NORMAL", "PNEUMONIA"],
+            [0.5, 0.5],
+        )
     with pytest.raises(DecisionError, match="per_finding"):
         rule_from_json({"rule": "argmax"}, "multilabel", ["a", "b"], [0.5, 0.5])
     with pytest.raises(DecisionError, match=r"\[0, 1\]"):
-        rule_from_json({"rule": "binary", "positive_class": "PNEUMONIA", "threshold": 2},
-                       "multiclass", ["NORMAL", "PNEUMONIA"], [0.5, 0.5])  # fmt: skip
+        rule_from_json(
+            {"rule": "binary", "positive_class": "PNEUMONIA", "threshold": 2},
+            "multiclass",
+            ["NORMAL", "PNEUMONIA"],
+            [0.5, 0.5],
+        )
 
 
 def test_real_run_states_one_rule_that_predict_and_the_folder_csv_follow(
@@ -116,8 +132,7 @@ def test_real_run_states_one_rule_that_predict_and_the_folder_csv_follow(
     from cxr.cli import main
 
     out = tmp_path / "pred.csv"
-    assert main(["predict", "--model", str(tiny_kermany_run), str(folder), "--out",
-                 str(out)]) == 0  # fmt: skip
+    assert main(["predict", "--model", str(tiny_kermany_run), str(folder), "--out", str(out)]) == 0
     import csv
 
     rows = list(csv.DictReader(out.open()))

@@ -51,8 +51,10 @@ def test_onnx_runtime_matches_pytorch_on_real_images(exported, kermany_train, ca
     assert contract["input"]["shape"] == ["batch", 1, 32, 32]
     assert contract["preprocess"]["image_size"] == 32 and contract["preprocess"]["clahe"] is True
     assert contract["normalization"] == {
-        "mean": 0.5, "std": 0.25, "formula": "x = (uint8_pixels / 255 - mean) / std, in float32"
-    }  # fmt: skip
+        "mean": 0.5,
+        "std": 0.25,
+        "formula": "x = (uint8_pixels / 255 - mean) / std, in float32",
+    }
     assert contract["findings"] == ["NORMAL", "PNEUMONIA"] and contract["task"] == "multiclass"
     assert contract["verification"]["on"].endswith("validation images of the run")
     assert contract["verification"]["max_abs_logit_difference"] < 1e-4
@@ -176,11 +178,19 @@ def test_the_contract_states_the_runs_one_decision_rule(exported, tmp_path):
     assert contract["temperature"] == 1.0
     assert contract["thresholds"] == contract["decision"]["thresholds"]
     copy = _copy(exported, tmp_path)
-    save_calibration(copy, Calibration(
-        temperature=2.0, thresholds={"NORMAL": 0.6, "PNEUMONIA": 0.4}, n_images=16,
-        nll_before=1.0, nll_after=0.9, ece_before=0.2, ece_after=0.1,
-        model_sha256=model_fingerprint(copy),
-    ))  # fmt: skip
+    save_calibration(
+        copy,
+        Calibration(
+            temperature=2.0,
+            thresholds={"NORMAL": 0.6, "PNEUMONIA": 0.4},
+            n_images=16,
+            nll_before=1.0,
+            nll_after=0.9,
+            ece_before=0.2,
+            ece_after=0.1,
+            model_sha256=model_fingerprint(copy),
+        ),
+    )
     with pytest.raises(CxrError, match="decision rule"):
         make_engine(copy, backend="onnx")
     assert main(["export", "--model", str(copy)]) == 0  # re-export: the calibrated rule
@@ -241,6 +251,20 @@ def test_serve_and_predict_can_answer_with_onnx_runtime(exported, kermany_train,
         assert probs[finding] == pytest.approx(p, abs=1e-6)
 
     out = tmp_path / "predictions.csv"
-    assert main(["predict", str(image_path), "--model", str(exported), "--backend", "onnx",
-                 "--out", str(out), "--no-ood-gate"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "predict",
+                str(image_path),
+                "--model",
+                str(exported),
+                "--backend",
+                "onnx",
+                "--out",
+                str(out),
+                "--no-ood-gate",
+            ]
+        )
+        == 0
+    )
     assert image_path.name in out.read_text()

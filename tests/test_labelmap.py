@@ -19,8 +19,15 @@ def test_nih_and_chexpert_share_their_findings_under_their_own_names():
     pairs = m.as_dict()["pairs"]
     assert pairs["Effusion"] == "Pleural Effusion"
     assert pairs["Pneumonia"] == "Pneumonia" and pairs["Cardiomegaly"] == "Cardiomegaly"
-    assert set(pairs) == {"Atelectasis", "Cardiomegaly", "Effusion", "Pneumonia",
-                          "Pneumothorax", "Consolidation", "Edema"}  # fmt: skip
+    assert set(pairs) == {
+        "Atelectasis",
+        "Cardiomegaly",
+        "Effusion",
+        "Pneumonia",
+        "Pneumothorax",
+        "Consolidation",
+        "Edema",
+    }
     assert "Hernia" in m.as_dict()["model_only"] and "Fracture" in m.as_dict()["data_only"]
     assert "Effusion = Pleural Effusion" in m.names
 
@@ -55,15 +62,27 @@ def test_bad_maps_are_named():
         match_findings(["Hernia"], ["Fracture"], "no-such-file.yaml")
 
 
-def test_a_kermany_model_is_evaluated_on_nih_pneumonia(tiny_kermany_run, nih_1000, tmp_path,
-                                                        capsys):  # fmt: skip
+def test_a_kermany_model_is_evaluated_on_nih_pneumonia(
+    tiny_kermany_run, nih_1000, tmp_path, capsys
+):
     """Real data: the Kermany run's PNEUMONIA probability against NIH's Pneumonia label, on the
     840 NIH images; NORMAL has no NIH column and is reported as not scored."""
     from cxr.cli import main
 
     out = tmp_path / "m.json"
-    code = main(["evaluate", "--model", str(tiny_kermany_run), "--data", str(nih_1000),
-                 "--map", "kermany->nih", "--json", str(out)])  # fmt: skip
+    code = main(
+        [
+            "evaluate",
+            "--model",
+            str(tiny_kermany_run),
+            "--data",
+            str(nih_1000),
+            "--map",
+            "kermany->nih",
+            "--json",
+            str(out),
+        ]
+    )
     assert code == 0
     metrics = json.loads(out.read_text())
     assert metrics["findings"] == ["PNEUMONIA = Pneumonia"]

@@ -25,11 +25,16 @@ def _train(data, root: Path, **data_cfg) -> Path:
         {
             "data": {"path": str(data), "val_fraction": 0.25} | data_cfg,
             "preprocess": {"image_size": 32},
-            "train": {"epochs": 1, "batch_size": 16, "seed": 0, "cache_dir": str(root / "cache"),
-                      "early_stopping_patience": 0},
+            "train": {
+                "epochs": 1,
+                "batch_size": 16,
+                "seed": 0,
+                "cache_dir": str(root / "cache"),
+                "early_stopping_patience": 0,
+            },
             "out_dir": str(root / "run"),
         }
-    )  # fmt: skip
+    )
     return train(cfg, progress=False).run_dir
 
 
@@ -55,8 +60,9 @@ def nih_run(nih_1000, tmp_path_factory) -> Path:
     return _train(nih_1000, tmp_path_factory.mktemp("nih-leak"), limit=300)
 
 
-def test_own_training_images_from_another_download_are_refused(nih_run, nih_samples, tmp_path,
-                                                               capsys):  # fmt: skip
+def test_own_training_images_from_another_download_are_refused(
+    nih_run, nih_samples, tmp_path, capsys
+):
     """nih-chestxray14-samples holds NIH-1000 images at another resolution and path: the old
     path comparison called them external data and scored them."""
     seen = {r["patient_id"] for r in _rows(nih_run) if r["split"] in ("train", "val")}
@@ -70,13 +76,41 @@ def test_own_training_images_from_another_download_are_refused(nih_run, nih_samp
     assert "refusing to evaluate" in err and f"{expected} of {len(samples)} evaluated" in err
     assert "--allow-overlap" in err
     r0 = tmp_path / "r0"
-    assert main(["report", "--model", str(nih_run), "--data", str(nih_samples),
-                 "--bootstrap", "20", "--no-gallery", "--out", str(r0)]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "report",
+                "--model",
+                str(nih_run),
+                "--data",
+                str(nih_samples),
+                "--bootstrap",
+                "20",
+                "--no-gallery",
+                "--out",
+                str(r0),
+            ]
+        )
+        == 2
+    )
     assert "refusing" in capsys.readouterr().err and not r0.exists()
 
     out = tmp_path / "metrics.json"
-    assert main(["evaluate", "--model", str(nih_run), "--data", str(nih_samples), "--json",
-                 str(out), "--allow-overlap"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(nih_run),
+                "--data",
+                str(nih_samples),
+                "--json",
+                str(out),
+                "--allow-overlap",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads(out.read_text())
     first = next(iter(metrics))
     assert first == "leakage" and metrics[first]["warning"].startswith("NOT HELD-OUT DATA")
@@ -84,9 +118,24 @@ def test_own_training_images_from_another_download_are_refused(nih_run, nih_samp
     assert metrics["leakage"]["by"]["patient id"] == expected
 
     report_dir = tmp_path / "report"
-    assert main(["report", "--model", str(nih_run), "--data", str(nih_samples), "--bootstrap",
-                 "20", "--no-gallery", "--out", str(report_dir),
-                 "--allow-overlap"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "report",
+                "--model",
+                str(nih_run),
+                "--data",
+                str(nih_samples),
+                "--bootstrap",
+                "20",
+                "--no-gallery",
+                "--out",
+                str(report_dir),
+                "--allow-overlap",
+            ]
+        )
+        == 0
+    )
     report = json.loads((report_dir / "report.json").read_text())
     assert next(iter(report)) == "leakage" and report["leakage"]["n_overlapping_images"] == expected
     html = (report_dir / "report.html").read_text()
@@ -174,8 +223,9 @@ def test_evaluate_and_report_read_labels_under_the_runs_uncertain_policy(kermany
     default 'ignore', so thresholds chosen under one policy were scored under another."""
     files = sorted((kermany_train / "PNEUMONIA").iterdir())
     cycle = [["1", "0"], ["0", "1"], ["-1", "0"], ["0", "-1"], ["1", "1"], ["0", "0"]]
-    train_csv = _chexpert_csv(tmp_path / "labels.csv", files[:36],
-                              [cycle[i % 6] for i in range(36)])  # fmt: skip
+    train_csv = _chexpert_csv(
+        tmp_path / "labels.csv", files[:36], [cycle[i % 6] for i in range(36)]
+    )
     run = _train(train_csv, tmp_path, uncertain="ones")
     held_out = files[1000:1012]
     values = [cycle[i % 6] for i in range(12)]
@@ -186,8 +236,14 @@ def test_evaluate_and_report_read_labels_under_the_runs_uncertain_policy(kermany
     assert [metrics["per_finding"][f]["n_positive"] for f in ("Edema", "Effusion")] == as_ones
     from cxr.report import build_report
 
-    report = build_report(run, DataConfig(path=str(external)), out_dir=tmp_path / "report",
-                          n_boot=20, gallery=False, progress=False)  # fmt: skip
+    report = build_report(
+        run,
+        DataConfig(path=str(external)),
+        out_dir=tmp_path / "report",
+        n_boot=20,
+        gallery=False,
+        progress=False,
+    )
     found = report["results"]["findings"]
     assert [found[f]["n_positive"] for f in ("Edema", "Effusion")] == as_ones
     with pytest.raises(ConfigError, match="data.uncertain"):

@@ -24,8 +24,14 @@ def _table(n_patients=200, images_per_patient=3, seed=0, official=None) -> Image
             keys.append(f"p{p}_img{k}.png")
             patients.append(f"p{p}")
             labels.append([0.0, 1.0] if positive else [1.0, 0.0])
-    return ImageTable(keys, np.array(labels), ["NORMAL", "PNEUMONIA"], "multiclass", patients,
-                      official_split=official)  # fmt: skip
+    return ImageTable(
+        keys,
+        np.array(labels),
+        ["NORMAL", "PNEUMONIA"],
+        "multiclass",
+        patients,
+        official_split=official,
+    )
 
 
 def test_no_patient_in_two_splits_and_fractions_hold():
@@ -113,8 +119,14 @@ def _multilabel_table(n_patients: int, n_test: int, test_label: list[float]) -> 
     labels += [test_label] * n_test
     patients = [f"p{i}" for i in range(n_patients + n_test)]
     split = ["train"] * n_patients + ["test"] * n_test
-    return ImageTable([f"{p}.png" for p in patients], np.array(labels), ["A", "B"], "multilabel",
-                      patients, official_split=split)  # fmt: skip
+    return ImageTable(
+        [f"{p}.png" for p in patients],
+        np.array(labels),
+        ["A", "B"],
+        "multilabel",
+        patients,
+        official_split=split,
+    )
 
 
 def test_official_test_labels_do_not_change_the_split():

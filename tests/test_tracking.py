@@ -16,15 +16,25 @@ from cxr.train import train
 def _cfg(tmp_path, name: str, log: str):
     return config_from_dict(
         {
-            "data": {"path": "synthetic", "format": "synthetic", "synthetic_count": 64,
-                     "val_fraction": 0.3},
+            "data": {
+                "path": "synthetic",
+                "format": "synthetic",
+                "synthetic_count": 64,
+                "val_fraction": 0.3,
+            },
             "preprocess": {"image_size": 32},
             "model": {"arch": "resnet18", "pretrained": "none"},
-            "train": {"epochs": 2, "batch_size": 16, "seed": 0, "early_stopping_patience": 0,
-                      "cache_dir": str(tmp_path / "cache"), "log": log},
+            "train": {
+                "epochs": 2,
+                "batch_size": 16,
+                "seed": 0,
+                "early_stopping_patience": 0,
+                "cache_dir": str(tmp_path / "cache"),
+                "log": log,
+            },
             "out_dir": str(tmp_path / name),
         }
-    )  # fmt: skip
+    )
 
 
 def test_tensorboard_log_has_every_epoch_and_leaves_training_unchanged(tmp_path):

@@ -19,12 +19,19 @@ def _cfg(data, tmp_path, out="run", **train):
         {
             "data": {"path": str(data), "limit": 160, "val_fraction": 0.25},
             "preprocess": {"image_size": 48},
-            "train": {"epochs": 3, "batch_size": 16, "lr": 2e-3, "seed": 0,
-                      "deterministic": True, "cache_dir": str(tmp_path / "cache"),
-                      "early_stopping_patience": 0} | train,
+            "train": {
+                "epochs": 3,
+                "batch_size": 16,
+                "lr": 2e-3,
+                "seed": 0,
+                "deterministic": True,
+                "cache_dir": str(tmp_path / "cache"),
+                "early_stopping_patience": 0,
+            }
+            | train,
             "out_dir": str(tmp_path / out),
         }
-    )  # fmt: skip
+    )
 
 
 def test_short_real_training_run_loss_falls(kermany_train, tmp_path):
@@ -32,9 +39,17 @@ def test_short_real_training_run_loss_falls(kermany_train, tmp_path):
     losses = [row["train_loss"] for row in result.history]
     assert losses[-1] < losses[0] * 0.9, losses
     run = result.run_dir
-    for name in ("config.json", "model.json", "model.safetensors", "split.csv",
-                 "history.jsonl", "val_metrics.json", "val_roc.png", "training_curves.png"):
-        assert (run / name).is_file(), name  # fmt: skip
+    for name in (
+        "config.json",
+        "model.json",
+        "model.safetensors",
+        "split.csv",
+        "history.jsonl",
+        "val_metrics.json",
+        "val_roc.png",
+        "training_curves.png",
+    ):
+        assert (run / name).is_file(), name
     info = json.loads((run / "model.json").read_text())
     assert info["findings"] == ["NORMAL", "PNEUMONIA"]
     assert len((run / "history.jsonl").read_text().splitlines()) == 4
@@ -73,16 +88,55 @@ def test_resume_after_interrupt_gives_the_same_weights(kermany_train, tmp_path, 
 
 def test_cli_train_then_evaluate_on_a_folder(kermany_train, tmp_path, capsys):
     out = tmp_path / "cli-run"
-    code = main(["train", "--data", str(kermany_train), "--limit", "96", "--image-size", "32",
-                 "--epochs", "1", "--batch-size", "16", "--out", str(out),
-                 "--set", f"train.cache_dir={json.dumps(str(tmp_path / 'cache'))}"])  # fmt: skip
+    code = main(
+        [
+            "train",
+            "--data",
+            str(kermany_train),
+            "--limit",
+            "96",
+            "--image-size",
+            "32",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--out",
+            str(out),
+            "--set",
+            f"train.cache_dir={json.dumps(str(tmp_path / 'cache'))}",
+        ]
+    )
     assert code == 0
     result = tmp_path / "eval" / "metrics.json"
-    code = main(["evaluate", "--model", str(out), "--data", str(kermany_train),
-                 "--json", str(result), "--split", "val"])  # fmt: skip
+    code = main(
+        [
+            "evaluate",
+            "--model",
+            str(out),
+            "--data",
+            str(kermany_train),
+            "--json",
+            str(result),
+            "--split",
+            "val",
+        ]
+    )
     assert code == 2  # its own validation images: refused unless asked (issue 11 item 1)
-    code = main(["evaluate", "--model", str(out), "--data", str(kermany_train),
-                 "--json", str(result), "--split", "val", "--allow-overlap"])  # fmt: skip
+    code = main(
+        [
+            "evaluate",
+            "--model",
+            str(out),
+            "--data",
+            str(kermany_train),
+            "--json",
+            str(result),
+            "--split",
+            "val",
+            "--allow-overlap",
+        ]
+    )
     assert code == 0
     metrics = json.loads(result.read_text())
     assert metrics["leakage"]["n_overlapping_images"] == metrics["n_images"]
@@ -123,19 +177,33 @@ def test_no_training_batch_of_one_image(kermany_train, tmp_path):
 
     cfg = _cfg(kermany_train, tmp_path)
     table = read_table(cfg.data)
-    images = build_cache(table.subset(np.arange(0, 1700, 100)), cfg.preprocess.model_copy(
-        update={"image_size": 32}), tmp_path / "cache", progress=False)  # fmt: skip
+    images = build_cache(
+        table.subset(np.arange(0, 1700, 100)),
+        cfg.preprocess.model_copy(update={"image_size": 32}),
+        tmp_path / "cache",
+        progress=False,
+    )
     gen = torch.Generator().manual_seed(0)
     sizes = [len(y) for _, y in batches(images, 16, gen)]
     assert sizes == [17]  # 17 = 16 + 1: one batch, nothing left alone
     model = build_model(cfg.model, 2)
     optimizer = build_optimizer(model, cfg.train)
-    run_cfg = RunConfig.model_validate({**cfg.model_dump(), "train": {**cfg.train.model_dump(),
-                                        "batch_size": 16}})  # fmt: skip
+    run_cfg = RunConfig.model_validate(
+        {**cfg.model_dump(), "train": {**cfg.train.model_dump(), "batch_size": 16}}
+    )
     loss_fn = build_loss(cfg.train, "multiclass", images.table.labels)
     schedule = Schedule(optimizer, cfg.train, 1)
-    row = train_one_epoch(model, images, loss_fn, optimizer, schedule, run_cfg, gen,
-                          select_runtime("cpu"), progress=False)  # fmt: skip
+    row = train_one_epoch(
+        model,
+        images,
+        loss_fn,
+        optimizer,
+        schedule,
+        run_cfg,
+        gen,
+        select_runtime("cpu"),
+        progress=False,
+    )
     assert np.isfinite(row["train_loss"])
 
     from cxr.distributed import training_batches
@@ -156,15 +224,26 @@ def _kermany_layout(kermany_train, root, n_train: int, n_val: int):
     return root
 
 
-def test_a_small_official_val_folder_does_not_replace_val_fraction(kermany_train, tmp_path,
-                                                                   capsys):  # fmt: skip
+def test_a_small_official_val_folder_does_not_replace_val_fraction(kermany_train, tmp_path, capsys):
     """Issue 11 item 2: Kermany's official val/ (16 images) silently became the validation
     split. The default now carves val_fraction from train by patient (val/ joins the pool) and
     says so in config.json, model.json and on screen; --val-source official takes val/."""
     data = _kermany_layout(kermany_train, tmp_path / "chest_xray", 24, 2)
-    common = ["train", "--data", str(data), "--image-size", "32", "--epochs", "1",
-              "--batch-size", "16", "--val-fraction", "0.25",
-              "--set", f"train.cache_dir={json.dumps(str(tmp_path / 'cache'))}"]  # fmt: skip
+    common = [
+        "train",
+        "--data",
+        str(data),
+        "--image-size",
+        "32",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--val-fraction",
+        "0.25",
+        "--set",
+        f"train.cache_dir={json.dumps(str(tmp_path / 'cache'))}",
+    ]
     assert main([*common, "--out", str(tmp_path / "default")]) == 0
     assert "a patient-level split of the training images" in capsys.readouterr().out
     cfg = json.loads((tmp_path / "default" / "config.json").read_text())
@@ -180,8 +259,9 @@ def test_a_small_official_val_folder_does_not_replace_val_fraction(kermany_train
     assert info["training_data"]["n_val"] == 4
 
 
-def test_offline_imagenet_fails_before_any_work_and_leaves_no_run(kermany_train, tmp_path,
-                                                                  monkeypatch, capsys):  # fmt: skip
+def test_offline_imagenet_fails_before_any_work_and_leaves_no_run(
+    kermany_train, tmp_path, monkeypatch, capsys
+):
     """Issue 11 item 12: --pretrained imagenet offline failed only after reading, splitting and
     caching, and left config.json + split.csv so that a retry with the same --out was refused."""
     from torchvision.models import ResNet18_Weights
@@ -195,9 +275,23 @@ def test_offline_imagenet_fails_before_any_work_and_leaves_no_run(kermany_train,
         raise AssertionError("the data was read before the weights were checked")
 
     out = tmp_path / "run"
-    args = ["train", "--data", str(kermany_train), "--limit", "40", "--image-size", "32",
-            "--epochs", "1", "--batch-size", "16", "--out", str(out),
-            "--set", f"train.cache_dir={json.dumps(str(tmp_path / 'cache'))}"]  # fmt: skip
+    args = [
+        "train",
+        "--data",
+        str(kermany_train),
+        "--limit",
+        "40",
+        "--image-size",
+        "32",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--out",
+        str(out),
+        "--set",
+        f"train.cache_dir={json.dumps(str(tmp_path / 'cache'))}",
+    ]
     with monkeypatch.context() as m:
         m.setattr(ResNet18_Weights.IMAGENET1K_V1.__class__, "get_state_dict", offline)
         m.setattr(train_module, "prepare_data", no_data)

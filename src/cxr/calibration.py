@@ -320,9 +320,12 @@ def validation_images(run: LoadedRun, progress: bool = True) -> CachedImages:
             path=str(run.files.split),
         )
     return build_cache(
-        table.subset(index), cfg.preprocess, cfg.train.cache_dir, cfg.data.skip_bad,
+        table.subset(index),
+        cfg.preprocess,
+        cfg.train.cache_dir,
+        cfg.data.skip_bad,
         progress=progress,
-    )  # fmt: skip
+    )
 
 
 def fit_calibration(

@@ -25,8 +25,7 @@ import numpy as np
 from cxr.errors import DecisionError
 
 RULES = ("per_finding", "binary", "argmax")
-NORMAL_NAMES = frozenset({"normal", "no finding", "no_finding", "nofinding", "healthy",
-                          "negative"})  # fmt: skip
+NORMAL_NAMES = frozenset({"normal", "no finding", "no_finding", "nofinding", "healthy", "negative"})
 
 
 def positive_index(findings: list[str]) -> int:
@@ -68,8 +67,10 @@ class DecisionRule:
         squeeze = probs.ndim == 1
         probs = np.atleast_2d(probs)
         if probs.shape[1] != len(self.findings):
-            raise ValueError(f"probabilities have {probs.shape[1]} columns, the rule "
-                             f"{len(self.findings)} findings")  # fmt: skip
+            raise ValueError(
+                f"probabilities have {probs.shape[1]} columns, the rule "
+                f"{len(self.findings)} findings"
+            )
         if self.kind == "per_finding":
             out = probs >= self.thresholds
         elif self.kind == "binary":
@@ -102,8 +103,9 @@ class DecisionRule:
         out: dict = {"rule": self.kind, "text": self.describe()}
         if self.kind == "binary":
             out |= {"positive_class": self.findings[self.positive], "threshold": self.threshold}
-        out["thresholds"] = {f: float(t) for f, t in zip(self.findings, self.thresholds,
-                                                            strict=True)}  # fmt: skip
+        out["thresholds"] = {
+            f: float(t) for f, t in zip(self.findings, self.thresholds, strict=True)
+        }
         return out
 
 
@@ -113,8 +115,7 @@ def decision_rule(task: str, findings: list[str], thresholds) -> DecisionRule:
     findings = tuple(str(f) for f in findings)
     thresholds = np.array(thresholds, dtype=np.float64)
     if thresholds.shape != (len(findings),):
-        raise DecisionError(f"{len(findings)} findings but thresholds of shape "
-                            f"{thresholds.shape}")  # fmt: skip
+        raise DecisionError(f"{len(findings)} findings but thresholds of shape {thresholds.shape}")
     kind = rule_kind(task, len(findings))
     if kind != "binary":
         return DecisionRule(kind, findings, thresholds)
@@ -131,17 +132,22 @@ def rule_from_json(raw: dict | None, task: str, findings: list[str], thresholds)
     if raw is None:
         return decision_rule(task, findings, thresholds)
     if not isinstance(raw, dict) or raw.get("rule") not in RULES:
-        raise DecisionError(f"decision.rule must be one of {', '.join(RULES)}, got "
-                            f"{raw.get('rule') if isinstance(raw, dict) else raw!r}")  # fmt: skip
+        raise DecisionError(
+            f"decision.rule must be one of {', '.join(RULES)}, got "
+            f"{raw.get('rule') if isinstance(raw, dict) else raw!r}"
+        )
     expected = rule_kind(task, len(findings))
     if raw["rule"] != expected:
-        raise DecisionError(f"decision.rule is {raw['rule']!r} but a {task} run with "
-                            f"{len(findings)} findings uses {expected!r}")  # fmt: skip
+        raise DecisionError(
+            f"decision.rule is {raw['rule']!r} but a {task} run with "
+            f"{len(findings)} findings uses {expected!r}"
+        )
     saved = raw.get("thresholds") or {}
     try:
-        values = [float(saved[f]) if f in saved else float(t)
-                  for f, t in zip(findings, np.asarray(thresholds, dtype=np.float64),
-                                  strict=True)]  # fmt: skip
+        values = [
+            float(saved[f]) if f in saved else float(t)
+            for f, t in zip(findings, np.asarray(thresholds, dtype=np.float64), strict=True)
+        ]
     except (TypeError, ValueError) as exc:
         raise DecisionError(f"decision.thresholds: {exc}") from None
     if expected == "binary":

@@ -242,8 +242,10 @@ def agree(world: World, values: Mapping[str, str], what: str = "settings") -> No
             a, b = everyone[0].get(key), theirs.get(key)
             if a != b:
                 fields = _differing_fields(a, b, key)
-                problems += [f"{name} is {x!r} on rank 0 but {y!r} on rank {rank}"
-                             for name, x, y in fields[:5]]  # fmt: skip
+                problems += [
+                    f"{name} is {x!r} on rank 0 but {y!r} on rank {rank}"
+                    for name, x, y in fields[:5]
+                ]
     if problems:
         raise DistributedError(
             f"the processes of this launch disagree on their {what}: "

@@ -26,15 +26,41 @@ import yaml
 from cxr.errors import ConfigError
 
 LABEL_SETS: dict[str, list[str]] = {
-    "nih": ["Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule",
-            "Pneumonia", "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis",
-            "Pleural_Thickening", "Hernia", "No Finding"],
-    "chexpert": ["No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity",
-                 "Lung Lesion", "Edema", "Consolidation", "Pneumonia", "Atelectasis",
-                 "Pneumothorax", "Pleural Effusion", "Pleural Other", "Fracture",
-                 "Support Devices"],
+    "nih": [
+        "Atelectasis",
+        "Cardiomegaly",
+        "Effusion",
+        "Infiltration",
+        "Mass",
+        "Nodule",
+        "Pneumonia",
+        "Pneumothorax",
+        "Consolidation",
+        "Edema",
+        "Emphysema",
+        "Fibrosis",
+        "Pleural_Thickening",
+        "Hernia",
+        "No Finding",
+    ],
+    "chexpert": [
+        "No Finding",
+        "Enlarged Cardiomediastinum",
+        "Cardiomegaly",
+        "Lung Opacity",
+        "Lung Lesion",
+        "Edema",
+        "Consolidation",
+        "Pneumonia",
+        "Atelectasis",
+        "Pneumothorax",
+        "Pleural Effusion",
+        "Pleural Other",
+        "Fracture",
+        "Support Devices",
+    ],
     "kermany": ["NORMAL", "PNEUMONIA"],
-}  # fmt: skip
+}
 
 # Names that mean the same finding in different label sets (compared lower-case, "_" = " ").
 SYNONYMS: dict[str, tuple[str, ...]] = {
@@ -97,14 +123,19 @@ def _check_set(name: str, findings: list[str], side: str) -> None:
     known = {canonical(f) for f in LABEL_SETS[name]}
     foreign = [f for f in findings if canonical(f) not in known]
     if foreign:
-        raise ConfigError(f"--map: the {side}'s findings {foreign} are not {name} names "
-                          f"({', '.join(LABEL_SETS[name])})")  # fmt: skip
+        raise ConfigError(
+            f"--map: the {side}'s findings {foreign} are not {name} names "
+            f"({', '.join(LABEL_SETS[name])})"
+        )
 
 
 def _read_pairs(path: Path) -> dict[str, str]:
     try:
-        raw = yaml.safe_load(path.read_text()) if path.suffix in (".yaml", ".yml") else json.loads(
-            path.read_text())  # fmt: skip
+        raw = (
+            yaml.safe_load(path.read_text())
+            if path.suffix in (".yaml", ".yml")
+            else json.loads(path.read_text())
+        )
     except (OSError, ValueError, yaml.YAMLError) as exc:
         raise ConfigError(f"--map {path}: cannot read it ({exc})") from None
     if (
@@ -112,8 +143,10 @@ def _read_pairs(path: Path) -> dict[str, str]:
         or not raw
         or not all(isinstance(k, str) and isinstance(v, str) for k, v in raw.items())
     ):
-        raise ConfigError(f"--map {path}: expected a mapping of model finding -> data finding "
-                          "names, e.g. {Effusion: Pleural Effusion}")  # fmt: skip
+        raise ConfigError(
+            f"--map {path}: expected a mapping of model finding -> data finding "
+            "names, e.g. {Effusion: Pleural Effusion}"
+        )
     return raw
 
 
@@ -134,23 +167,32 @@ def match_findings(model_findings: list[str], data_findings: list[str], spec: st
         _check_set(src, model_findings, "model")
         _check_set(dst, data_findings, "data")
         data_index = {canonical(f): j for j, f in enumerate(data_findings)}
-        pairs = [(i, data_index[canonical(f)]) for i, f in enumerate(model_findings)
-                 if canonical(f) in data_index]  # fmt: skip
+        pairs = [
+            (i, data_index[canonical(f)])
+            for i, f in enumerate(model_findings)
+            if canonical(f) in data_index
+        ]
     else:
         path = Path(spec)
         if not path.is_file():
-            raise ConfigError(f"--map {spec!r}: give SRC->DST (nih, chexpert, kermany) or a "
-                              "YAML/JSON file of model finding -> data finding names")  # fmt: skip
+            raise ConfigError(
+                f"--map {spec!r}: give SRC->DST (nih, chexpert, kermany) or a "
+                "YAML/JSON file of model finding -> data finding names"
+            )
         wanted = _read_pairs(path)
         for m, d in wanted.items():
             if m not in model_findings:
-                raise ConfigError(f"--map {path}: {m!r} is not a model finding "
-                                  f"({', '.join(model_findings)})")  # fmt: skip
+                raise ConfigError(
+                    f"--map {path}: {m!r} is not a model finding ({', '.join(model_findings)})"
+                )
             if d not in data_findings:
-                raise ConfigError(f"--map {path}: {d!r} is not a finding of the data "
-                                  f"({', '.join(data_findings)})")  # fmt: skip
+                raise ConfigError(
+                    f"--map {path}: {d!r} is not a finding of the data ({', '.join(data_findings)})"
+                )
         pairs = [(model_findings.index(m), data_findings.index(d)) for m, d in wanted.items()]
     if not pairs:
-        raise ConfigError(f"--map {spec}: the model ({', '.join(model_findings)}) and the data "
-                          f"({', '.join(data_findings)}) share no finding")  # fmt: skip
+        raise ConfigError(
+            f"--map {spec}: the model ({', '.join(model_findings)}) and the data "
+            f"({', '.join(data_findings)}) share no finding"
+        )
     return FindingMap(pairs, model_findings, data_findings, spec)

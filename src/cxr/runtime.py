@@ -47,8 +47,10 @@ def select_runtime(device: str = "auto", amp: str = "auto", channels_last: str =
     if dev.type not in ("cpu", "cuda"):
         raise ConfigError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device!r}: CUDA was asked for but no GPU is visible; "
-                          "use --device auto or cpu")  # fmt: skip
+        raise ConfigError(
+            f"--device {device!r}: CUDA was asked for but no GPU is visible; "
+            "use --device auto or cpu"
+        )
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise ConfigError(f"--device {device!r}: only {torch.cuda.device_count()} GPU(s) visible")
     on_gpu = dev.type == "cuda"
@@ -140,5 +142,4 @@ def forward(
     if not logits:
         k, n_features = model.head.out_features, model.head.in_features
         return np.zeros((0, k)), np.zeros((0, n_features))
-    return (np.concatenate(logits).astype(np.float64),
-            np.concatenate(features).astype(np.float64))  # fmt: skip
+    return (np.concatenate(logits).astype(np.float64), np.concatenate(features).astype(np.float64))

@@ -74,8 +74,12 @@ class MlflowTracker:
             ) from None
         self.mlflow = mlflow
         self.run = mlflow.start_run(run_name=Path(run_dir).name)
-        flat = {f"{section}.{k}": v for section, fields in config.items()
-                if isinstance(fields, dict) for k, v in fields.items()}  # fmt: skip
+        flat = {
+            f"{section}.{k}": v
+            for section, fields in config.items()
+            if isinstance(fields, dict)
+            for k, v in fields.items()
+        }
         mlflow.log_params({k: str(v)[:250] for k, v in flat.items()})
 
     def log_epoch(self, epoch: int, row: dict, metrics: dict, images=None) -> None:
@@ -83,8 +87,7 @@ class MlflowTracker:
         self.mlflow.log_metrics(names, step=epoch)
         if images is not None and len(images):
             grid = np.concatenate(list(np.asarray(images)[:, 0]), axis=1)  # side by side
-            self.mlflow.log_image((grid * 255).astype(np.uint8),
-                                  f"augmented/epoch_{epoch:03d}.png")  # fmt: skip
+            self.mlflow.log_image((grid * 255).astype(np.uint8), f"augmented/epoch_{epoch:03d}.png")
 
     def close(self) -> None:
         self.mlflow.end_run()

@@ -219,7 +219,10 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, on_epoch
         world,
         run_dir,
         lambda folder: prepare_data(
-            cfg.data, cfg.preprocess, cfg.train.cache_dir, RunDir(folder).split,
+            cfg.data,
+            cfg.preprocess,
+            cfg.train.cache_dir,
+            RunDir(folder).split,
             progress and world.is_main,
         ),
     )
@@ -259,15 +262,28 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, on_epoch
     if world.is_main:
         _print_data_summary(data)
     for epoch in range(state["epoch"] + 1, cfg.train.epochs + 1):
-        size = epoch_image_size(epoch, cfg.train.epochs, cfg.preprocess.image_size,
-                                cfg.train.progressive_start_size,
-                                cfg.train.progressive_fraction)  # fmt: skip
+        size = epoch_image_size(
+            epoch,
+            cfg.train.epochs,
+            cfg.preprocess.image_size,
+            cfg.train.progressive_start_size,
+            cfg.train.progressive_fraction,
+        )
         row = {"epoch": epoch, "image_size": size}
         row |= train_one_epoch(
-            net, data.train, loss_fn, optimizer, schedule, cfg, generator, rt,
-            desc=f"epoch {epoch}/{cfg.train.epochs}", progress=progress, world=world,
+            net,
+            data.train,
+            loss_fn,
+            optimizer,
+            schedule,
+            cfg,
+            generator,
+            rt,
+            desc=f"epoch {epoch}/{cfg.train.epochs}",
+            progress=progress,
+            world=world,
             image_size=size,
-        )  # fmt: skip
+        )
         distributed.sync_buffers(model, world)
         metrics, _ = validation_metrics(model, data.val, data.task, rt, world)
         row |= {"val_mean_auroc": metrics["mean_auroc"], "val_accuracy": metrics["accuracy"]}
@@ -320,8 +336,9 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, on_epoch
     return result
 
 
-def augmented_samples(images: CachedImages, cfg: RunConfig, rt: Runtime, epoch: int,
-                      n: int = 4) -> np.ndarray:  # fmt: skip
+def augmented_samples(
+    images: CachedImages, cfg: RunConfig, rt: Runtime, epoch: int, n: int = 4
+) -> np.ndarray:
     """The first n training images as augmentation shows them this epoch, float (n, 1, S, S) in
     [0, 1], for the training log; their own generator, so training's is untouched."""
     generator = torch.Generator().manual_seed(cfg.train.seed * 100_003 + epoch)

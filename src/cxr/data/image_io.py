@@ -125,9 +125,13 @@ def read_image_bytes(
         from cxr.data.dicom import decode_dicom
 
         dicom = decode_dicom(
-            data, name, opts.max_pixels, frame=opts.frame,
-            allow_modality=opts.allow_modality, keep_identifiers=opts.keep_identifiers,
-        )  # fmt: skip
+            data,
+            name,
+            opts.max_pixels,
+            frame=opts.frame,
+            allow_modality=opts.allow_modality,
+            keep_identifiers=opts.keep_identifiers,
+        )
         colour = None if dicom.colour is None else _shrink(dicom.colour)
         decoded = DecodedImage(dicom.image, "dicom", dicom.warnings, dicom.meta, colour)
     else:

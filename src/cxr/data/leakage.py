@@ -201,8 +201,11 @@ def find_overlap(
         for key, patient, digest in zip(table.keys, table.patient_ids, hashes, strict=True):
             if run_hashes is not None and digest in run_hashes:
                 other, split = run_hashes[digest]
-                overlap.add(key, f"identical pixels to {Path(other).name} in {split}",
-                            _real_patient(key, patient))  # fmt: skip
+                overlap.add(
+                    key,
+                    f"identical pixels to {Path(other).name} in {split}",
+                    _real_patient(key, patient),
+                )
     return overlap
 
 

@@ -104,8 +104,9 @@ class Analyser:
     def findings(self) -> list[str]:
         return self.predictor.findings
 
-    def heatmap_findings(self, spec: str | None, probs: dict[str, float], positive: set[str],
-                         top: str | None = None):  # fmt: skip
+    def heatmap_findings(
+        self, spec: str | None, probs: dict[str, float], positive: set[str], top: str | None = None
+    ):
         """Which findings get a heatmap: see HEATMAP_CHOICES, or comma-separated names. `top`:
         the prediction's top finding (a single-label run's called class), else the most
         probable."""
@@ -170,8 +171,9 @@ class Analyser:
         if layer not in HEATMAP_LAYERS:
             raise BadRequest(f"heatmap_layer={layer!r}: expected one of {list(HEATMAP_LAYERS)}")
         layer = HEATMAP_LAYERS[layer]
-        decoded = decode_upload(data, name, self.cfg.max_pixels,
-                                DecodeOptions(allow_modality=self.cfg.allow_modality))  # fmt: skip
+        decoded = decode_upload(
+            data, name, self.cfg.max_pixels, DecodeOptions(allow_modality=self.cfg.allow_modality)
+        )
         # the header's doubts, then the decoder's choices (e.g. a fallback window)
         warnings_ = [decoded.caution] if decoded.caution else []
         warnings_ += decoded.warnings

@@ -86,8 +86,9 @@ def predict_files(
     prepare = prepare or default_preparer(engine.info.preprocess)
     workers = workers or cpu_cores()
     ahead = 2 * batch_size + workers
-    bar = tqdm(total=len(files), desc=f"predict ({engine.backend})", unit="img",
-               disable=not progress)  # fmt: skip
+    bar = tqdm(
+        total=len(files), desc=f"predict ({engine.backend})", unit="img", disable=not progress
+    )
 
     def safe(path: Path) -> Prepared | str:
         try:
@@ -139,11 +140,27 @@ def _run_batch(engine: InferenceEngine, batch: list, screen=None) -> Iterator[Fi
         p = probs[row]
         row += 1
         if id(result) in refused:
-            yield FileResult(path, None, None, refused[id(result)], result.extra,
-                             result.decode_s, result.preprocess_s, model_s)  # fmt: skip
+            yield FileResult(
+                path,
+                None,
+                None,
+                refused[id(result)],
+                result.extra,
+                result.decode_s,
+                result.preprocess_s,
+                model_s,
+            )
         else:
-            yield FileResult(path, p, rule.calls(p), None, result.extra,
-                             result.decode_s, result.preprocess_s, model_s)  # fmt: skip
+            yield FileResult(
+                path,
+                p,
+                rule.calls(p),
+                None,
+                result.extra,
+                result.decode_s,
+                result.preprocess_s,
+                model_s,
+            )
 
 
 def _stack(images: list[np.ndarray], engine: InferenceEngine) -> np.ndarray:

@@ -54,6 +54,7 @@ VERIFY_TOLERANCE = 1e-4  # max |logit difference|; float32 reorderings give ~1e-
 _VERIFY_IMAGES = 8
 _EXAMPLE_BATCH = 2  # torch.export specialises a dimension traced at size 1, so trace at 2
 
+
 @dataclass
 class ExportResult:
     onnx_path: Path

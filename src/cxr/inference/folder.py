@@ -114,9 +114,14 @@ def predict_folder(
     rows, n_ok, total = [], 0, 0.0
     start = time.perf_counter()
     results = predict_files(
-        predictor.engine, files, batch_size=batch_size, workers=workers,
-        prepare=_preparer(checks), screen=_screen(checks), progress=progress,
-    )  # fmt: skip
+        predictor.engine,
+        files,
+        batch_size=batch_size,
+        workers=workers,
+        prepare=_preparer(checks),
+        screen=_screen(checks),
+        progress=progress,
+    )
     for r in results:
         row = {"file": r.path.relative_to(root).as_posix()}
         row |= r.extra.get("identifiers") or {}
@@ -140,12 +145,20 @@ def predict_folder(
             row[f"{f}_positive"] = int(pos)
         rows.append(row)
     for path, reason in not_images:
-        rows.append({"file": path.relative_to(root).as_posix(), "status": "skipped",
-                     "error": reason})  # fmt: skip
+        rows.append(
+            {"file": path.relative_to(root).as_posix(), "status": "skipped", "error": reason}
+        )
     _write_csv(out, csv_columns(findings, decode.keep_identifiers), rows)
     skipped = [f"{p.relative_to(root).as_posix()}: {why}" for p, why in not_images]
-    return FolderResult(out, n_ok, len(rows) - n_ok - len(skipped), total,
-                        time.perf_counter() - start, len(skipped), skipped)  # fmt: skip
+    return FolderResult(
+        out,
+        n_ok,
+        len(rows) - n_ok - len(skipped),
+        total,
+        time.perf_counter() - start,
+        len(skipped),
+        skipped,
+    )
 
 
 @dataclass
@@ -186,6 +199,7 @@ def _screen(serve: _Checks):
     """The run's OOD gate on a whole batch, as the API words it: a refusal becomes the file's
     error, a warning goes into its row. The gate's features come from the forward pass that gave
     the probabilities (PyTorch, or ONNX exports with a features output); else it runs its own."""
+
     def screen(batch: list, features: np.ndarray | None) -> list[str | None]:
         if serve.gate is None:
             for item in batch:

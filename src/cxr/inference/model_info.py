@@ -56,8 +56,16 @@ def _calibration(run_dir: Path) -> dict | None:
         return None
     if found is None:
         return None
-    keep = ("temperature", "ece_before", "ece_after", "n_images", "fitted_on", "method",
-            "threshold_method", "thresholds")  # fmt: skip
+    keep = (
+        "temperature",
+        "ece_before",
+        "ece_after",
+        "n_images",
+        "fitted_on",
+        "method",
+        "threshold_method",
+        "thresholds",
+    )
     return {k: getattr(found, k) for k in keep if hasattr(found, k)}
 
 

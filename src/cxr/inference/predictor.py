@@ -119,9 +119,14 @@ class Predictor:
         pixels, geometry = self.prepare(image)
         probs, features = self.engine.predict_with_features(pixels[None])
         prediction = Prediction(
-            self.findings, probs[0].astype(np.float64), self.run.thresholds, pixels, geometry,
-            time.perf_counter() - start, self.engine.info.decision,
-        )  # fmt: skip
+            self.findings,
+            probs[0].astype(np.float64),
+            self.run.thresholds,
+            pixels,
+            geometry,
+            time.perf_counter() - start,
+            self.engine.info.decision,
+        )
         return prediction, features
 
 

@@ -267,8 +267,13 @@ def _calibration(run: LoadedRun, val: ScoredImages):
 def _method(calibration, origin: str, n_boot: int, seed: int) -> dict:
     """How the numbers were made: bootstrap, operating points, threshold scale, calibration."""
     return {
-        "bootstrap": {"n_boot": n_boot, "alpha": 0.05, "seed": seed, "unit": "patient",
-                      "interval": "percentile"},
+        "bootstrap": {
+            "n_boot": n_boot,
+            "alpha": 0.05,
+            "seed": seed,
+            "unit": "patient",
+            "interval": "percentile",
+        },
         "operating_points": OPERATING_POINTS,
         "thresholds_scale": "calibrated: thresholds chosen on temperature-scaled validation "
         "probabilities and compared with temperature-scaled probabilities, as cxr predict "
@@ -282,19 +287,24 @@ def _method(calibration, origin: str, n_boot: int, seed: int) -> dict:
             "validation_ece_before": calibration.ece_before,
             "validation_ece_after": calibration.ece_after,
         },
-    }  # fmt: skip
+    }
 
 
-def _measure_tta(
-    run: LoadedRun, images, test, rt, temperature, n_boot, seed, progress
-) -> dict:
+def _measure_tta(run: LoadedRun, images, test, rt, temperature, n_boot, seed, progress) -> dict:
     views = [
-        forward(run.model, images.pixels, rt, transform=tta_transform(angle, zoom),
-                progress=progress, desc=f"TTA {name}")[0]
+        forward(
+            run.model,
+            images.pixels,
+            rt,
+            transform=tta_transform(angle, zoom),
+            progress=progress,
+            desc=f"TTA {name}",
+        )[0]
         for name, angle, zoom in TTA_VIEWS
-    ]  # fmt: skip
-    return tta_analysis(run.findings, run.task, test, np.mean(views, axis=0), temperature,
-                        n_boot, seed)  # fmt: skip
+    ]
+    return tta_analysis(
+        run.findings, run.task, test, np.mean(views, axis=0), temperature, n_boot, seed
+    )
 
 
 def build_report(
@@ -371,8 +381,9 @@ def build_report(
         run.findings, test, arrays["probs"], n_boot, seed, progress
     )
     if tta:
-        report["tta"] = _measure_tta(run, images, test, rt, calibration.temperature, n_boot, seed,
-                                     progress)  # fmt: skip
+        report["tta"] = _measure_tta(
+            run, images, test, rt, calibration.temperature, n_boot, seed, progress
+        )
     kind = source_kind(run.config.data)
     report["model_card"] = model_card(run, data, kind)
     report["model_card"]["limitations"] = limitations(report)

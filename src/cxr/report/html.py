@@ -38,7 +38,6 @@ def render_html(report: dict, figures: dict, gallery: list[dict]) -> str:
     import jinja2
     from markupsafe import Markup
 
-
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     env.filters["num"] = _fmt
     env.filters["ci"] = lambda x, d=3: Markup(_ci(x, d))  # numbers only: safe

@@ -182,8 +182,7 @@ class Prediction(_Shape):
     file: str
     findings: list[Finding] = Field(description="highest probability first")
     top_finding: str = Field(
-        description="the called class of a single-label model; the most probable finding "
-        "otherwise"
+        description="the called class of a single-label model; the most probable finding otherwise"
     )
     decision: str | None = Field(
         None,

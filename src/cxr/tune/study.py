@@ -98,8 +98,14 @@ def run_study(
     objective = _Objective(base, space, study_dir, split_file)
     deadline = None if timeout is None else time.monotonic() + timeout
     counts = trial_counts(study)
-    bar = tqdm(total=n_trials, initial=_finished(counts, n_trials), unit="trial",
-               desc=f"study {study_name}", disable=not progress, dynamic_ncols=True)  # fmt: skip
+    bar = tqdm(
+        total=n_trials,
+        initial=_finished(counts, n_trials),
+        unit="trial",
+        desc=f"study {study_name}",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     objective.bar = bar
     failures = 0
     try:
@@ -137,8 +143,10 @@ def _note_searched_fields(base: RunConfig, space: SearchSpace) -> None:
     for p in space.params:
         section, key = p.name.split(".", 1)
         if given[section][key] != default[section][key]:
-            print(f"note: {p.name}={given[section][key]} of the base config is searched over by "
-                  "the space; to hold it, move it to the space's `fixed` section")  # fmt: skip
+            print(
+                f"note: {p.name}={given[section][key]} of the base config is searched over by "
+                "the space; to hold it, move it to the space's `fixed` section"
+            )
 
 
 def open_storage(url: str | None, study_dir: Path) -> optuna.storages.BaseStorage:
@@ -197,9 +205,12 @@ def shared_split(base: RunConfig, study_dir: Path, progress: bool = True) -> tup
             assignment = read_split_file(path, table)
         else:
             assignment = patient_level_split(
-                table, base.data.val_fraction, base.data.test_fraction, base.data.split_seed,
+                table,
+                base.data.val_fraction,
+                base.data.test_fraction,
+                base.data.split_seed,
                 base.data.val_source,
-            )  # fmt: skip
+            )
             print(describe_split(table, assignment))
             tmp = path.with_name(f"split.csv.{os.getpid()}.tmp")
             write_split_file(tmp, table, assignment)
@@ -229,9 +240,13 @@ def open_study(
     # Workers that join a study sample with their own seed, or they would repeat each other.
     seed = space.seed if not existed else space.seed + os.getpid()
     study = optuna.create_study(
-        study_name=name, storage=storage, direction="maximize", load_if_exists=True,
-        sampler=build_sampler(space, seed), pruner=build_pruner(space),
-    )  # fmt: skip
+        study_name=name,
+        storage=storage,
+        direction="maximize",
+        load_if_exists=True,
+        sampler=build_sampler(space, seed),
+        pruner=build_pruner(space),
+    )
     wanted = json.loads(json.dumps(space.to_dict()))
     stored = study.user_attrs.get(SPACE_ATTR)
     if stored is None and existed and study.trials and not resume:
@@ -354,8 +369,10 @@ def fail_dead_trials(study: optuna.Study, grace_s: float = GRACE_S) -> list[int]
         if worker_host == host and pid.isdigit() and not _alive(int(pid)):
             reason = f"its worker process {pid} on {host} is gone"
         elif now - float(last) > grace_s:
-            reason = f"no heartbeat from {t.user_attrs.get('worker', 'its worker')} for " \
-                     f"{now - float(last):.0f} s"  # fmt: skip
+            reason = (
+                f"no heartbeat from {t.user_attrs.get('worker', 'its worker')} for "
+                f"{now - float(last):.0f} s"
+            )
         if reason is None:
             continue
         with contextlib.suppress(Exception):  # another worker may have failed it first

@@ -34,8 +34,12 @@ class TuneResult:
 
 def trial_counts(study: optuna.Study) -> dict[str, int]:
     states = [t.state for t in study.get_trials(deepcopy=False)]
-    names = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned",
-             TrialState.FAIL: "failed", TrialState.RUNNING: "running"}  # fmt: skip
+    names = {
+        TrialState.COMPLETE: "complete",
+        TrialState.PRUNED: "pruned",
+        TrialState.FAIL: "failed",
+        TrialState.RUNNING: "running",
+    }
     return {name: sum(s == state for s in states) for state, name in names.items()}
 
 
@@ -70,10 +74,11 @@ def write_report(
         "best_params": result.best_params,
         "best_run": None if result.best_run is None else str(result.best_run),
         "best_config": None if result.best_config is None else str(result.best_config),
-        "test_metrics": result.test_metrics and {
+        "test_metrics": result.test_metrics
+        and {
             k: result.test_metrics.get(k) for k in ("mean_auroc", "auroc", "accuracy", "n_images")
         },
-    }  # fmt: skip
+    }
     (study_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return result
 
@@ -84,7 +89,6 @@ def write_best(
     """best_config.yaml (for `cxr train --config`); the best run is kept and evaluated once on
     the split's test images (if it has any) and on test_data: only now, after the search."""
     import yaml
-
 
     best = study.best_trial
     run = Path(best.user_attrs.get("run_dir") or base.out_dir + "/no-run-folder")
@@ -107,14 +111,21 @@ def write_best(
     result.best_run = run
     if split_keys(run, "test"):
         result.test_metrics = evaluate_run(
-            run, base.data, study_dir / "best_test_metrics.json", split="test", progress=progress,
+            run,
+            base.data,
+            study_dir / "best_test_metrics.json",
+            split="test",
+            progress=progress,
             allow_overlap=allow_overlap,
-        )  # fmt: skip
+        )
     if test_data is not None:
         result.test_metrics = evaluate_run(
-            run, test_data, study_dir / "best_test_data_metrics.json", progress=progress,
+            run,
+            test_data,
+            study_dir / "best_test_data_metrics.json",
+            progress=progress,
             allow_overlap=allow_overlap,
-        )  # fmt: skip
+        )
 
 
 def write_trials_csv(study: optuna.Study, path: Path) -> None:
