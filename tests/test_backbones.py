@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from cxr.config import ModelConfig, config_from_dict
+from cxr.errors import ConfigError
 from cxr.explain import feature_grid, heatmaps
 from cxr.inference import Predictor, export_run, make_engine
 from cxr.models import ARCHITECTURES, build_model
@@ -97,3 +98,13 @@ def test_new_backbone_trains_exports_explains_and_serves(arch, kermany_train, tm
     body = response.get_json()
     assert {f["finding"] for f in body["findings"]} == {"NORMAL", "PNEUMONIA"}
     assert list(body["heatmaps"]) == [body["top_finding"]]
+
+
+def test_every_registered_backbone_is_a_search_space_choice():
+    from cxr.tune.space import search_space_from_dict
+
+    raw = {"params": {"model.arch": {"choices": sorted(ARCHITECTURES)}}}
+    space = search_space_from_dict(raw)
+    assert list(space.params[0].choices) == sorted(ARCHITECTURES)
+    with pytest.raises(ConfigError, match="vgg16"):
+        search_space_from_dict({"params": {"model.arch": {"choices": ["resnet18", "vgg16"]}}})
