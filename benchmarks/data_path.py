@@ -147,11 +147,15 @@ def main() -> None:
         drop_from_page_cache(images.path)
         rank_cold = data_rate(images, cfg, rt, World(0, 2, 0, 2, "localhost", 1))
 
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"device {rt.device}, {torch.get_num_threads()} torch threads; load average "
-          f"{os.getloadavg()[0]:.1f} (other jobs share these cores)")  # fmt: skip
-    print(f"{len(images)} real Kermany images at {args.image_size} px: cache {size_mb:.1f} MB "
-          f"(memory-mapped .npy), built in {build_s:.1f} s (decode + CLAHE, once)")  # fmt: skip
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"device {rt.device}, {torch.get_num_threads()} torch threads; load average "
+        f"{os.getloadavg()[0]:.1f} (other jobs share these cores)"
+    )
+    print(
+        f"{len(images)} real Kermany images at {args.image_size} px: cache {size_mb:.1f} MB "
+        f"(memory-mapped .npy), built in {build_s:.1f} s (decode + CLAHE, once)"
+    )
     print(f"batch {args.batch_size}, {args.arch}, augmentation on {rt.device}")
     print()
     print("| path | images/s | / model step rate |")

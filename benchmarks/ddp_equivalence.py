@@ -26,12 +26,35 @@ KERMANY = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "kerm
 
 
 def train_args(data: Path, cache: Path, out: Path, epochs: int) -> list[str]:
-    return ["train", "--data", str(data), "--limit", "96", "--image-size", "32",
-            "--epochs", str(epochs), "--batch-size", "24", "--optimizer", "sgd", "--lr", "0.002",
-            "--seed", "0", "--out", str(out),
-            "--set", f"train.cache_dir={json.dumps(str(cache))}",
-            "--set", "train.deterministic=true", "--set", "train.early_stopping_patience=0",
-            "--set", "data.val_fraction=0.25"]  # fmt: skip
+    return [
+        "train",
+        "--data",
+        str(data),
+        "--limit",
+        "96",
+        "--image-size",
+        "32",
+        "--epochs",
+        str(epochs),
+        "--batch-size",
+        "24",
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "0.002",
+        "--seed",
+        "0",
+        "--out",
+        str(out),
+        "--set",
+        f"train.cache_dir={json.dumps(str(cache))}",
+        "--set",
+        "train.deterministic=true",
+        "--set",
+        "train.early_stopping_patience=0",
+        "--set",
+        "data.val_fraction=0.25",
+    ]
 
 
 def main() -> None:
@@ -46,18 +69,29 @@ def main() -> None:
         tmp = Path(tmp)
         cache = tmp / "cache"
         env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
-        launch = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                  "--nproc-per-node=2", "-m", "cxr.cli"]  # fmt: skip
-        done = subprocess.run([*launch, *train_args(data, cache, tmp / "ddp", args.epochs)],
-                              env=env | {"OMP_NUM_THREADS": "1"},
-                              capture_output=True, text=True)  # fmt: skip
+        launch = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node=2",
+            "-m",
+            "cxr.cli",
+        ]
+        done = subprocess.run(
+            [*launch, *train_args(data, cache, tmp / "ddp", args.epochs)],
+            env=env | {"OMP_NUM_THREADS": "1"},
+            capture_output=True,
+            text=True,
+        )
         if done.returncode != 0:
             raise SystemExit(done.stderr[-3000:])
         lines = (tmp / "ddp" / "history.jsonl").read_text().splitlines()
         histories["2 processes (gloo), 1 thread each"] = [json.loads(line) for line in lines]
         for threads in (1, 2):
-            cfg = build_config(parser().parse_args(
-                train_args(data, cache, tmp / f"one-{threads}", args.epochs)))  # fmt: skip
+            cfg = build_config(
+                parser().parse_args(train_args(data, cache, tmp / f"one-{threads}", args.epochs))
+            )
             train_cfg = cfg.train.model_copy(update={"threads": threads})
             cfg = cfg.model_copy(update={"train": train_cfg})
             result = train(cfg, progress=False)
@@ -66,17 +100,21 @@ def main() -> None:
     print("|---|---|---|---|")
     for name, history in histories.items():
         for row in history:
-            print(f"| {name} | {row['epoch']} | {row['train_loss']:.4f} | "
-                  f"{row['val_mean_auroc']:.3f} |")  # fmt: skip
+            print(
+                f"| {name} | {row['epoch']} | {row['train_loss']:.4f} | "
+                f"{row['val_mean_auroc']:.3f} |"
+            )
     rows = {k: h[-1] for k, h in histories.items()}
     ref = rows["1 process, 1 thread"]
     print()
     for name, row in rows.items():
         if name == "1 process, 1 thread":
             continue
-        print(f"last epoch, {name} against 1 process with 1 thread: loss "
-              f"{abs(row['train_loss'] - ref['train_loss']) / ref['train_loss']:.2%} apart, "
-              f"AUROC {abs(row['val_mean_auroc'] - ref['val_mean_auroc']):.3f} apart")  # fmt: skip
+        print(
+            f"last epoch, {name} against 1 process with 1 thread: loss "
+            f"{abs(row['train_loss'] - ref['train_loss']) / ref['train_loss']:.2%} apart, "
+            f"AUROC {abs(row['val_mean_auroc'] - ref['val_mean_auroc']):.3f} apart"
+        )
 
 
 if __name__ == "__main__":

@@ -88,8 +88,10 @@ def refuse(label: str, data: bytes, name: str, repeat: int = 1) -> None:
         except DataError as exc:
             message = str(exc)
     seconds = time.perf_counter() - tick
-    print(f"{label}: {len(data) / 1e6:.1f} MB file x{repeat}, refused in {seconds:.3f} s, "
-          f"peak RSS {before:.0f} -> {peak_mb():.0f} MB")  # fmt: skip
+    print(
+        f"{label}: {len(data) / 1e6:.1f} MB file x{repeat}, refused in {seconds:.3f} s, "
+        f"peak RSS {before:.0f} -> {peak_mb():.0f} MB"
+    )
     print(f"  {message[:160]}")
 
 

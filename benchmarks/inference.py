@@ -114,9 +114,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=20, help="calls per backend at batch 1")
     ap.add_argument("--rounds-32", type=int, default=3, help="calls per backend at batch 32")
     ap.add_argument("--threads", type=int, default=None, help="both backends (default: cores)")
-    ap.add_argument("--int8-formats", default=",".join(QUANT_FORMATS),
-                    help="int8 ONNX layouts to time beside float32: qdq,qoperator ('' for "
-                         "none)")  # fmt: skip
+    ap.add_argument(
+        "--int8-formats",
+        default=",".join(QUANT_FORMATS),
+        help="int8 ONNX layouts to time beside float32: qdq,qoperator ('' for none)",
+    )
     args = ap.parse_args()
     int8_formats = [f for f in args.int8_formats.split(",") if f]
     size, threads = args.image_size, args.threads or cpu_cores()
@@ -166,8 +168,9 @@ def main() -> None:
                 for name in engines:
                     median = statistics.median(times[name])
                     fastest_ms = min(times[name]) * 1e3
-                    rows.append((arch, name, batch_size, batch_size / median, median * 1e3,
-                                 fastest_ms))  # fmt: skip
+                    rows.append(
+                        (arch, name, batch_size, batch_size / median, median * 1e3, fastest_ms)
+                    )
             # The floor ratio takes the fastest call at batch 32 of either backend, as the
             # matmul rate takes the fastest product: both are the machine at its least loaded.
             fastest = min(min(times["torch"]), min(times["onnx"])) / 32  # float32 only
@@ -184,59 +187,82 @@ def main() -> None:
                 }
 
     load = os.getloadavg()
-    print(f"machine: {platform.processor() or platform.machine()}, {threads} cores, torch "
-          f"{torch.__version__} ({torch.get_num_threads()} threads), onnxruntime "
-          f"{_ort_version()} ({threads} intra-op threads); load average {load[0]:.1f} "
-          f"(1 min) while measuring: other jobs share these cores")  # fmt: skip
-    print(f"{size} px, real Kermany radiographs, seeded random weights, median of "
-          f"{args.rounds} (batch 1) / {args.rounds_32} (batch 32) calls per backend")  # fmt: skip
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {threads} cores, torch "
+        f"{torch.__version__} ({torch.get_num_threads()} threads), onnxruntime "
+        f"{_ort_version()} ({threads} intra-op threads); load average {load[0]:.1f} "
+        f"(1 min) while measuring: other jobs share these cores"
+    )
+    print(
+        f"{size} px, real Kermany radiographs, seeded random weights, median of "
+        f"{args.rounds} (batch 1) / {args.rounds_32} (batch 32) calls per backend"
+    )
     print()
     print("| model | backend | batch | images/s | median latency (ms) | fastest call (ms) |")
     print("|---|---|---|---|---|---|")
     for arch, name, batch_size, ips, ms, fastest_ms in rows:
-        print(f"| {arch} | {_backend_name(name)} | "
-              f"{batch_size} | {ips:.1f} | {ms:.1f} | {fastest_ms:.1f} |")  # fmt: skip
+        print(
+            f"| {arch} | {_backend_name(name)} | "
+            f"{batch_size} | {ips:.1f} | {ms:.1f} | {fastest_ms:.1f} |"
+        )
     print()
     for arch in args.archs.split(","):
         t1 = next(r[4] for r in rows if r[:3] == (arch, "torch", 1))
         o1 = next(r[4] for r in rows if r[:3] == (arch, "onnx", 1))
         t1f = next(r[5] for r in rows if r[:3] == (arch, "torch", 1))
         o1f = next(r[5] for r in rows if r[:3] == (arch, "onnx", 1))
-        print(f"{arch}: ONNX Runtime / PyTorch eager at batch 1: {t1 / o1:.2f}x in median "
-              f"latency, {t1f / o1f:.2f}x in the fastest call (target >= 1.5x)")  # fmt: skip
+        print(
+            f"{arch}: ONNX Runtime / PyTorch eager at batch 1: {t1 / o1:.2f}x in median "
+            f"latency, {t1f / o1f:.2f}x in the fastest call (target >= 1.5x)"
+        )
         for fmt in int8_formats:
             for batch_size in (1, 32):
                 q = next(r for r in rows if r[:3] == (arch, f"int8-{fmt}", batch_size))
                 o = next(r for r in rows if r[:3] == (arch, "onnx", batch_size))
-                print(f"{arch}: int8 ({fmt}) / float32 ONNX Runtime at batch {batch_size}: "
-                      f"{o[4] / q[4]:.2f}x in median latency, {o[5] / q[5]:.2f}x in the fastest "
-                      "call" + (" (target >= 1.8x)" if batch_size == 1 else ""))  # fmt: skip
+                print(
+                    f"{arch}: int8 ({fmt}) / float32 ONNX Runtime at batch {batch_size}: "
+                    f"{o[4] / q[4]:.2f}x in median latency, {o[5] / q[5]:.2f}x in the fastest "
+                    "call" + (" (target >= 1.8x)" if batch_size == 1 else "")
+                )
     print()
     rate = max(rates)
     spread = ", ".join(f"{r:.0f}" for r in rates)
-    print(f"measured float32 matmul rate: {rate:.1f} GFLOP/s ({threads} threads, 2048^3; best "
-          f"of {len(rates)} measurements spread over the run: {spread})")  # fmt: skip
-    print("| model | GFLOP / image | floor (ms / image) | model: fastest call at batch 32 "
-          "(ms / image) | model / floor (target <= 3) |")  # fmt: skip
+    print(
+        f"measured float32 matmul rate: {rate:.1f} GFLOP/s ({threads} threads, 2048^3; best "
+        f"of {len(rates)} measurements spread over the run: {spread})"
+    )
+    print(
+        "| model | GFLOP / image | floor (ms / image) | model: fastest call at batch 32 "
+        "(ms / image) | model / floor (target <= 3) |"
+    )
     print("|---|---|---|---|---|")
     for arch, flops, fastest in floors:
         floor = flops / (rate * 1e9)
-        print(f"| {arch} | {flops / 1e9:.2f} | {floor * 1e3:.1f} | {fastest * 1e3:.1f} | "
-              f"{fastest / floor:.2f} |")  # fmt: skip
+        print(
+            f"| {arch} | {flops / 1e9:.2f} | {floor * 1e3:.1f} | {fastest * 1e3:.1f} | "
+            f"{fastest / floor:.2f} |"
+        )
     print()
     dec, pre = statistics.median(decode_s), statistics.median(prep_s)
     model = pipeline["model_s"]
     total = dec + pre + model
-    print(f"where one image's time goes in `cxr predict` ({pipeline['arch']}, ONNX Runtime, "
-          f"batch 32; medians per image):")  # fmt: skip
+    print(
+        f"where one image's time goes in `cxr predict` ({pipeline['arch']}, ONNX Runtime, "
+        f"batch 32; medians per image):"
+    )
     print("| stage | ms / image | share |")
     print("|---|---|---|")
-    for stage, seconds in (("decode (JPEG)", dec), ("preprocess (resize, CLAHE, pad)", pre),
-                           ("model", model)):  # fmt: skip
+    for stage, seconds in (
+        ("decode (JPEG)", dec),
+        ("preprocess (resize, CLAHE, pad)", pre),
+        ("model", model),
+    ):
         print(f"| {stage} | {seconds * 1e3:.1f} | {seconds / total:.0%} |")
-    print(f"predict_files on {len(files)} files (decode + preprocess in a thread pool, "
-          f"overlapped with the model): {len(files) / pipeline['seconds']:.1f} images/s, "
-          f"against {1 / total:.1f} images/s for the stages one after another")  # fmt: skip
+    print(
+        f"predict_files on {len(files)} files (decode + preprocess in a thread pool, "
+        f"overlapped with the model): {len(files) / pipeline['seconds']:.1f} images/s, "
+        f"against {1 / total:.1f} images/s for the stages one after another"
+    )
     print(f"export check: max |ONNX - PyTorch| logit difference {pipeline['diff']:.1e}")
 
 

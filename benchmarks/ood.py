@@ -41,11 +41,10 @@ def train_kermany_run(out: Path, limit: int, size: int, epochs: int) -> Path:
         {
             "data": {"path": str(data), "limit": limit, "val_fraction": 0.2},
             "preprocess": {"image_size": size},
-            "train": {"epochs": epochs, "batch_size": 32, "lr": 2e-3,
-                      "early_stopping_patience": 0},
+            "train": {"epochs": epochs, "batch_size": 32, "lr": 2e-3, "early_stopping_patience": 0},
             "out_dir": str(out),
         }
-    )  # fmt: skip
+    )
     train(cfg)
     return out
 
@@ -117,21 +116,31 @@ def main() -> None:
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
     print(f"run {run_dir} ({run.config.preprocess.image_size} px, data {run.config.data.path})")
-    print(f"gate fitted on {gate.info['n_fit']} training images, thresholds from "
-          f"{gate.info['n_calibration']} held out ({gate.config.percentile}th percentile), "
-          f"in {fit_s:.1f} s; {per_image_ms:.1f} ms per check")  # fmt: skip
+    print(
+        f"gate fitted on {gate.info['n_fit']} training images, thresholds from "
+        f"{gate.info['n_calibration']} held out ({gate.config.percentile}th percentile), "
+        f"in {fit_s:.1f} s; {per_image_ms:.1f} ms per check"
+    )
     print(f"{'input':<22}{'n':>6}{'flagged':>9}{'rate':>8}  first failed check")
     for label, s in table.items():
         kind = "false refusals" if label == "validation X-rays" else "detected"
-        print(f"{label:<22}{s['n']:>6}{s['flagged']:>9}{100 * s['rate']:>7.1f}%  "
-              f"{s['by_check']}  ({kind})")  # fmt: skip
+        print(
+            f"{label:<22}{s['n']:>6}{s['flagged']:>9}{100 * s['rate']:>7.1f}%  "
+            f"{s['by_check']}  ({kind})"
+        )
     probes = [s for label, s in table.items() if label != "validation X-rays"]
     detected = sum(s["flagged"] for s in probes) / sum(s["n"] for s in probes)
-    print(f"OOD detection rate over all probes: {100 * detected:.1f}%; false refusal rate on "
-          f"validation: {100 * table['validation X-rays']['rate']:.1f}%")  # fmt: skip
+    print(
+        f"OOD detection rate over all probes: {100 * detected:.1f}%; false refusal rate on "
+        f"validation: {100 * table['validation X-rays']['rate']:.1f}%"
+    )
 
-    payload = {"limits": gate.limits, "info": gate.info, "results": table,
-               "detection_rate": detected}  # fmt: skip
+    payload = {
+        "limits": gate.limits,
+        "info": gate.info,
+        "results": table,
+        "detection_rate": detected,
+    }
     (run_dir / "ood_benchmark.json").write_text(json.dumps(payload, indent=2))
     plot_scores(gate, results, run_dir / "ood_scores.png")
     print(f"written: {run_dir}/ood_benchmark.json, ood_scores.png")

@@ -38,14 +38,17 @@ from cxr.train import train
 def train_phantom_run(out: Path, n: int, size: int, epochs: int) -> Path:
     cfg = config_from_dict(
         {
-            "data": {"path": "synthetic", "format": "synthetic", "synthetic_count": n,
-                     "test_fraction": 0.2},
+            "data": {
+                "path": "synthetic",
+                "format": "synthetic",
+                "synthetic_count": n,
+                "test_fraction": 0.2,
+            },
             "preprocess": {"image_size": size},
-            "train": {"epochs": epochs, "batch_size": 32, "lr": 2e-3,
-                      "early_stopping_patience": 0},
+            "train": {"epochs": epochs, "batch_size": 32, "lr": 2e-3, "early_stopping_patience": 0},
             "out_dir": str(out),
         }
-    )  # fmt: skip
+    )
     train(cfg)
     return out
 
@@ -132,10 +135,12 @@ def main() -> None:
     size = predictor.run.config.preprocess.image_size
     val = json.loads((run_dir / "val_metrics.json").read_text())["auroc"]
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
-    print(f"run {run_dir} ({size} px, {args.layer} grid {results[0]['grid']} x "
-          f"{results[0]['grid']}), {args.split} split of SYNTHETIC phantoms; tolerance "
-          f"{results[0]['tolerance_px']} px; validation AUROC "
-          + ", ".join(f"{f} {v:.3f}" for f, v in val.items() if v is not None))  # fmt: skip
+    print(
+        f"run {run_dir} ({size} px, {args.layer} grid {results[0]['grid']} x "
+        f"{results[0]['grid']}), {args.split} split of SYNTHETIC phantoms; tolerance "
+        f"{results[0]['tolerance_px']} px; validation AUROC "
+        + ", ".join(f"{f} {v:.3f}" for f, v in val.items() if v is not None)
+    )
     print(format_pointing_table(results))
     print(f"{n_maps} heatmaps (+ 20 random maps each) in {seconds:.1f} s")
 

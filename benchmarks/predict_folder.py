@@ -50,15 +50,17 @@ def per_file(run: Path, files: list[Path], gate: bool) -> tuple[float, dict[str,
     probs = {}
     for f in files:
         answer = engine.analyse(f.read_bytes(), str(f), heatmaps="none", images=False)
-        probs[f.name] = next(x["probability"] for x in answer["findings"]
-                             if x["finding"] == "PNEUMONIA")  # fmt: skip
+        probs[f.name] = next(
+            x["probability"] for x in answer["findings"] if x["finding"] == "PNEUMONIA"
+        )
     return time.perf_counter() - start, probs
 
 
 def batched(run: Path, folder: Path, out: Path, backend: str, gate: bool):
     start = time.perf_counter()
-    predict_folder(run, folder, out, force=True, progress=False, ood_gate=gate,
-                   backend=backend, batch_size=32)  # fmt: skip
+    predict_folder(
+        run, folder, out, force=True, progress=False, ood_gate=gate, backend=backend, batch_size=32
+    )
     seconds = time.perf_counter() - start
     with out.open() as fh:
         return seconds, {r["file"]: float(r["PNEUMONIA_probability"]) for r in csv.DictReader(fh)}
@@ -113,20 +115,29 @@ def device_section(args, files: list[Path], tmp: Path) -> None:
     for _ in range(args.rounds):
         prep.append(preprocess_only(files, cfg, workers))
         e2e.append(end_to_end(engine, files, args.batch_size, workers))
-    name = (torch.cuda.get_device_name(engine.device) if engine.device.type == "cuda"
-            else f"CPU ({cpu_cores()} cores)")  # fmt: skip
+    name = (
+        torch.cuda.get_device_name(engine.device)
+        if engine.device.type == "cuda"
+        else f"CPU ({cpu_cores()} cores)"
+    )
     n = len(files)
-    print(f"batch path on {args.device} ({name}): {n} real Kermany JPEGs, {args.arch} at 224 px "
-          f"(float32, channels-last), batch {args.batch_size}, {workers} decode/preprocess "
-          f"threads, load average {os.getloadavg()[0]:.1f}; best of {args.rounds} alternating "
-          "rounds")  # fmt: skip
+    print(
+        f"batch path on {args.device} ({name}): {n} real Kermany JPEGs, {args.arch} at 224 px "
+        f"(float32, channels-last), batch {args.batch_size}, {workers} decode/preprocess "
+        f"threads, load average {os.getloadavg()[0]:.1f}; best of {args.rounds} alternating "
+        "rounds"
+    )
     print()
     print("| path | seconds | images/s |")
     print("|---|---|---|")
-    print(f"| decode + preprocess alone ({workers} threads, no model) | {min(prep):.2f} | "
-          f"{n / min(prep):.1f} |")  # fmt: skip
-    print(f"| end to end: predict_files, PyTorch on {args.device} | {min(e2e):.2f} | "
-          f"{n / min(e2e):.1f} |")  # fmt: skip
+    print(
+        f"| decode + preprocess alone ({workers} threads, no model) | {min(prep):.2f} | "
+        f"{n / min(prep):.1f} |"
+    )
+    print(
+        f"| end to end: predict_files, PyTorch on {args.device} | {min(e2e):.2f} | "
+        f"{n / min(e2e):.1f} |"
+    )
     print()
     print(f"end to end / preprocessing alone: {min(prep) / min(e2e):.2f} (target >= 0.8 on a GPU)")
 
@@ -139,8 +150,9 @@ def main() -> None:
     ap.add_argument("--arch", default="resnet18", help="model of the batch-path table")
     ap.add_argument("--batch-size", type=int, default=32, help="batch of the batch-path table")
     ap.add_argument("--workers", type=int, default=None, help="default: one per core")
-    ap.add_argument("--only-device", action="store_true",
-                    help="skip the per-file vs batched CPU table")  # fmt: skip
+    ap.add_argument(
+        "--only-device", action="store_true", help="skip the per-file vs batched CPU table"
+    )
     args = ap.parse_args()
     files = real_files(args.files)
     if args.only_device:
@@ -171,17 +183,21 @@ def main() -> None:
                 answers[name, gate] = probs
     reference = answers[paths[0], False]
     worst = max(abs(p - reference[k]) for a in answers.values() for k, p in a.items())
-    print(f"{len(files)} real Kermany JPEGs, ResNet-18 at 224 px, {cpu_cores()} cores, load "
-          f"average {os.getloadavg()[0]:.1f}; best of {args.rounds} rounds (model loading "
-          "included)")  # fmt: skip
+    print(
+        f"{len(files)} real Kermany JPEGs, ResNet-18 at 224 px, {cpu_cores()} cores, load "
+        f"average {os.getloadavg()[0]:.1f}; best of {args.rounds} rounds (model loading "
+        "included)"
+    )
     print()
     print("| path | OOD gate | seconds | images/s | speed-up vs per-file, gate off |")
     print("|---|---|---|---|---|")
     base = min(best[paths[0], False])
     for (name, gate), times in best.items():
         s = min(times)
-        print(f"| {name} | {'on' if gate else 'off'} | {s:.1f} | {len(files) / s:.1f} | "
-              f"{base / s:.2f}x |")  # fmt: skip
+        print(
+            f"| {name} | {'on' if gate else 'off'} | {s:.1f} | {len(files) / s:.1f} | "
+            f"{base / s:.2f}x |"
+        )
     print()
     print(f"largest probability difference between the paths: {worst:.1e}")
     assert worst < 1e-4, worst

@@ -107,17 +107,26 @@ def _text(x, s, rng):
     font = ImageFont.load_default(size=size)
     words = ["L", "R", "AP", "PORTABLE", "2019-03-14", "ID 0042731", "SUPINE"]
     for _ in range([1, 3, 6][s - 1]):
-        xy = (int(rng.integers(0, max(1, x.shape[1] - 4 * size))),
-              int(rng.integers(0, max(1, x.shape[0] - size))))  # fmt: skip
+        xy = (
+            int(rng.integers(0, max(1, x.shape[1] - 4 * size))),
+            int(rng.integers(0, max(1, x.shape[0] - size))),
+        )
         draw.text(xy, str(rng.choice(words)), fill=255, font=font)
     return np.asarray(img, dtype=np.float32) / 255.0
 
 
 CORRUPTIONS = {
-    "contrast": _contrast, "gamma": _gamma, "brightness": _brightness, "blur": _blur,
-    "noise": _noise, "jpeg": _jpeg, "resolution": _resolution, "rotation": _rotation,
-    "crop": _crop, "text": _text,
-}  # fmt: skip
+    "contrast": _contrast,
+    "gamma": _gamma,
+    "brightness": _brightness,
+    "blur": _blur,
+    "noise": _noise,
+    "jpeg": _jpeg,
+    "resolution": _resolution,
+    "rotation": _rotation,
+    "crop": _crop,
+    "text": _text,
+}
 
 
 def _u8(x: np.ndarray) -> np.ndarray:
@@ -141,10 +150,16 @@ def _config(args, seed: int, out: Path, strong: bool, split_file: str | None):
         "data": {"path": args.data, "val_fraction": 0.25, "split_file": split_file}
         | ({"limit": args.limit} if args.limit else {}),
         "preprocess": {"image_size": args.size},
-        "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": 2e-3,
-                  "seed": seed, "early_stopping_patience": 0, "cache_dir": args.cache_dir},
+        "train": {
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "lr": 2e-3,
+            "seed": seed,
+            "early_stopping_patience": 0,
+            "cache_dir": args.cache_dir,
+        },
         "out_dir": str(out),
-    }  # fmt: skip
+    }
     if strong:
         raw["augment"] = STRONG["augment"]
         raw["train"]["ema_decay"] = args.ema_decay
@@ -198,10 +213,12 @@ def main() -> None:
         default = train(_config(args, seed, root / "default", False, None), progress=False)
         split = str(default.run_dir / "split.csv")
         strong = train(_config(args, seed, root / "strong", True, split), progress=False)
-        make_ensemble([default.run_dir, strong.run_dir], root / "ensemble", str(rt.device),
-                      progress=False)  # fmt: skip
-        runs = {name: load_run(root / name, rt.device) for name in ("default", "strong",
-                                                                     "ensemble")}  # fmt: skip
+        make_ensemble(
+            [default.run_dir, strong.run_dir], root / "ensemble", str(rt.device), progress=False
+        )
+        runs = {
+            name: load_run(root / name, rt.device) for name in ("default", "strong", "ensemble")
+        }
         images, keys = _val_images(root / "default", args.size)
         labels = _labels(runs["default"], keys)
         cfg = runs["default"].config.preprocess  # one preprocessing for all three (one split)
@@ -209,10 +226,14 @@ def main() -> None:
             f"{c}/{s}": (c, s) for c in args.corruptions for s in args.severities
         }
         for cond, spec in conditions.items():
-            pixels = np.stack([
-                preprocess(img if spec is None else corrupt(img, *spec, seed=1000 * seed + i), cfg)
-                for i, img in enumerate(images)
-            ])  # fmt: skip
+            pixels = np.stack(
+                [
+                    preprocess(
+                        img if spec is None else corrupt(img, *spec, seed=1000 * seed + i), cfg
+                    )
+                    for i, img in enumerate(images)
+                ]
+            )
             for name, run in runs.items():
                 score = _score(run, pixels, labels, rt)
                 slot = results.setdefault(name, {}).setdefault(cond, {})
@@ -221,9 +242,12 @@ def main() -> None:
     elapsed = time.perf_counter() - start
     _print(results, args, elapsed)
     summary = {
-        "args": vars(args), "seconds": elapsed, "machine": f"{platform.machine()}, "
-        f"{torch.get_num_threads()} threads, torch {torch.__version__}", "results": results,
-    }  # fmt: skip
+        "args": vars(args),
+        "seconds": elapsed,
+        "machine": f"{platform.machine()}, "
+        f"{torch.get_num_threads()} threads, torch {torch.__version__}",
+        "results": results,
+    }
     (out / "robustness.json").write_text(json.dumps(summary, indent=2))
     print(f"all numbers: {out / 'robustness.json'}")
 
@@ -246,9 +270,11 @@ def _stat(values: list) -> str:
 
 def _print(results: dict, args, elapsed: float) -> None:
     recipes = list(results)
-    print(f"\nvalidation mean AUROC / accuracy, mean ± sd over {args.seeds} seed(s); "
-          f"{args.limit or 'all'} images at {args.size} px, {args.epochs} epochs; "
-          f"{elapsed / 60:.1f} min")  # fmt: skip
+    print(
+        f"\nvalidation mean AUROC / accuracy, mean ± sd over {args.seeds} seed(s); "
+        f"{args.limit or 'all'} images at {args.size} px, {args.epochs} epochs; "
+        f"{elapsed / 60:.1f} min"
+    )
     print("| condition | " + " | ".join(f"{r} AUROC | {r} acc" for r in recipes) + " |")
     print("|---|" + "---|---|" * len(recipes))
     for cond in results[recipes[0]]:

@@ -33,10 +33,21 @@ import torch
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 NIH_FINDINGS = [
-    "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion", "Emphysema",
-    "Fibrosis", "Hernia", "Infiltration", "Mass", "Nodule", "Pleural_Thickening",
-    "Pneumonia", "Pneumothorax",
-]  # fmt: skip
+    "Atelectasis",
+    "Cardiomegaly",
+    "Consolidation",
+    "Edema",
+    "Effusion",
+    "Emphysema",
+    "Fibrosis",
+    "Hernia",
+    "Infiltration",
+    "Mass",
+    "Nodule",
+    "Pleural_Thickening",
+    "Pneumonia",
+    "Pneumothorax",
+]
 
 
 def untrained_run(folder: Path, image_size: int, arch: str) -> Path:
@@ -45,18 +56,26 @@ def untrained_run(folder: Path, image_size: int, arch: str) -> Path:
     from cxr.config import config_from_dict, save_config
     from cxr.models import build_model
 
-    cfg = config_from_dict({"preprocess": {"image_size": image_size}, "model": {"arch": arch},
-                            "out_dir": str(folder)})  # fmt: skip
+    cfg = config_from_dict(
+        {"preprocess": {"image_size": image_size}, "model": {"arch": arch}, "out_dir": str(folder)}
+    )
     folder.mkdir(parents=True, exist_ok=True)
     save_config(cfg, folder / "config.json")
     torch.manual_seed(0)
     save_weights(build_model(cfg.model, len(NIH_FINDINGS)), folder / "model.safetensors")
-    write_json(folder / "model.json", {
-        "findings": NIH_FINDINGS, "task": "multilabel",
-        "thresholds": dict.fromkeys(NIH_FINDINGS, 0.5), "threshold_method": "fixed 0.5",
-        "arch": arch, "image_size": image_size,
-        "training_data": {"source": "none: untrained, for timing only"}, "best_epoch": 0,
-    })  # fmt: skip
+    write_json(
+        folder / "model.json",
+        {
+            "findings": NIH_FINDINGS,
+            "task": "multilabel",
+            "thresholds": dict.fromkeys(NIH_FINDINGS, 0.5),
+            "threshold_method": "fixed 0.5",
+            "arch": arch,
+            "image_size": image_size,
+            "training_data": {"source": "none: untrained, for timing only"},
+            "best_epoch": 0,
+        },
+    )
     return folder
 
 
@@ -77,8 +96,10 @@ def test_images() -> dict[str, bytes]:
 
 def multipart(data: bytes, name: str) -> tuple[bytes, str]:
     boundary = uuid.uuid4().hex
-    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
-            "Content-Type: application/octet-stream\r\n\r\n").encode()  # fmt: skip
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
     tail = f"\r\n--{boundary}--\r\n".encode()
     return head + data + tail, f"multipart/form-data; boundary={boundary}"
 
@@ -86,8 +107,9 @@ def multipart(data: bytes, name: str) -> tuple[bytes, str]:
 def post(port: int, body: bytes, ctype: str, heatmaps: str) -> tuple[float, dict]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     start = time.perf_counter()
-    conn.request("POST", f"/api/predict?heatmaps={heatmaps}&images=true", body,
-                 {"Content-Type": ctype})  # fmt: skip
+    conn.request(
+        "POST", f"/api/predict?heatmaps={heatmaps}&images=true", body, {"Content-Type": ctype}
+    )
     response = conn.getresponse()
     payload = response.read()
     elapsed = time.perf_counter() - start
@@ -130,11 +152,15 @@ def main() -> None:
     thread.start()
 
     info = engine.info
-    print(f"model: {info['arch']} at {info['image_size']} px, {len(info['findings'])} outputs"
-          f" ({'untrained, timing only' if not args.model else model})")  # fmt: skip
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"torch {torch.__version__} with {torch.get_num_threads()} threads; "
-          f"load average before: {os.getloadavg()[0]:.1f}")  # fmt: skip
+    print(
+        f"model: {info['arch']} at {info['image_size']} px, {len(info['findings'])} outputs"
+        f" ({'untrained, timing only' if not args.model else model})"
+    )
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"torch {torch.__version__} with {torch.get_num_threads()} threads; "
+        f"load average before: {os.getloadavg()[0]:.1f}"
+    )
     print()
     print("| image | heatmap | median ms | p95 ms | server median ms | requests |")
     print("|---|---|---|---|---|---|")
@@ -151,10 +177,12 @@ def main() -> None:
                 wall.append(elapsed)
                 server_s.append(answer["seconds"])
             shown = "no" if heatmaps == "none" else "yes (top finding)"
-            print(f"| {label} | {shown} | {1000 * statistics.median(wall):.0f} | "
-                  f"{1000 * percentile(wall, 95):.0f} | "
-                  f"{1000 * statistics.median(server_s):.0f} | {len(wall)} |",
-                  flush=True)  # fmt: skip
+            print(
+                f"| {label} | {shown} | {1000 * statistics.median(wall):.0f} | "
+                f"{1000 * percentile(wall, 95):.0f} | "
+                f"{1000 * statistics.median(server_s):.0f} | {len(wall)} |",
+                flush=True,
+            )
 
     body, ctype = multipart(images["224x224 8-bit PNG"], "x.png")
     done: list[float] = []
@@ -175,10 +203,12 @@ def main() -> None:
         w.join()
     total = time.perf_counter() - start
     print()
-    print(f"{args.clients} concurrent clients, 224 px PNG, no heatmap: {len(done) / total:.1f} "
-          f"requests/s ({len(done)} requests in {total:.1f} s; median latency "
-          f"{1000 * statistics.median(done):.0f} ms); load average after: "
-          f"{os.getloadavg()[0]:.1f}")  # fmt: skip
+    print(
+        f"{args.clients} concurrent clients, 224 px PNG, no heatmap: {len(done) / total:.1f} "
+        f"requests/s ({len(done)} requests in {total:.1f} s; median latency "
+        f"{1000 * statistics.median(done):.0f} ms); load average after: "
+        f"{os.getloadavg()[0]:.1f}"
+    )
     tmp.cleanup()  # the server's daemon thread ends with the process (closing it mid-loop
     # from here races waitress's own trigger and prints tracebacks)
 

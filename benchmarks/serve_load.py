@@ -37,8 +37,22 @@ def rss_mb(pid: int) -> float:
 
 
 def start_server(model: Path, backend: str, port: int, workers: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "cxr.cli", "serve", "--model", str(model), "--port", str(port),
-           "--backend", backend, "--threads", str(workers), "--log-level", "warning"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "cxr.cli",
+        "serve",
+        "--model",
+        str(model),
+        "--port",
+        str(port),
+        "--backend",
+        backend,
+        "--threads",
+        str(workers),
+        "--log-level",
+        "warning",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -67,8 +81,12 @@ def load(port: int, body: bytes, ctype: str, heatmaps: str, clients: int, n: int
         for _ in iter(lambda: next(counter, None), None):
             start = time.perf_counter()
             try:
-                conn.request("POST", f"/api/predict?heatmaps={heatmaps}&images=true", body,
-                             {"Content-Type": ctype})  # fmt: skip
+                conn.request(
+                    "POST",
+                    f"/api/predict?heatmaps={heatmaps}&images=true",
+                    body,
+                    {"Content-Type": ctype},
+                )
                 response = conn.getresponse()
                 response.read()
                 ok = response.status == 200
@@ -104,15 +122,21 @@ def main() -> None:
     args = ap.parse_args()
 
     tmp = tempfile.TemporaryDirectory()
-    model = Path(args.model) if args.model else untrained_run(Path(tmp.name) / "run", 224,
-                                                              "resnet18")  # fmt: skip
+    model = (
+        Path(args.model) if args.model else untrained_run(Path(tmp.name) / "run", 224, "resnet18")
+    )
     if "onnx" in args.backends and not (model / "model.onnx").is_file():
-        subprocess.run([sys.executable, "-m", "cxr.cli", "export", "--model", str(model)],
-                       check=True, capture_output=True)  # fmt: skip
+        subprocess.run(
+            [sys.executable, "-m", "cxr.cli", "export", "--model", str(model)],
+            check=True,
+            capture_output=True,
+        )
     body, ctype = multipart(test_images()["224x224 8-bit PNG"], "x.png")
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
-          f"load average before: {os.getloadavg()[0]:.1f}; model: "
-          f"{model if args.model else 'untrained ResNet-18, 224 px, 14 outputs'}")  # fmt: skip
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
+        f"load average before: {os.getloadavg()[0]:.1f}; model: "
+        f"{model if args.model else 'untrained ResNet-18, 224 px, 14 outputs'}"
+    )
     print()
     print("| backend | heatmap | clients | requests/s | p50 ms | p95 ms | p99 ms | errors |")
     print("|---|---|---|---|---|---|---|---|")
@@ -125,9 +149,12 @@ def main() -> None:
                 for clients in args.clients:
                     lat, errors, wall = load(args.port, body, ctype, heatmaps, clients, args.n)
                     ms = np.percentile(np.asarray(lat) * 1000, [50, 95, 99])
-                    print(f"| {backend} | {'no' if heatmaps == 'none' else 'top'} | {clients} | "
-                          f"{len(lat) / wall:.1f} | {ms[0]:.0f} | {ms[1]:.0f} | {ms[2]:.0f} | "
-                          f"{len(errors)} |", flush=True)  # fmt: skip
+                    print(
+                        f"| {backend} | {'no' if heatmaps == 'none' else 'top'} | {clients} | "
+                        f"{len(lat) / wall:.1f} | {ms[0]:.0f} | {ms[1]:.0f} | {ms[2]:.0f} | "
+                        f"{len(errors)} |",
+                        flush=True,
+                    )
             before = rss_mb(proc.pid)
             _, errors, _ = load(args.port, body, ctype, "none", 4, args.rss_requests)
             rss_rows.append((backend, before, rss_mb(proc.pid), len(errors)))
@@ -137,8 +164,10 @@ def main() -> None:
             proc.wait(10)
     print()
     for backend, before, after, errors in rss_rows:
-        print(f"{backend}: server RSS {before:.0f} MB before and {after:.0f} MB after "
-              f"{args.rss_requests} more requests ({errors} errors)")  # fmt: skip
+        print(
+            f"{backend}: server RSS {before:.0f} MB before and {after:.0f} MB after "
+            f"{args.rss_requests} more requests ({errors} errors)"
+        )
     print(f"load average after: {os.getloadavg()[0]:.1f}")
     tmp.cleanup()
 

@@ -43,8 +43,9 @@ def main() -> None:
     image = test_images()["224x224 8-bit PNG"]
 
     def post(heatmaps: str) -> None:
-        answer = client.post(f"/api/predict?heatmaps={heatmaps}",
-                             data={"file": (io.BytesIO(image), "x.png")})  # fmt: skip
+        answer = client.post(
+            f"/api/predict?heatmaps={heatmaps}", data={"file": (io.BytesIO(image), "x.png")}
+        )
         assert answer.status_code == 200, answer.get_data(as_text=True)[:300]
 
     post("none")
@@ -58,8 +59,10 @@ def main() -> None:
         post("top")
     steps.append(("20 more with a heatmap", rss_mb()))
 
-    print(f"torch {torch.__version__}: {torch.get_num_threads()} intra-op threads, "
-          f"{torch.get_num_interop_threads()} inter-op; backend {args.backend}")  # fmt: skip
+    print(
+        f"torch {torch.__version__}: {torch.get_num_threads()} intra-op threads, "
+        f"{torch.get_num_interop_threads()} inter-op; backend {args.backend}"
+    )
     print()
     print("| step | RSS MB | + MB |")
     print("|---|---|---|")

@@ -62,10 +62,20 @@ def time_recipe(name: str, recipe: dict, args, root: Path) -> dict:
     def on_epoch(epoch: int, row: dict) -> None:
         elapsed = time.perf_counter() - start
         auroc = row["val_mean_auroc"] or 0.0
-        epochs.append({"epoch": epoch, "seconds": elapsed, "auroc": auroc,
-                       "image_size": row.get("image_size"), "img_s": row["images_per_s"]})
-        print(f"  {name}: epoch {epoch} at {row.get('image_size')} px, {elapsed:.0f} s, "
-              f"val AUROC {auroc:.4f}, {row['images_per_s']:.1f} img/s", flush=True)  # fmt: skip
+        epochs.append(
+            {
+                "epoch": epoch,
+                "seconds": elapsed,
+                "auroc": auroc,
+                "image_size": row.get("image_size"),
+                "img_s": row["images_per_s"],
+            }
+        )
+        print(
+            f"  {name}: epoch {epoch} at {row.get('image_size')} px, {elapsed:.0f} s, "
+            f"val AUROC {auroc:.4f}, {row['images_per_s']:.1f} img/s",
+            flush=True,
+        )
         if auroc >= args.target or elapsed >= args.budget_s:
             raise _Stop
 
@@ -89,8 +99,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--recipes", default="default,fast")
     ap.add_argument("--target", type=float, default=0.99, help="validation mean AUROC")
-    ap.add_argument("--budget-s", type=float, default=900.0,
-                    help="per recipe: stop after the first epoch ending past this")  # fmt: skip
+    ap.add_argument(
+        "--budget-s",
+        type=float,
+        default=900.0,
+        help="per recipe: stop after the first epoch ending past this",
+    )
     ap.add_argument("--limit", type=int, help="use only this many images (a quick check)")
     args = ap.parse_args()
     names = args.recipes.split(",")
@@ -103,22 +117,31 @@ def main() -> None:
             results.append(time_recipe(name, RECIPE_BY_NAME[name], args, Path(tmp)))
 
     print()
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} "
-          f"threads, load average {os.getloadavg()[0]:.1f} (1 min); Kermany train folder"
-          + (f" limited to {args.limit} images" if args.limit else "")
-          + f"; target validation AUROC {args.target}, budget {args.budget_s:.0f} s per recipe")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} "
+        f"threads, load average {os.getloadavg()[0]:.1f} (1 min); Kermany train folder"
+        + (f" limited to {args.limit} images" if args.limit else "")
+        + f"; target validation AUROC {args.target}, budget {args.budget_s:.0f} s per recipe"
+    )
     print()
     print("| recipe | wall time to target (cold cache) | epoch | best val AUROC | time spent |")
     print("|---|---|---|---|---|")
     for r in results:
-        reached = (f"{r['reached_s'] / 60:.1f} min" if r["reached_s"] is not None
-                   else f"not reached in {r['epochs']} epoch(s)")  # fmt: skip
-        print(f"| {r['name']} | {reached} | {r['reached_epoch'] or '-'} | {r['best']:.4f} | "
-              f"{r['spent_s'] / 60:.1f} min |")  # fmt: skip
+        reached = (
+            f"{r['reached_s'] / 60:.1f} min"
+            if r["reached_s"] is not None
+            else f"not reached in {r['epochs']} epoch(s)"
+        )
+        print(
+            f"| {r['name']} | {reached} | {r['reached_epoch'] or '-'} | {r['best']:.4f} | "
+            f"{r['spent_s'] / 60:.1f} min |"
+        )
     for r in results:
         t = r["recipe"]
-        print(f"{r['name']}: {t.get('epochs')} epochs, {t.get('scheduler', 'cosine')}, lr "
-              f"{t.get('lr')}, progressive from {t.get('progressive_start_size') or '-'} px")
+        print(
+            f"{r['name']}: {t.get('epochs')} epochs, {t.get('scheduler', 'cosine')}, lr "
+            f"{t.get('lr')}, progressive from {t.get('progressive_start_size') or '-'} px"
+        )
     if len(results) == 2 and all(r["reached_s"] for r in results):
         print(f"speed-up fast / default: {results[0]['reached_s'] / results[1]['reached_s']:.2f}x")
 

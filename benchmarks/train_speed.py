@@ -89,10 +89,13 @@ def measure(args, rt, batch_size: int, compiled: bool, train_images, val_images)
         {
             "preprocess": {"image_size": args.image_size},
             "model": {"arch": args.arch},
-            "train": {"batch_size": batch_size, "epochs": 100,
-                      "compile": "on" if compiled else "off"},
+            "train": {
+                "batch_size": batch_size,
+                "epochs": 100,
+                "compile": "on" if compiled else "off",
+            },
         }
-    )  # fmt: skip
+    )
     torch.manual_seed(0)
     ours = build_model(cfg.model, 2).to(rt.device)
     bare = build_model(cfg.model, 2).to(rt.device)
@@ -122,8 +125,9 @@ def measure(args, rt, batch_size: int, compiled: bool, train_images, val_images)
     ours_rates, bare_rates, val_rates = [], [], []
     for _ in range(args.rounds):  # alternating, so both share any drift in machine load
         bare_rates.append(bare_loop(net_bare, x, y, opt_bare, steps, rt))
-        ours_rates.append(cxr_epoch(net_ours, train_images, loss_fn, opt_ours, schedule, cfg,
-                                    gen, rt))  # fmt: skip
+        ours_rates.append(
+            cxr_epoch(net_ours, train_images, loss_fn, opt_ours, schedule, cfg, gen, rt)
+        )
         val_rates.append(validation_rate(ours, val_images, rt))
     return {
         "batch": batch_size,
@@ -149,9 +153,13 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=128)
     ap.add_argument("--batch-sizes", default="32", help="comma-separated, e.g. 64,256")
     ap.add_argument("--compile", default="off", help="off, on or off,on (torch.compile)")
-    ap.add_argument("--epoch-images", type=int, default=384,
-                    help="training images per epoch (a whole number of every batch size is "
-                         "used; real Kermany images, cached first)")  # fmt: skip
+    ap.add_argument(
+        "--epoch-images",
+        type=int,
+        default=384,
+        help="training images per epoch (a whole number of every batch size is "
+        "used; real Kermany images, cached first)",
+    )
     ap.add_argument("--val-images", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=3, help="timed epochs per loop")
     ap.add_argument("--warmup-steps", type=int, default=3)
@@ -179,10 +187,15 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory() as cache_dir:
         tick = time.perf_counter()
-        train_images = build_cache(table.subset(np.sort(order[:n_train])), preprocess.preprocess,
-                                   cache_dir, progress=False)  # fmt: skip
-        val_images = build_cache(table.subset(np.sort(order[n_train:need])),
-                                 preprocess.preprocess, cache_dir, progress=False)  # fmt: skip
+        train_images = build_cache(
+            table.subset(np.sort(order[:n_train])), preprocess.preprocess, cache_dir, progress=False
+        )
+        val_images = build_cache(
+            table.subset(np.sort(order[n_train:need])),
+            preprocess.preprocess,
+            cache_dir,
+            progress=False,
+        )
         cache_s = time.perf_counter() - tick
         for batch_size in batch_sizes:
             for compiled in compiles:
@@ -193,27 +206,36 @@ def main() -> None:
                 if n != len(part.table):
                     from cxr.data.cache import CachedImages
 
-                    part = CachedImages(part.pixels[:n], part.table.subset(np.arange(n)), [],
-                                        part.path)  # fmt: skip
+                    part = CachedImages(
+                        part.pixels[:n], part.table.subset(np.arange(n)), [], part.path
+                    )
                 results.append(measure(args, rt, batch_size, compiled, part, val_images))
                 torch._dynamo.reset()  # drop the compiled graphs of this setting
                 if rt.device.type == "cuda":
                     torch.cuda.empty_cache()
 
     load = os.getloadavg()[0]
-    print(f"device: {device_name(rt)}; torch {torch.__version__}; bf16 autocast={rt.amp}, "
-          f"channels_last={rt.channels_last}; load average {load:.1f} (1 min)")  # fmt: skip
-    print(f"{args.arch} at {args.image_size} px; epochs of {n_train} real Kermany images "
-          f"(cache built once in {cache_s:.1f} s, not timed), validation on {args.val_images}; "
-          f"best of {args.rounds} alternating rounds (median in brackets)")  # fmt: skip
+    print(
+        f"device: {device_name(rt)}; torch {torch.__version__}; bf16 autocast={rt.amp}, "
+        f"channels_last={rt.channels_last}; load average {load:.1f} (1 min)"
+    )
+    print(
+        f"{args.arch} at {args.image_size} px; epochs of {n_train} real Kermany images "
+        f"(cache built once in {cache_s:.1f} s, not timed), validation on {args.val_images}; "
+        f"best of {args.rounds} alternating rounds (median in brackets)"
+    )
     print()
-    print("| batch | torch.compile | bare loop (img/s) | cxr loop, whole epochs (img/s) | "
-          "cxr / bare | cxr validation (img/s) | warm-up (s) |")  # fmt: skip
+    print(
+        "| batch | torch.compile | bare loop (img/s) | cxr loop, whole epochs (img/s) | "
+        "cxr / bare | cxr validation (img/s) | warm-up (s) |"
+    )
     print("|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['batch']} | {r['compile']} | {r['bare']:.1f} ({r['bare_median']:.1f}) | "
-              f"{r['cxr']:.1f} ({r['cxr_median']:.1f}) | {r['cxr'] / r['bare']:.3f} | "
-              f"{r['val']:.1f} | {r['warmup_s']:.1f} |")  # fmt: skip
+        print(
+            f"| {r['batch']} | {r['compile']} | {r['bare']:.1f} ({r['bare_median']:.1f}) | "
+            f"{r['cxr']:.1f} ({r['cxr_median']:.1f}) | {r['cxr'] / r['bare']:.3f} | "
+            f"{r['val']:.1f} | {r['warmup_s']:.1f} |"
+        )
     print()
     worst = min(r["cxr"] / r["bare"] for r in results)
     print(f"lowest cxr / bare ratio: {worst:.3f} (target >= 0.95)")

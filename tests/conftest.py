@@ -42,10 +42,23 @@ def tiny_kermany_run(kermany_train, tmp_path_factory) -> Path:
 # Fixtures that train a model (directly or through another fixture): a test that uses one is
 # marked slow, so `make test-fast` (pytest -m "not slow") runs no training at all.
 TRAINING_FIXTURES = {
-    "tiny_kermany_run", "phantom_run", "predictor", "run", "exported", "kermany_run", "gate",
-    "val_images", "kermany_report", "nih_report", "run_dir", "engine", "client", "spec",
-    "tiny_run", "server",
-}  # fmt: skip
+    "tiny_kermany_run",
+    "phantom_run",
+    "predictor",
+    "run",
+    "exported",
+    "kermany_run",
+    "gate",
+    "val_images",
+    "kermany_report",
+    "nih_report",
+    "run_dir",
+    "engine",
+    "client",
+    "spec",
+    "tiny_run",
+    "server",
+}
 
 
 def pytest_collection_modifyitems(config, items):

@@ -10,8 +10,9 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 
-def dicom_dataset(stored: np.ndarray, bits_stored: int = 12, pixels: bool = True,
-                  **elements) -> Dataset:  # fmt: skip
+def dicom_dataset(
+    stored: np.ndarray, bits_stored: int = 12, pixels: bool = True, **elements
+) -> Dataset:
     """A CR DICOM of `stored` (uint16; (frames, H, W) for several) with any extra elements
     (e.g. RescaleSlope); without PixelData when `pixels` is False."""
     meta = FileMetaDataset()

@@ -29,8 +29,11 @@ def test_committed_typescript_types_are_generated_from_the_document(tmp_path):
     out = tmp_path / "api-schema.ts"
     done = subprocess.run(
         [str(tool), str(WEB / "openapi.json"), "-o", str(out), "--default-non-nullable", "false"],
-        capture_output=True, text=True, timeout=120, cwd=WEB,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=WEB,
+    )
     assert done.returncode == 0, done.stderr
     assert out.read_text() == (WEB / "src" / "api-schema.ts").read_text(), STALE
 

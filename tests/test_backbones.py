@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from cxr.config import ModelConfig, config_from_dict
+from cxr.errors import ConfigError
 from cxr.explain import feature_grid, heatmaps
 from cxr.inference import Predictor, export_run, make_engine
 from cxr.models import ARCHITECTURES, build_model
@@ -42,10 +43,13 @@ def test_grey_stem_sums_the_rgb_filters_of_a_pretrained_file(tmp_path):
     save_file(rgb.state_dict(), str(tmp_path / "densenet.safetensors"))
     cfg = ModelConfig(arch="densenet121", pretrained=str(tmp_path / "densenet.safetensors"))
     model = build_model(cfg, 2)
-    torch.testing.assert_close(model.features.conv0.weight,
-                               rgb.features.conv0.weight.sum(1, keepdim=True))  # fmt: skip
-    torch.testing.assert_close(model.features.denseblock4.denselayer16.conv2.weight,
-                               rgb.features.denseblock4.denselayer16.conv2.weight)  # fmt: skip
+    torch.testing.assert_close(
+        model.features.conv0.weight, rgb.features.conv0.weight.sum(1, keepdim=True)
+    )
+    torch.testing.assert_close(
+        model.features.denseblock4.denselayer16.conv2.weight,
+        rgb.features.denseblock4.denselayer16.conv2.weight,
+    )
     assert model.head.out_features == 2
 
 
@@ -57,11 +61,15 @@ def test_new_backbone_trains_exports_explains_and_serves(arch, kermany_train, tm
             "data": {"path": str(kermany_train), "limit": 32, "val_fraction": 0.25},
             "preprocess": {"image_size": 64},
             "model": {"arch": arch},
-            "train": {"epochs": 1, "batch_size": 8, "cache_dir": str(tmp_path / "cache"),
-                      "early_stopping_patience": 0},
+            "train": {
+                "epochs": 1,
+                "batch_size": 8,
+                "cache_dir": str(tmp_path / "cache"),
+                "early_stopping_patience": 0,
+            },
             "out_dir": str(tmp_path / "run"),
         }
-    )  # fmt: skip
+    )
     run = train(cfg, progress=False).run_dir
 
     result = export_run(run)  # refuses to write when ONNX Runtime and PyTorch disagree
@@ -83,9 +91,20 @@ def test_new_backbone_trains_exports_explains_and_serves(arch, kermany_train, tm
 
     client = create_app({"model": str(run), "ood_gate": False}).test_client()
     image_file = next((kermany_train / "NORMAL").glob("*.jpeg"))
-    response = client.post("/api/predict?heatmaps=top",
-                           data={"file": (image_file.open("rb"), image_file.name)})  # fmt: skip
+    response = client.post(
+        "/api/predict?heatmaps=top", data={"file": (image_file.open("rb"), image_file.name)}
+    )
     assert response.status_code == 200, response.get_json()
     body = response.get_json()
     assert {f["finding"] for f in body["findings"]} == {"NORMAL", "PNEUMONIA"}
     assert list(body["heatmaps"]) == [body["top_finding"]]
+
+
+def test_every_registered_backbone_is_a_search_space_choice():
+    from cxr.tune.space import search_space_from_dict
+
+    raw = {"params": {"model.arch": {"choices": sorted(ARCHITECTURES)}}}
+    space = search_space_from_dict(raw)
+    assert list(space.params[0].choices) == sorted(ARCHITECTURES)
+    with pytest.raises(ConfigError, match="vgg16"):
+        search_space_from_dict({"params": {"model.arch": {"choices": ["resnet18", "vgg16"]}}})

@@ -45,10 +45,11 @@ def test_temperature_scaling_lowers_ece_of_an_overconfident_model():
 
     names = ["a", "b", "c"]
     before, after = (
-        calibration_summary(labels[test], apply_temperature(logits[test], "multilabel", t),
-                            "multilabel", names)
+        calibration_summary(
+            labels[test], apply_temperature(logits[test], "multilabel", t), "multilabel", names
+        )
         for t in (1.0, temperature)
-    )  # fmt: skip
+    )
     assert before["ece"] > 0.08
     assert after["ece"] < before["ece"] / 3
     for name in names:
@@ -68,10 +69,11 @@ def test_temperature_scaling_sharpens_an_underconfident_softmax():
     temperature = fit_temperature(logits, labels, "multiclass")
     assert temperature == pytest.approx(0.4, rel=0.15)
     ece = [
-        calibration_summary(labels, apply_temperature(logits, "multiclass", t), "multiclass",
-                            list("abcd"))["ece"]
+        calibration_summary(
+            labels, apply_temperature(logits, "multiclass", t), "multiclass", list("abcd")
+        )["ece"]
         for t in (1.0, temperature)
-    ]  # fmt: skip
+    ]
     assert ece[1] < ece[0] / 3
 
 
@@ -102,8 +104,10 @@ def test_ece_and_reliability_bins_on_a_hand_example():
 def test_apply_temperature_from_probabilities_equals_from_logits():
     rng = np.random.default_rng(3)
     z = rng.normal(0, 3, size=(50, 3))
-    for task, probs in (("multilabel", expit(z)),
-                        ("multiclass", np.exp(z) / np.exp(z).sum(1, keepdims=True))):  # fmt: skip
+    for task, probs in (
+        ("multilabel", expit(z)),
+        ("multiclass", np.exp(z) / np.exp(z).sum(1, keepdims=True)),
+    ):
         a = apply_temperature(z, task, 1.7)
         b = apply_temperature(probs, task, 1.7, inputs="probabilities")
         np.testing.assert_allclose(a, b, atol=1e-6)
@@ -124,15 +128,28 @@ def _untrained_run(tmp_path, findings=("Effusion", "Nodule")):
     save_config(cfg, run / "config.json")
     torch.manual_seed(0)
     save_weights(build_model(cfg.model, len(findings)), run / "model.safetensors")
-    write_json(run / "model.json", {"findings": list(findings), "task": "multilabel",
-                                    "thresholds": {f: 0.5 for f in findings}})  # fmt: skip
+    write_json(
+        run / "model.json",
+        {
+            "findings": list(findings),
+            "task": "multilabel",
+            "thresholds": {f: 0.5 for f in findings},
+        },
+    )
     return run
 
 
 def _calibration(run, temperature, thresholds):
-    return Calibration(temperature=temperature, thresholds=thresholds, n_images=10,
-                       nll_before=1.0, nll_after=0.9, ece_before=0.2, ece_after=0.1,
-                       model_sha256=model_fingerprint(run))  # fmt: skip
+    return Calibration(
+        temperature=temperature,
+        thresholds=thresholds,
+        n_images=10,
+        nll_before=1.0,
+        nll_after=0.9,
+        ece_before=0.2,
+        ece_after=0.1,
+        model_sha256=model_fingerprint(run),
+    )
 
 
 def test_predictor_applies_the_saved_temperature_and_its_thresholds(tmp_path):

@@ -22,8 +22,8 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, p
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from cxr.data.dicom import INSTALL_DECODERS, codestream_size
-from cxr.data.image_io import DecodeOptions, DecodeWarning, decode_bytes, read_image
-from cxr.errors import DataError
+from cxr.data.image_io import DecodeOptions, decode_bytes, read_image
+from cxr.errors import DataError, DecodeWarning
 
 ALLOW = DecodeOptions(allow_modality=True)
 
@@ -102,9 +102,17 @@ GREY = greyscale_images()
 
 def test_the_fixtures_cover_every_transfer_syntax_the_issue_names():
     names = {str(header(p).file_meta.TransferSyntaxUID.name) for p in GREY}
-    for wanted in ("JPEG Lossless", "JPEG-LS Lossless", "JPEG-LS Lossy", "JPEG 2000 Image "
-                   "Compression (Lossless Only)", "JPEG 2000 Image Compression", "RLE Lossless",
-                   "Deflated Explicit VR", "JPEG Extended", "Implicit VR"):  # fmt: skip
+    for wanted in (
+        "JPEG Lossless",
+        "JPEG-LS Lossless",
+        "JPEG-LS Lossy",
+        "JPEG 2000 Image Compression (Lossless Only)",
+        "JPEG 2000 Image Compression",
+        "RLE Lossless",
+        "Deflated Explicit VR",
+        "JPEG Extended",
+        "Implicit VR",
+    ):
         assert any(n.startswith(wanted) for n in names), (wanted, names)
     assert len(GREY) > 60
 
@@ -164,9 +172,15 @@ def test_missing_decoder_names_the_install_command(monkeypatch):
 
 @pytest.mark.parametrize(
     "name, modality",
-    [("CT_small.dcm", "CT"), ("MR_small.dcm", "MR"), ("US1_UNCR.dcm", "US"),
-     ("JPEG2000.dcm", "NM"), ("rtdose.dcm", "RTDOSE"), ("liver.dcm", "SEG")],
-)  # fmt: skip
+    [
+        ("CT_small.dcm", "CT"),
+        ("MR_small.dcm", "MR"),
+        ("US1_UNCR.dcm", "US"),
+        ("JPEG2000.dcm", "NM"),
+        ("rtdose.dcm", "RTDOSE"),
+        ("liver.dcm", "SEG"),
+    ],
+)
 def test_non_radiograph_modality_is_refused_unless_allowed(name, modality):
     path = real_file(name)
     with pytest.raises(DataError, match=f"modality {modality} is not a radiograph.*allow-modality"):
@@ -210,8 +224,13 @@ def test_palette_colour_goes_through_its_palette():
 
 def test_metadata_from_the_header_without_identifiers():
     decoded = read_image(real_file("RG1_UNCR.dcm"))
-    assert decoded.meta == {"modality": "CR", "body_part": "CHEST", "view": "PA", "sex": "F",
-                            "age": None}  # fmt: skip
+    assert decoded.meta == {
+        "modality": "CR",
+        "body_part": "CHEST",
+        "view": "PA",
+        "sex": "F",
+        "age": None,
+    }
     kept = read_image(real_file("RG1_UNCR.dcm"), DecodeOptions(keep_identifiers=True)).meta
     assert kept["PatientName"] == "CompressedSamples^RG1"
 
@@ -247,9 +266,11 @@ def edited(name: str, **elements) -> bytes:
 
 @pytest.mark.parametrize(
     "elements, why",
-    [({"WindowCenter": 90000, "WindowWidth": 10}, "saturates every stored value"),
-     ({"WindowCenter": 2000, "WindowWidth": 0}, "Window Width is 0")],
-)  # fmt: skip
+    [
+        ({"WindowCenter": 90000, "WindowWidth": 10}, "saturates every stored value"),
+        ({"WindowCenter": 2000, "WindowWidth": 0}, "Window Width is 0"),
+    ],
+)
 def test_degenerate_window_falls_back_to_the_full_range(elements, why):
     full = read_image(real_file("RG1_J2KR.dcm")).image  # the real window (30000 wide) is fine
     decoded = read_image_bytes_warned(edited("RG1_J2KR.dcm", **elements), why)
@@ -279,10 +300,12 @@ def test_flat_dicom_is_refused_as_blank():
 
 def test_presentation_lut_inverse_is_honoured():
     """No fixture is MONOCHROME2 + INVERSE: RG1's header edited (its twin is the IDENTITY one)."""
-    identity = edited("RG1_UNCR.dcm", PhotometricInterpretation="MONOCHROME2",
-                      PresentationLUTShape="IDENTITY")  # fmt: skip
-    inverse = edited("RG1_UNCR.dcm", PhotometricInterpretation="MONOCHROME2",
-                     PresentationLUTShape="INVERSE")  # fmt: skip
+    identity = edited(
+        "RG1_UNCR.dcm", PhotometricInterpretation="MONOCHROME2", PresentationLUTShape="IDENTITY"
+    )
+    inverse = edited(
+        "RG1_UNCR.dcm", PhotometricInterpretation="MONOCHROME2", PresentationLUTShape="INVERSE"
+    )
     np.testing.assert_allclose(decode_bytes(inverse), 1 - decode_bytes(identity), atol=1e-6)
     # MONOCHROME1 with INVERSE (as DX requires) is inverted once, not twice
     m1 = edited("RG1_UNCR.dcm", PresentationLUTShape="INVERSE")

@@ -67,12 +67,16 @@ def test_a_torchrun_environment_is_read():
         (ENV | {"RANK": "2", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}, "RANK=2 is outside 0..1"),
         (ENV | {"RANK": "x", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}, "RANK must be an integer"),
         ({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}, "MASTER_ADDR"),
-        (ENV | {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_PORT": "0"},
-         "MASTER_PORT"),
-        (ENV | {"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "2", "LOCAL_WORLD_SIZE": "2"},
-         "LOCAL_RANK=2"),
+        (
+            ENV | {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_PORT": "0"},
+            "MASTER_PORT",
+        ),
+        (
+            ENV | {"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "2", "LOCAL_WORLD_SIZE": "2"},
+            "LOCAL_RANK=2",
+        ),
     ],
-)  # fmt: skip
+)
 def test_a_malformed_launch_is_named(env, message):
     with pytest.raises(DistributedError, match=message):
         world_from_env(env)
@@ -145,12 +149,35 @@ def _free_port() -> int:
 
 
 def _args(data, cache, out, epochs=2, seed=0) -> list[str]:
-    return ["train", "--data", str(data), "--limit", "96", "--image-size", "32",
-            "--epochs", str(epochs), "--batch-size", "24", "--optimizer", "sgd", "--lr", "0.002",
-            "--seed", str(seed), "--out", str(out),
-            "--set", f"train.cache_dir={json.dumps(str(cache))}",
-            "--set", "train.deterministic=true", "--set", "train.early_stopping_patience=0",
-            "--set", "data.val_fraction=0.25"]  # fmt: skip
+    return [
+        "train",
+        "--data",
+        str(data),
+        "--limit",
+        "96",
+        "--image-size",
+        "32",
+        "--epochs",
+        str(epochs),
+        "--batch-size",
+        "24",
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "0.002",
+        "--seed",
+        str(seed),
+        "--out",
+        str(out),
+        "--set",
+        f"train.cache_dir={json.dumps(str(cache))}",
+        "--set",
+        "train.deterministic=true",
+        "--set",
+        "train.early_stopping_patience=0",
+        "--set",
+        "data.val_fraction=0.25",
+    ]
 
 
 def _env(**extra) -> dict:
@@ -215,8 +242,9 @@ def _one_step_gradients(rank: int, size: int, port: int, queue) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=size)
     model, x, y = _step_inputs()
-    net = wrap_model(model, World(rank=rank, size=size, local_rank=rank, local_size=size),
-                     torch.device("cpu"))  # fmt: skip
+    net = wrap_model(
+        model, World(rank=rank, size=size, local_rank=rank, local_size=size), torch.device("cpu")
+    )
     rows = share(len(x), World(rank=rank, size=size))
     loss = torch.nn.functional.cross_entropy(net(x[rows]), y[rows])
     (loss * (len(y[rows]) * size / len(x))).backward()  # the weighting train.py uses
@@ -262,8 +290,10 @@ def test_one_step_on_two_gloo_processes_gives_one_process_gradients():
     for name, param in model.named_parameters():
         want = param.grad.numpy()
         worst[name] = np.abs(got[name] - want).max() / (float(np.abs(want).max()) + 1e-12)
-    print(f"\none DDP step vs one process: gradients agree to {max(worst.values()):.1e} "
-          "(max relative difference over parameters)")  # fmt: skip
+    print(
+        f"\none DDP step vs one process: gradients agree to {max(worst.values()):.1e} "
+        "(max relative difference over parameters)"
+    )
     assert max(worst.values()) < 1e-4, max(worst, key=worst.get)
 
 
@@ -273,8 +303,15 @@ def test_processes_launched_with_different_configs_stop_before_work(kermany_trai
     port = str(_free_port())
     procs = []
     for rank in (0, 1):
-        env = _env(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2",
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=port, CXR_DIST_TIMEOUT_S="120")  # fmt: skip
+        env = _env(
+            RANK=str(rank),
+            WORLD_SIZE="2",
+            LOCAL_RANK=str(rank),
+            LOCAL_WORLD_SIZE="2",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=port,
+            CXR_DIST_TIMEOUT_S="120",
+        )
         args = _args(kermany_train, tmp_path / "cache", out, seed=rank)  # rank 1: another seed
         command = [sys.executable, "-m", "cxr.cli", *args]
         pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}

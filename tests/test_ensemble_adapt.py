@@ -3,6 +3,7 @@ a new site's prevalence), on small real Kermany runs."""
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -75,10 +76,12 @@ def test_ensemble_run_is_a_run_every_command_takes(two_runs, kermany_train, tmp_
         members = [load_run(r).model(x) for r in (a, b)]
         assert torch.allclose(run.model(x), (members[0] + members[1]) / 2, atol=1e-5)
 
-    # evaluate: the held-out rest of the data, at the ensemble's validation thresholds
-    metrics = evaluate_run(ens, DataConfig(path=str(kermany_train), limit=80), split="val",
-                           progress=False, device="cpu")  # fmt: skip
+    # evaluate: 20 real images none of the members saw, at the ensemble's thresholds
+    used = _patients(ens)
+    held_out = _site_folder(kermany_train, tmp_path / "held-out", used, 10, 10, labelled=True)
+    metrics = evaluate_run(ens, DataConfig(path=str(held_out)), progress=False, device="cpu")
     assert metrics["mean_auroc"] is not None and metrics["n_images"] == 20
+    assert metrics["decision"]["rule"] == "binary"
 
     # predict: a CSV for a folder of real images
     folder = tmp_path / "images"
@@ -86,8 +89,12 @@ def test_ensemble_run_is_a_run_every_command_takes(two_runs, kermany_train, tmp_
     for key in val:
         shutil.copy(key, folder / Path(key).name)
     out_csv = tmp_path / "pred.csv"
-    assert main(["predict", "--model", str(ens), str(folder), "--out", str(out_csv),
-                 "--device", "cpu"]) == 0  # fmt: skip
+    assert (
+        main(
+            ["predict", "--model", str(ens), str(folder), "--out", str(out_csv), "--device", "cpu"]
+        )
+        == 0
+    )
     assert len(out_csv.read_text().strip().splitlines()) == 1 + len(val)
 
     # export: one ONNX graph that agrees with PyTorch
@@ -130,11 +137,24 @@ def site_run(kermany_train, tmp_path_factory) -> Path:
     return run
 
 
-def _site_folder(kermany_train: Path, root: Path, used: set[str], n_normal: int, n_pneu: int,
-                 labelled: bool) -> Path:  # fmt: skip
-    """A new 'site': images the run never saw, NORMAL / PNEUMONIA in the given numbers."""
+def _patients(run: Path) -> set[str]:
+    """The patients of the run's train and val splits (split.csv)."""
+    with open(run / "split.csv", newline="") as fh:
+        return {row["patient_id"] for row in csv.DictReader(fh) if row["split"] != "test"}
+
+
+def _seen(path: Path, patients: set[str]) -> bool:
+    """Kermany names carry the patient: person12_virus_3.jpeg, IM-0143-0001.jpeg."""
+    stem = path.stem
+    return any(stem == p or stem.startswith((p + "_", p + "-")) for p in patients)
+
+
+def _site_folder(
+    kermany_train: Path, root: Path, used: set[str], n_normal: int, n_pneu: int, labelled: bool
+) -> Path:
+    """A new 'site': images of patients the run never saw, NORMAL / PNEUMONIA as asked."""
     for cls, n in (("NORMAL", n_normal), ("PNEUMONIA", n_pneu)):
-        files = [p for p in sorted((kermany_train / cls).iterdir()) if str(p) not in used]
+        files = [p for p in sorted((kermany_train / cls).iterdir()) if not _seen(p, used)]
         target = root / cls if labelled else root
         target.mkdir(parents=True, exist_ok=True)
         for i in np.random.default_rng(1).choice(len(files), n, replace=False):
@@ -143,7 +163,7 @@ def _site_folder(kermany_train: Path, root: Path, used: set[str], n_normal: int,
 
 
 def test_adapt_moves_the_prevalence_toward_the_new_sites(site_run, kermany_train, tmp_path):
-    used = split_keys(site_run, "train") | split_keys(site_run, "val")
+    used = _patients(site_run)
     true = 0.25
     unlabelled = _site_folder(kermany_train, tmp_path / "site", used, 90, 30, labelled=False)
     out = tmp_path / "adapted"
@@ -162,8 +182,9 @@ def test_adapt_moves_the_prevalence_toward_the_new_sites(site_run, kermany_train
     # labelled images of the same site: mean probability moves to the prevalence; with
     # --thresholds keep every call (hence accuracy and AUROC) is unchanged
     labelled = _site_folder(kermany_train, tmp_path / "labelled", used, 90, 30, labelled=True)
-    both = compare_on_labelled(site_run, out, DataConfig(path=str(labelled)), device="cpu",
-                               progress=False)  # fmt: skip
+    both = compare_on_labelled(
+        site_run, out, DataConfig(path=str(labelled)), device="cpu", progress=False
+    )
     observed = both["before"]["prevalence"]["PNEUMONIA"]
     assert observed == pytest.approx(true)
     gap = {k: abs(both[k]["mean_probability"]["PNEUMONIA"] - observed) for k in both}
@@ -172,15 +193,30 @@ def test_adapt_moves_the_prevalence_toward_the_new_sites(site_run, kermany_train
     assert both["after"]["accuracy"] == both["before"]["accuracy"]
     assert both["after"]["mean_auroc"] == pytest.approx(both["before"]["mean_auroc"], abs=1e-9)
     metrics = evaluate_run(out, DataConfig(path=str(labelled)), progress=False, device="cpu")
-    original = evaluate_run(site_run, DataConfig(path=str(labelled)), progress=False,
-                            device="cpu")  # fmt: skip
+    original = evaluate_run(site_run, DataConfig(path=str(labelled)), progress=False, device="cpu")
     assert metrics["accuracy"] == original["accuracy"]
     assert adapted.thresholds[1] < load_run(site_run).thresholds[1]  # rarer: lower cut-off
 
     # bayes thresholds through the command line, with the before/after table
-    code = main(["adapt", "--model", str(site_run), "--data", str(unlabelled), "--out",
-                 str(tmp_path / "bayes"), "--thresholds", "bayes", "--labelled-data",
-                 str(labelled), "--device", "cpu"])  # fmt: skip
+    code = main(
+        [
+            "adapt",
+            "--model",
+            str(site_run),
+            "--data",
+            str(unlabelled),
+            "--out",
+            str(tmp_path / "bayes"),
+            "--thresholds",
+            "bayes",
+            "--labelled-data",
+            str(labelled),
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 0
     assert json.loads((tmp_path / "bayes" / "model.json").read_text())["thresholds"] == {
-        "NORMAL": 0.5, "PNEUMONIA": 0.5}  # fmt: skip
+        "NORMAL": 0.5,
+        "PNEUMONIA": 0.5,
+    }

@@ -38,16 +38,26 @@ def phantom_run(tmp_path_factory) -> tuple[Path, Path, list[str]]:
     tmp = tmp_path_factory.mktemp("explain")
     cfg = config_from_dict(
         {
-            "data": {"path": "synthetic", "format": "synthetic",
-                     "synthetic_count": N_PHANTOMS, "val_fraction": 0.3},
+            "data": {
+                "path": "synthetic",
+                "format": "synthetic",
+                "synthetic_count": N_PHANTOMS,
+                "val_fraction": 0.3,
+            },
             "preprocess": {"image_size": IMAGE_SIZE},
             "augment": {"enabled": False},  # 3 epochs: nothing to spare for invariances
-            "train": {"epochs": 3, "batch_size": 16, "lr": 2e-3, "seed": 0,
-                      "warmup_epochs": 0.5, "early_stopping_patience": 0,
-                      "cache_dir": str(tmp / "cache")},
+            "train": {
+                "epochs": 3,
+                "batch_size": 16,
+                "lr": 2e-3,
+                "seed": 0,
+                "warmup_epochs": 0.5,
+                "early_stopping_patience": 0,
+                "cache_dir": str(tmp / "cache"),
+            },
             "out_dir": str(tmp / "run"),
         }
-    )  # fmt: skip
+    )
     result = train(cfg, progress=False)
     keys = sorted(keys_in_split(result.run_dir / "split.csv", "val"))
     root = Path(keys[0]).parents[1]  # <root>/images/synth_00000.png
@@ -229,8 +239,22 @@ def test_overlay_is_rgb_with_the_heat_in_red():
 def test_cli_explain_writes_overlays_and_the_notice(phantom_run, tmp_path, capsys):
     run_dir, _, keys = phantom_run
     out = tmp_path / "explained.png"
-    code = main(["explain", keys[0], "--model", str(run_dir), "--finding", "Cardiomegaly",
-                 "--finding", "Effusion", "--method", "gradcam++", "--out", str(out)])  # fmt: skip
+    code = main(
+        [
+            "explain",
+            keys[0],
+            "--model",
+            str(run_dir),
+            "--finding",
+            "Cardiomegaly",
+            "--finding",
+            "Effusion",
+            "--method",
+            "gradcam++",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "not a medical device" in printed and "Cardiomegaly" in printed

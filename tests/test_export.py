@@ -51,8 +51,10 @@ def test_onnx_runtime_matches_pytorch_on_real_images(exported, kermany_train, ca
     assert contract["input"]["shape"] == ["batch", 1, 32, 32]
     assert contract["preprocess"]["image_size"] == 32 and contract["preprocess"]["clahe"] is True
     assert contract["normalization"] == {
-        "mean": 0.5, "std": 0.25, "formula": "x = (uint8_pixels / 255 - mean) / std, in float32"
-    }  # fmt: skip
+        "mean": 0.5,
+        "std": 0.25,
+        "formula": "x = (uint8_pixels / 255 - mean) / std, in float32",
+    }
     assert contract["findings"] == ["NORMAL", "PNEUMONIA"] and contract["task"] == "multiclass"
     assert contract["verification"]["on"].endswith("validation images of the run")
     assert contract["verification"]["max_abs_logit_difference"] < 1e-4
@@ -91,7 +93,7 @@ def test_both_backends_give_the_gate_features_from_the_same_pass(exported, kerma
     assert np.abs(onnx_probs - probs).max() < 1e-4
     np.testing.assert_allclose(onnx_features, own, rtol=1e-4, atol=1e-5)
     contract = json.loads((exported / "model.onnx.json").read_text())
-    assert contract["features"]["shape"] == ["batch", 512] and contract["version"] == 2
+    assert contract["features"]["shape"] == ["batch", 512] and contract["version"] == 3
 
 
 def test_an_export_without_the_features_output_still_serves(exported, kermany_train, tmp_path):
@@ -162,6 +164,41 @@ def test_an_onnx_file_from_other_weights_or_without_contract_is_refused(exported
         make_engine(copy, backend="onnx")
 
 
+def test_the_contract_states_the_runs_one_decision_rule(exported, tmp_path):
+    """Issue 11, item 3: ONNX consumers read the same rule as predict and serve, on the scale
+    of the probabilities; an export whose rule is no longer the run's (calibrated after
+    export) is refused."""
+    from cxr.calibration import Calibration, model_fingerprint, save_calibration
+
+    contract = json.loads((exported / "model.onnx.json").read_text())
+    info = json.loads((exported / "model.json").read_text())
+    assert contract["decision"] == info["decision"]
+    assert contract["decision"]["rule"] == "binary"
+    assert contract["decision"]["positive_class"] == "PNEUMONIA"
+    assert contract["temperature"] == 1.0
+    assert contract["thresholds"] == contract["decision"]["thresholds"]
+    copy = _copy(exported, tmp_path)
+    save_calibration(
+        copy,
+        Calibration(
+            temperature=2.0,
+            thresholds={"NORMAL": 0.6, "PNEUMONIA": 0.4},
+            n_images=16,
+            nll_before=1.0,
+            nll_after=0.9,
+            ece_before=0.2,
+            ece_after=0.1,
+            model_sha256=model_fingerprint(copy),
+        ),
+    )
+    with pytest.raises(CxrError, match="decision rule"):
+        make_engine(copy, backend="onnx")
+    assert main(["export", "--model", str(copy)]) == 0  # re-export: the calibrated rule
+    contract = json.loads((copy / "model.onnx.json").read_text())
+    assert contract["temperature"] == 2.0 and contract["decision"]["threshold"] == 0.4
+    assert make_engine(copy, backend="onnx").info.decision.threshold == 0.4
+
+
 def test_bad_backend_and_bad_pixels_are_named(exported):
     with pytest.raises(ConfigError, match="backend must be one of torch, onnx"):
         make_engine(exported, backend="tensorrt")
@@ -214,6 +251,20 @@ def test_serve_and_predict_can_answer_with_onnx_runtime(exported, kermany_train,
         assert probs[finding] == pytest.approx(p, abs=1e-6)
 
     out = tmp_path / "predictions.csv"
-    assert main(["predict", str(image_path), "--model", str(exported), "--backend", "onnx",
-                 "--out", str(out), "--no-ood-gate"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "predict",
+                str(image_path),
+                "--model",
+                str(exported),
+                "--backend",
+                "onnx",
+                "--out",
+                str(out),
+                "--no-ood-gate",
+            ]
+        )
+        == 0
+    )
     assert image_path.name in out.read_text()

@@ -86,6 +86,39 @@ def test_ce_with_label_smoothing_and_task_mismatch():
         build_loss(TrainConfig(loss="ce"), "multilabel", y.numpy())
 
 
+@pytest.mark.parametrize("name", ["bce", "weighted_bce", "focal"])
+def test_label_smoothing_acts_on_every_multilabel_loss(name):
+    """Issue 11 item 9: label_smoothing was silently ignored for bce, weighted_bce and focal."""
+    labels = np.array([[1.0, 0.0], [0.0, float("nan")]], dtype=np.float32)
+    y = torch.tensor(labels)
+    sharp = build_loss(TrainConfig(loss=name), "multilabel", labels)
+    smooth = build_loss(TrainConfig(loss=name, label_smoothing=0.2), "multilabel", labels)
+    confident = torch.tensor([[9.0, -9.0], [-9.0, 9.0]])  # right on every known label
+    assert smooth(confident, y) > sharp(confident, y) + 1e-3  # over-confidence now costs
+    if name != "focal":  # cross-entropy against 1 - eps/2 and eps/2, unknown label masked
+        pos_weight = torch.as_tensor(positive_weights(labels)) if name == "weighted_bce" else None
+        expected = nn.functional.binary_cross_entropy_with_logits(
+            confident[[0, 0, 1], [0, 1, 0]],
+            torch.tensor([0.9, 0.1, 0.1]),
+            pos_weight=None if pos_weight is None else pos_weight[[0, 1, 0]],
+        )
+        assert smooth(confident, y).item() == pytest.approx(expected.item(), rel=1e-5)
+    logits = torch.zeros(2, 2, requires_grad=True)
+    for _ in range(300):  # the minimiser of smoothed BCE is p = 1 - eps/2, not p = 1
+        loss = build_loss(TrainConfig(loss="bce", label_smoothing=0.2), "multilabel", labels)
+        grad = torch.autograd.grad(loss(logits, y), logits)[0]
+        logits = (logits - 5.0 * grad).detach().requires_grad_(True)
+    assert torch.sigmoid(logits)[0, 0].item() == pytest.approx(0.9, abs=0.01)
+
+
+def test_label_smoothing_acts_on_softmax_focal():
+    y = torch.tensor([[0.0, 1.0]])
+    sharp = build_loss(TrainConfig(loss="focal"), "multiclass", y.numpy())
+    smooth = build_loss(TrainConfig(loss="focal", label_smoothing=0.2), "multiclass", y.numpy())
+    logits = torch.tensor([[-1.0, 1.0]])
+    assert smooth(logits, y) > sharp(logits, y)
+
+
 @pytest.mark.parametrize("name", ["cosine", "onecycle", "step", "plateau", "none"])
 @pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
 def test_every_optimizer_and_schedule_steps(name, optimizer):

@@ -129,29 +129,67 @@ def test_not_estimable_column_gets_fallback_threshold_and_flag():
     assert thresholds[0] == 0.5
     assert estimable.tolist() == [False, True]
     assert estimable_columns(y).tolist() == [False, True]
-    assert thresholds[1] == pytest.approx(0.7)
+    # labels 0,1,0,1 at 0.2,0.7,0.3,0.9: every threshold in (0.3, 0.7] is perfect; the middle
+    # of that interval on the logit scale is 0.5 (logit 0.3 = -logit 0.7)
+    assert thresholds[1] == pytest.approx(0.5)
 
 
 # --- thresholds ------------------------------------------------------------------------------
 
 
+def logit_middle(lo: float, hi: float) -> float:
+    """The middle of (lo, hi] on the logit scale, where metrics puts tied thresholds."""
+    logit = lambda p: np.log(p / (1 - p))  # noqa: E731
+    return float(1 / (1 + np.exp(-(logit(lo) + logit(hi)) / 2)))
+
+
 def test_youden_threshold_on_hand_case():
-    # at 0.7: sens 2/3, spec 1 -> J 0.667; at 0.4: sens 1, spec 3/4 -> J 0.75 (the maximum)
+    # at 0.7: sens 2/3, spec 1 -> J 0.667; at 0.4: sens 1, spec 3/4 -> J 0.75 (the maximum).
+    # Every threshold in (0.3, 0.4] makes those calls: the middle of that interval is taken.
     y = col([0, 0, 0, 0, 1, 1, 1])
     s = col([0.1, 0.2, 0.3, 0.6, 0.4, 0.7, 0.9])
-    assert choose_thresholds(y, s, "multilabel", "youden")[0] == pytest.approx(0.4)
+    t = choose_thresholds(y, s, "multilabel", "youden")[0]
+    assert t == pytest.approx(logit_middle(0.3, 0.4))
+    assert 0.3 < t < 0.4
 
 
-def test_youden_tie_takes_highest_threshold():
-    # 0.7 and 0.4 both give J = 2/3; the higher threshold (fewer false positives) wins
+def test_youden_tie_takes_middle_of_the_tied_interval():
+    # Perfectly separated: every threshold in (0.2, 0.9] gives J = 1. The old rule took 0.9
+    # (the lowest positive score, an extreme of the interval); the middle is stable under ties.
+    y = col([0, 0, 0, 1, 1, 1])
+    s = col([0.05, 0.1, 0.2, 0.9, 0.95, 0.99])
+    assert choose_thresholds(y, s, "multilabel")[0] == pytest.approx(logit_middle(0.2, 0.9))
+    # neighbouring tied points form one interval: J is 1/2 at 0.9 and at 0.5 (a positive and a
+    # negative share 0.5), so every threshold in (0.1, 0.9] ties; its middle is taken
+    y = col([1, 0, 1, 0])
+    s = col([0.9, 0.5, 0.5, 0.1])
+    assert choose_thresholds(y, s, "multilabel")[0] == pytest.approx(logit_middle(0.1, 0.9))
+
+
+def test_youden_separate_ties_take_the_widest_interval():
+    # 0.7 and 0.4 both give J = 2/3, in separate intervals (0.6, 0.7] and (0.2, 0.4]; the
+    # wider one (logit scale) wins and its middle is taken
     y = col([0, 0, 0, 1, 1, 1])
     s = col([0.1, 0.2, 0.6, 0.4, 0.7, 0.9])
-    assert choose_thresholds(y, s, "multilabel")[0] == pytest.approx(0.7)
+    assert choose_thresholds(y, s, "multilabel")[0] == pytest.approx(logit_middle(0.2, 0.4))
+
+
+def test_tied_middle_is_the_same_point_after_temperature_scaling():
+    # the middle is taken on the logit scale, so calibration (logits / T) moves the threshold
+    # with the scores: the calibrated threshold makes the same calls on any data
+    from scipy.special import expit, logit
+
+    y = col([0, 0, 0, 1, 1, 1])
+    s = col([0.05, 0.1, 0.2, 0.9, 0.95, 0.99])
+    t = choose_thresholds(y, s, "multilabel")[0]
+    t_cal = choose_thresholds(y, expit(logit(s) / 2.5), "multilabel")[0]
+    assert t_cal == pytest.approx(expit(logit(t) / 2.5))
 
 
 def test_f1_threshold_on_hand_case():
-    # F1 at 0.8: 0.667, at 0.4: 0.5, at 0.35: 0.8 (max), at 0.1: 0.667
-    assert choose_thresholds(HAND_Y, HAND_S, "multilabel", "f1")[0] == pytest.approx(0.35)
+    # F1 at 0.8: 0.667, at 0.4: 0.5, at 0.35: 0.8 (max), at 0.1: 0.667 -> the gap (0.1, 0.35]
+    t = choose_thresholds(HAND_Y, HAND_S, "multilabel", "f1")[0]
+    assert t == pytest.approx(logit_middle(0.1, 0.35))
 
 
 def test_sensitivity_target_is_reached_by_highest_threshold():
@@ -161,7 +199,11 @@ def test_sensitivity_target_is_reached_by_highest_threshold():
         known = ~np.isnan(y[:, j])
         labels, scores = y[known, j] == 1, s[known, j]
         assert np.mean(scores[labels] >= thresholds[j]) >= 0.95
-        higher = np.unique(scores[scores > thresholds[j]])
+        chosen = scores[scores >= thresholds[j]].min()  # the lowest score still called
+        below = scores[scores < thresholds[j]]
+        if below.size:  # the threshold sits in the middle of the gap under that score
+            assert thresholds[j] == pytest.approx(logit_middle(below.max(), chosen))
+        higher = np.unique(scores[scores > chosen])
         if higher.size:  # the next distinct score up would miss the target
             assert np.mean(scores[labels] >= higher[0]) < 0.95
 
@@ -186,7 +228,9 @@ def test_multiclass_thresholds_are_per_column_one_vs_rest():
     )
     thresholds = choose_thresholds(y, s, "multiclass", "youden")
     assert thresholds.shape == (3,)
-    assert thresholds.tolist() == pytest.approx([0.6, 0.5, 0.6])
+    # every class is perfectly separated one-vs-rest: the middle of each gap
+    mids = [logit_middle(0.3, 0.6), logit_middle(0.3, 0.5), logit_middle(0.2, 0.6)]
+    assert thresholds.tolist() == pytest.approx(mids)
 
 
 # --- accuracy --------------------------------------------------------------------------------

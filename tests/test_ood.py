@@ -49,8 +49,10 @@ def val_images(kermany_run) -> list[tuple[np.ndarray, np.ndarray | None]]:
 def test_real_validation_images_mostly_pass(gate, val_images):
     result = flag_rate(gate, val_images, progress=False)
     share = 100 * result["rate"]
-    print(f"\nfalse refusals on {result['n']} Kermany validation images: {result['flagged']} "
-          f"({share:.1f}%), by check {result['by_check']}")  # fmt: skip
+    print(
+        f"\nfalse refusals on {result['n']} Kermany validation images: {result['flagged']} "
+        f"({share:.1f}%), by check {result['by_check']}"
+    )
     assert result["n"] >= 80
     assert result["rate"] <= 0.05, result
 
@@ -60,8 +62,10 @@ def test_inputs_that_are_not_chest_xrays_are_flagged(gate, val_images):
     inverted = [image for image, _ in val_images[:8]]
     for kind, inputs in probe_inputs(inverted, seed=0).items():
         rates[kind] = flag_rate(gate, inputs, progress=False)
-    print("\nflagged: " + ", ".join(f"{k} {r['flagged']}/{r['n']} {r['by_check']}"
-                                     for k, r in rates.items()))  # fmt: skip
+    print(
+        "\nflagged: "
+        + ", ".join(f"{k} {r['flagged']}/{r['n']} {r['by_check']}" for k, r in rates.items())
+    )
     for kind, r in rates.items():
         assert r["rate"] == 1.0, (kind, r)
     assert set(rates["colour photograph"]["by_check"]) == {"colour"}
@@ -108,8 +112,10 @@ def test_batched_check_gives_the_per_image_verdicts(gate, val_images):
     raws = [raw for _, raw in val_images[:5]] + [None]
     pixels = np.stack([preprocess(im, gate.run.config.preprocess) for im in images])
     single = [gate.check(im, raw) for im, raw in zip(images, raws, strict=True)]
-    by_image = [gate.check_preprocessed(p, image=im, raw=raw)
-                for p, im, raw in zip(pixels, images, raws, strict=True)]  # fmt: skip
+    by_image = [
+        gate.check_preprocessed(p, image=im, raw=raw)
+        for p, im, raw in zip(pixels, images, raws, strict=True)
+    ]
     by_contrast = gate.check_batch(pixels, raws=raws, contrasts=[contrast(im) for im in images])
     assert not single[-1].ok and single[0].ok
     for a, b, c in zip(single, by_image, by_contrast, strict=True):

@@ -91,8 +91,7 @@ def test_api_refuses_other_modalities_and_colour_dicom(tiny_kermany_run):
     def post(data: bytes, name: str, **cfg):
         app = create_app({"model": str(tiny_kermany_run), "ood_gate": False, **cfg})
         client = app.test_client()
-        return client.post("/api/predict?heatmaps=none",
-                           data={"file": (io.BytesIO(data), name)})  # fmt: skip
+        return client.post("/api/predict?heatmaps=none", data={"file": (io.BytesIO(data), name)})
 
     ct = real("CT_small.dcm").read_bytes()
     refused = post(ct, "ct.dcm")

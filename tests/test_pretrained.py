@@ -20,8 +20,10 @@ FAMILIES = ["resnet18", "densenet121", "efficientnet_b0", "convnext_tiny"]
 
 def _old_densenet_keys(state: dict) -> dict:
     """torchvision's DenseNet ImageNet files use the pre-0.4 names (norm.1, conv.2, ...)."""
-    pattern = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))((?:[12])\.(?:weight|bias|"
-                         r"running_mean|running_var))$")  # fmt: skip
+    pattern = re.compile(
+        r"^(.*denselayer\d+\.(?:norm|relu|conv))((?:[12])\.(?:weight|bias|"
+        r"running_mean|running_var))$"
+    )
     out = {}
     for key, value in state.items():
         m = pattern.match(key)
@@ -33,8 +35,9 @@ def _old_densenet_keys(state: dict) -> dict:
 def test_imagenet_weights_load_from_the_hub_cache_for_every_family(arch, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     # no network: a download attempt fails the test
-    monkeypatch.setattr(torch.hub, "download_url_to_file",
-                        lambda *a, **k: pytest.fail("tried to download"))  # fmt: skip
+    monkeypatch.setattr(
+        torch.hub, "download_url_to_file", lambda *a, **k: pytest.fail("tried to download")
+    )
     entry = ARCHITECTURES[arch]
     torch.manual_seed(1)
     reference = entry.build(weights=None)  # random weights standing in for ImageNet's
@@ -67,8 +70,17 @@ def test_offline_and_uncached_fails_before_any_data_work(tmp_path, monkeypatch, 
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     out = tmp_path / "run"
     # a data path that does not exist: reaching the data would be a different error
-    code = main(["train", "--pretrained", "imagenet", "--data", str(tmp_path / "nowhere"),
-                 "--out", str(out)])  # fmt: skip
+    code = main(
+        [
+            "train",
+            "--pretrained",
+            "imagenet",
+            "--data",
+            str(tmp_path / "nowhere"),
+            "--out",
+            str(out),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == OfflineError.exit_code and "could not download ImageNet weights" in err
     assert "hub/checkpoints/resnet18-" in err  # says where the cache file would be

@@ -55,10 +55,13 @@ def test_resize_batch_shrinks_on_the_device_and_keeps_the_range():
         ({"compile": True}, {}, r"train\.compile"),
         ({"progressive_start_size": 8}, {}, r"train\.progressive_start_size"),
         ({"progressive_fraction": 0}, {}, r"train\.progressive_fraction"),
-        ({"progressive_start_size": 256}, {"image_size": 128},
-         r"train\.progressive_start_size 256 is larger than preprocess\.image_size 128"),
+        (
+            {"progressive_start_size": 256},
+            {"image_size": 128},
+            r"train\.progressive_start_size 256 is larger than preprocess\.image_size 128",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_speed_options_name_the_field(train, preprocess, message):
     with pytest.raises(ConfigError, match=message):
         config_from_dict({"train": train, "preprocess": preprocess})
@@ -66,8 +69,10 @@ def test_bad_speed_options_name_the_field(train, preprocess, message):
 
 def test_speed_options_are_accepted_and_saved():
     cfg = config_from_dict(
-        {"train": {"compile": "on", "progressive_start_size": 64},
-         "preprocess": {"image_size": 128}}
+        {
+            "train": {"compile": "on", "progressive_start_size": 64},
+            "preprocess": {"image_size": 128},
+        }
     )
     assert cfg.train.compile == "on" and cfg.train.progressive_start_size == 64
     assert config_from_dict({}).train.compile == "off"
@@ -75,8 +80,7 @@ def test_speed_options_are_accepted_and_saved():
 
 
 @pytest.mark.slow
-def test_a_real_run_trains_small_first_validates_at_full_size(kermany_train, tmp_path,
-                                                              monkeypatch):  # fmt: skip
+def test_a_real_run_trains_small_first_validates_at_full_size(kermany_train, tmp_path, monkeypatch):
     """Two epochs on Kermany, 32 -> 48 px: the model sees 32 px batches in epoch 1 and 48 px in
     epoch 2, from one cache at 48 px; validation runs at 48 px; train.compile=on hands the
     training model to torch.compile (recorded here: compiling a ResNet on 2 CPU cores takes
@@ -99,12 +103,19 @@ def test_a_real_run_trains_small_first_validates_at_full_size(kermany_train, tmp
         {
             "data": {"path": str(kermany_train), "limit": 96, "val_fraction": 0.25},
             "preprocess": {"image_size": 48},
-            "train": {"epochs": 2, "batch_size": 16, "seed": 0, "threads": 2, "compile": "on",
-                      "progressive_start_size": 32, "cache_dir": str(tmp_path / "cache"),
-                      "early_stopping_patience": 0},
+            "train": {
+                "epochs": 2,
+                "batch_size": 16,
+                "seed": 0,
+                "threads": 2,
+                "compile": "on",
+                "progressive_start_size": 32,
+                "cache_dir": str(tmp_path / "cache"),
+                "early_stopping_patience": 0,
+            },
             "out_dir": str(tmp_path / "run"),
         }
-    )  # fmt: skip
+    )
     threads = torch.get_num_threads()
     try:
         result = train_module.train(cfg, progress=False)

@@ -81,8 +81,11 @@ def test_int8_export_is_refused_when_calibration_ruins_it(run, tmp_path):
     the validation images catches the AUROC loss, names each finding, and writes nothing."""
     copy = _copy(run, tmp_path)
     black = np.zeros((1, 48, 48), dtype=np.uint8)
-    with pytest.raises(CxrError, match=r"int8 export of .* refused: mean validation AUROC "
-                                       r"drops by .*NORMAL .* -> .*PNEUMONIA"):  # fmt: skip
+    with pytest.raises(
+        CxrError,
+        match=r"int8 export of .* refused: mean validation AUROC "
+        r"drops by .*NORMAL .* -> .*PNEUMONIA",
+    ):
         quantize_run(copy, calibration=black)
     assert not (copy / "model.int8.onnx").exists()
     assert not (copy / "model.int8.onnx.json").exists()

@@ -30,8 +30,17 @@ from cxr.metrics import choose_thresholds
 from cxr.report.build import OPERATING_POINTS, ScoredImages, analyse
 
 CHROMIUM = Path("/usr/bin/chromium")
-SECTIONS = ("summary", "operating", "curves", "calibration", "subgroups", "tta", "gallery",
-            "model-card", "methods")  # fmt: skip
+SECTIONS = (
+    "summary",
+    "operating",
+    "curves",
+    "calibration",
+    "subgroups",
+    "tta",
+    "gallery",
+    "model-card",
+    "methods",
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -64,8 +73,13 @@ def test_weighted_statistics_match_scikit_learn_with_sample_weights():
 def _coverage(datasets, groups_of, n_boot=300) -> float:
     hits = 0
     for seed, (y, s, groups, truth) in enumerate(datasets):
-        ci = bootstrap_ci(lambda w, y=y, s=s: weighted_auroc(y, s, w), len(y), groups_of(groups),
-                          n_boot=n_boot, seed=seed)  # fmt: skip
+        ci = bootstrap_ci(
+            lambda w, y=y, s=s: weighted_auroc(y, s, w),
+            len(y),
+            groups_of(groups),
+            n_boot=n_boot,
+            seed=seed,
+        )
         hits += ci.low <= truth <= ci.high
     return hits / len(datasets)
 
@@ -108,8 +122,10 @@ def test_bootstrap_is_seeded_and_says_not_estimable():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 100)
     s = rng.random(100)
-    stats = {"auc": lambda w: weighted_auroc(y, s, w),
-             "none": lambda w: weighted_auroc(np.zeros(100, int), s, w)}  # fmt: skip
+    stats = {
+        "auc": lambda w: weighted_auroc(y, s, w),
+        "none": lambda w: weighted_auroc(np.zeros(100, int), s, w),
+    }
     a = bootstrap_intervals(stats, 100, n_boot=200, seed=5)
     b = bootstrap_intervals(stats, 100, n_boot=200, seed=5)
     assert a["auc"] == b["auc"]
@@ -162,6 +178,23 @@ def test_operating_points_are_chosen_on_validation_never_on_the_evaluated_data()
     )
 
 
+def test_report_states_the_decision_rule_and_its_argmax_figures_for_three_classes():
+    """Issue 11, item 3: the report's headline calls are predict's (argmax for 3 classes)."""
+    rng = np.random.default_rng(0)
+    true_val, true_test = rng.integers(0, 3, 150), rng.integers(0, 3, 150)
+    val = _scored(np.eye(3)[true_val], 2.0 * np.eye(3)[true_val] + rng.normal(0, 1, (150, 3)))
+    test = _scored(np.eye(3)[true_test], 2.0 * np.eye(3)[true_test] + rng.normal(0, 1, (150, 3)))
+    results, _ = analyse(["a", "b", "c"], "multiclass", val, test, 1.0, n_boot=20)
+    assert results["decision"]["rule"] == "argmax"
+    probs = apply_temperature(test.logits, "multiclass", 1.0)
+    called = probs.argmax(axis=1)
+    at_rule = results["at_decision_rule"]
+    assert at_rule["accuracy"] == pytest.approx(np.mean(called == true_test))
+    for j, name in enumerate("abc"):
+        sens = np.mean(called[true_test == j] == j)
+        assert at_rule["per_finding"][name]["sensitivity"] == pytest.approx(sens)
+
+
 def test_a_finding_without_positives_is_not_estimable():
     val, test = _shifted_sets(1)
     test.labels[:, 1] = 0.0
@@ -205,10 +238,17 @@ def _train(data_path, out, cache, **overrides):
     raw = {
         "data": {"path": str(data_path), "limit": 160, "val_fraction": 0.25, "test_fraction": 0.25},
         "preprocess": {"image_size": 48},
-        "train": {"epochs": 2, "batch_size": 16, "lr": 2e-3, "seed": 0, "deterministic": True,
-                  "cache_dir": str(cache), "early_stopping_patience": 0},
+        "train": {
+            "epochs": 2,
+            "batch_size": 16,
+            "lr": 2e-3,
+            "seed": 0,
+            "deterministic": True,
+            "cache_dir": str(cache),
+            "early_stopping_patience": 0,
+        },
         "out_dir": str(out),
-    }  # fmt: skip
+    }
     for section, values in overrides.items():
         raw[section] |= values
     return train(config_from_dict(raw), progress=False).run_dir
@@ -223,8 +263,20 @@ def kermany_run(kermany_train, tmp_path_factory):
 @pytest.fixture(scope="module")
 def kermany_report(kermany_run, kermany_train):
     out = kermany_run / "report"
-    code = main(["report", "--model", str(kermany_run), "--data", str(kermany_train),
-                 "--bootstrap", "200", "--tta", "--out", str(out)])  # fmt: skip
+    code = main(
+        [
+            "report",
+            "--model",
+            str(kermany_run),
+            "--data",
+            str(kermany_train),
+            "--bootstrap",
+            "200",
+            "--tta",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     return out
 
@@ -232,11 +284,26 @@ def kermany_report(kermany_run, kermany_train):
 @pytest.fixture(scope="module")
 def nih_report(nih_1000, tmp_path_factory):
     root = tmp_path_factory.mktemp("nih")
-    run = _train(nih_1000, root / "run", root / "cache",
-                 data={"limit": 300, "val_fraction": 0.3, "test_fraction": 0.3},
-                 preprocess={"image_size": 64}, train={"epochs": 1, "batch_size": 32})  # fmt: skip
-    code = main(["report", "--model", str(run), "--data", str(nih_1000), "--bootstrap", "100",
-                 "--no-gallery"])  # fmt: skip
+    run = _train(
+        nih_1000,
+        root / "run",
+        root / "cache",
+        data={"limit": 300, "val_fraction": 0.3, "test_fraction": 0.3},
+        preprocess={"image_size": 64},
+        train={"epochs": 1, "batch_size": 32},
+    )
+    code = main(
+        [
+            "report",
+            "--model",
+            str(run),
+            "--data",
+            str(nih_1000),
+            "--bootstrap",
+            "100",
+            "--no-gallery",
+        ]
+    )
     assert code == 0
     return run / "report"
 
@@ -320,8 +387,23 @@ def test_operating_points_and_temperature_do_not_depend_on_the_evaluated_labels(
             (swapped / other).mkdir(parents=True, exist_ok=True)
             shutil.copy(key, swapped / other / Path(key).name)
     out = tmp_path / "swapped-report"
-    assert main(["report", "--model", str(kermany_run), "--data", str(swapped), "--bootstrap",
-                 "50", "--no-gallery", "--out", str(out)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "report",
+                "--model",
+                str(kermany_run),
+                "--data",
+                str(swapped),
+                "--bootstrap",
+                "50",
+                "--no-gallery",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     other = _load(out)
     assert other["data"]["split"] == "all"  # external data: every image
     assert other["results"]["thresholds"] == report["results"]["thresholds"]
@@ -334,8 +416,9 @@ def test_operating_points_and_temperature_do_not_depend_on_the_evaluated_labels(
 
 
 @pytest.mark.slow
-def test_cli_calibrate_saves_the_temperature_the_predictor_uses(kermany_report, kermany_run,
-                                                                capsys):  # fmt: skip
+def test_cli_calibrate_saves_the_temperature_the_predictor_uses(
+    kermany_report, kermany_run, capsys
+):
     from cxr.calibration import load_calibration
     from cxr.inference.predictor import Predictor
 
@@ -349,10 +432,20 @@ def test_cli_calibrate_saves_the_temperature_the_predictor_uses(kermany_report, 
 
 
 @pytest.mark.slow
-def test_bad_evaluation_data_gets_an_error_naming_the_problem(kermany_run, nih_samples, capsys,
-                                                               tmp_path):  # fmt: skip
-    code = main(["report", "--model", str(kermany_run), "--data", str(nih_samples),
-                 "--out", str(tmp_path / "r")])  # fmt: skip
+def test_bad_evaluation_data_gets_an_error_naming_the_problem(
+    kermany_run, nih_samples, capsys, tmp_path
+):
+    code = main(
+        [
+            "report",
+            "--model",
+            str(kermany_run),
+            "--data",
+            str(nih_samples),
+            "--out",
+            str(tmp_path / "r"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert "findings differ" in err and "NORMAL" in err and "Effusion" in err
@@ -394,10 +487,21 @@ def _chromium(html: Path, tmp_path: Path, *flags: str) -> subprocess.CompletedPr
         if os.environ.get("CI"):
             pytest.fail(message + "; CI must have it")
         pytest.skip(message)
-    command = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               "--no-first-run", f"--user-data-dir={tmp_path / 'chromium-profile'}",
-               "--enable-logging=stderr", "--v=0", *flags, html.resolve().as_uri()]  # fmt: skip
+    command = [
+        str(CHROMIUM),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+        "--enable-logging=stderr",
+        "--v=0",
+        *flags,
+        html.resolve().as_uri(),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     console = [line for line in result.stderr.splitlines() if "CONSOLE" in line]
@@ -420,8 +524,9 @@ def test_report_opens_in_headless_chromium(which, request, tmp_path):
     assert "AUROC (95% CI)" in dom
 
     shot = tmp_path / "report.png"
-    _chromium(html, tmp_path, f"--screenshot={shot}", "--window-size=1280,2400",
-              "--hide-scrollbars")  # fmt: skip
+    _chromium(
+        html, tmp_path, f"--screenshot={shot}", "--window-size=1280,2400", "--hide-scrollbars"
+    )
     pixels = cv2.imread(str(shot))
     assert pixels is not None and pixels.shape[:2] == (2400, 1280)
     assert pixels.std() > 20  # text and figures, not a blank page

@@ -71,8 +71,9 @@ def nih_pixels(nih_png) -> np.ndarray:
 
 def upload(client, data: bytes, name: str, url: str = "/api/predict", **params):
     query = "&".join(f"{k}={v}" for k, v in params.items())
-    return client.post(url + (f"?{query}" if query else ""),
-                       data={"file": (io.BytesIO(data), name)})  # fmt: skip
+    return client.post(
+        url + (f"?{query}" if query else ""), data={"file": (io.BytesIO(data), name)}
+    )
 
 
 def png_bytes(pixels: np.ndarray) -> bytes:
@@ -122,13 +123,25 @@ def assert_well_formed(body: dict, engine: Engine, spec: dict) -> None:
     probs = [f["probability"] for f in body["findings"]]
     assert probs == sorted(probs, reverse=True)
     assert sorted(f["finding"] for f in body["findings"]) == sorted(engine.findings)
-    assert body["top_finding"] == body["findings"][0]["finding"]
-    if engine.predictor.run.task == "multiclass":
-        assert sum(probs) == pytest.approx(1.0, abs=1e-5)
     thresholds = engine.info["thresholds"]
     for f in body["findings"]:
         assert f["threshold"] == pytest.approx(thresholds[f["finding"]])
-        assert f["positive"] == (f["probability"] >= f["threshold"])
+    called = [f["finding"] for f in body["findings"] if f["positive"]]
+    if engine.predictor.run.task == "multiclass":
+        assert sum(probs) == pytest.approx(1.0, abs=1e-5)
+        # one decision rule (issue 11): exactly one class is called, and it is top_finding,
+        # even when the other class is more probable (a threshold away from 0.5)
+        assert called == [body["top_finding"]]
+        rule = engine.info["decision"]
+        p = {f["finding"]: f["probability"] for f in body["findings"]}
+        assert (body["top_finding"] == rule["positive_class"]) == (
+            p[rule["positive_class"]] >= rule["threshold"]
+        )
+        assert body["decision"] == rule["text"]
+    else:
+        assert body["top_finding"] == body["findings"][0]["finding"]
+        for f in body["findings"]:
+            assert f["positive"] == (f["probability"] >= f["threshold"])
     assert body["notice"] == NOT_A_MEDICAL_DEVICE
     assert body["seconds"] > 0 and body["timing"]["total"] == pytest.approx(body["seconds"])
 
@@ -244,8 +257,9 @@ def test_big_16_bit_image_is_shown_at_display_size(engine, nih_pixels):
 
 
 def test_raw_body_upload(client, kermany_jpeg):
-    response = client.post("/api/predict?filename=x.jpeg", data=kermany_jpeg.read_bytes(),
-                           content_type="image/jpeg")  # fmt: skip
+    response = client.post(
+        "/api/predict?filename=x.jpeg", data=kermany_jpeg.read_bytes(), content_type="image/jpeg"
+    )
     assert response.status_code == 200
     assert response.get_json()["file"] == "x.jpeg"
 
@@ -259,21 +273,51 @@ def truncated_dicom(nih_pixels) -> bytes:
 
 
 BAD_UPLOADS = {
-    "text file": (lambda px: b"just some notes\n" * 20, "notes.txt", 422, "unreadable_image",
-                  "not a readable image"),
-    "text named png": (lambda px: b"hello", "scan.png", 422, "unreadable_image",
-                       "not a readable image"),
+    "text file": (
+        lambda px: b"just some notes\n" * 20,
+        "notes.txt",
+        422,
+        "unreadable_image",
+        "not a readable image",
+    ),
+    "text named png": (
+        lambda px: b"hello",
+        "scan.png",
+        422,
+        "unreadable_image",
+        "not a readable image",
+    ),
     "empty file": (lambda px: b"", "empty.png", 422, "unreadable_image", "empty file"),
-    "truncated png": (lambda px: png_bytes(px)[:3000], "cut.png", 422, "unreadable_image",
-                      "cut.png"),
+    "truncated png": (
+        lambda px: png_bytes(px)[:3000],
+        "cut.png",
+        422,
+        "unreadable_image",
+        "cut.png",
+    ),
     "corrupt dicom": (truncated_dicom, "cut.dcm", 422, "unreadable_image", "DICOM"),
-    "dicom without pixels": (lambda px: dicom_bytes(px, pixels=False), "nopix.dcm", 422,
-                             "unreadable_image", "no pixel data"),
-    "decompression bomb": (lambda px: png_header_only(100_000), "bomb.png", 413,
-                           "too_many_pixels", "refused"),
-    "over the pixel limit": (lambda px: png_bytes(np.zeros((2100, 2100), np.uint8)),
-                             "huge.png", 413, "too_many_pixels", "limit"),
-}  # fmt: skip
+    "dicom without pixels": (
+        lambda px: dicom_bytes(px, pixels=False),
+        "nopix.dcm",
+        422,
+        "unreadable_image",
+        "no pixel data",
+    ),
+    "decompression bomb": (
+        lambda px: png_header_only(100_000),
+        "bomb.png",
+        413,
+        "too_many_pixels",
+        "refused",
+    ),
+    "over the pixel limit": (
+        lambda px: png_bytes(np.zeros((2100, 2100), np.uint8)),
+        "huge.png",
+        413,
+        "too_many_pixels",
+        "limit",
+    ),
+}
 
 
 @pytest.mark.parametrize("case", list(BAD_UPLOADS))
@@ -347,8 +391,14 @@ def test_ood_gate_verdicts(engine, kermany_jpeg, monkeypatch, ok, action, status
     # JPEG, and the pooled features of the prediction's own forward pass (ResNet-18: 512)
     assert gate.seen == [((48, 48), (224, 224), False, (1, 512))]
     body = response.get_json()
-    assert body["ood"] == {"checked": True, "ok": ok, "score": 9.5, "threshold": 3.0,
-                           "reason": "far from training", "action": action}  # fmt: skip
+    assert body["ood"] == {
+        "checked": True,
+        "ok": ok,
+        "score": 9.5,
+        "threshold": 3.0,
+        "reason": "far from training",
+        "action": action,
+    }
     if status == 422:
         assert body["code"] == "not_a_chest_xray" and "far from training" in body["error"]
     elif not ok:
@@ -361,6 +411,7 @@ def test_real_ood_gate_fitted_on_the_run(run_dir, kermany_jpeg, tmp_path):
     import shutil
 
     from cxr.ood import gate as ood
+
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)
     from cxr.ood.fit import fit_ood_gate_for_run
@@ -383,8 +434,9 @@ def test_real_ood_gate_fitted_on_the_run(run_dir, kermany_jpeg, tmp_path):
     [("heatmaps=LUNG", "unknown finding"), ("images=maybe", "images='maybe'")],
 )
 def test_bad_parameters_are_400(client, kermany_jpeg, query, words):
-    response = client.post(f"/api/predict?{query}",
-                           data={"file": (io.BytesIO(kermany_jpeg.read_bytes()), "x.jpeg")})
+    response = client.post(
+        f"/api/predict?{query}", data={"file": (io.BytesIO(kermany_jpeg.read_bytes()), "x.jpeg")}
+    )
     assert response.status_code == 400
     assert words in response.get_json()["error"]
 
@@ -396,8 +448,9 @@ def test_no_file_or_wrong_field_is_400(client, kermany_jpeg):
     assert response.status_code == 400 and "'file'" in response.get_json()["error"]
 
 
-def test_unexpected_failure_is_a_500_json_and_the_server_recovers(engine, kermany_jpeg,
-                                                                   monkeypatch):  # fmt: skip
+def test_unexpected_failure_is_a_500_json_and_the_server_recovers(
+    engine, kermany_jpeg, monkeypatch
+):
     client = make_client(engine)
     real = engine.predictor.predict_with_features
     monkeypatch.setattr(engine.predictor, "predict_with_features", lambda image: 1 / 0)
@@ -426,9 +479,13 @@ def test_uploads_never_touch_the_disk(engine, nih_pixels, tmp_path, monkeypatch)
     def no_disk(*args, **kwargs):
         raise AssertionError("an upload was spooled to disk")
 
-    for module, name in [(werkzeug.formparser, "SpooledTemporaryFile"),
-                         (tempfile, "SpooledTemporaryFile"), (tempfile, "TemporaryFile"),
-                         (tempfile, "NamedTemporaryFile"), (tempfile, "mkstemp")]:  # fmt: skip
+    for module, name in [
+        (werkzeug.formparser, "SpooledTemporaryFile"),
+        (tempfile, "SpooledTemporaryFile"),
+        (tempfile, "TemporaryFile"),
+        (tempfile, "NamedTemporaryFile"),
+        (tempfile, "mkstemp"),
+    ]:
         monkeypatch.setattr(module, name, no_disk)
     big = cv2.resize(nih_pixels, (1400, 1400)).astype(np.uint16) * 257
     data = png_bytes(big)
@@ -447,9 +504,11 @@ def test_uploads_never_touch_the_disk(engine, nih_pixels, tmp_path, monkeypatch)
 
 
 def test_batch_answers_each_file_and_reports_bad_ones(client, spec, kermany_jpeg, nih_png):
-    files = [(io.BytesIO(kermany_jpeg.read_bytes()), "k.jpeg"),
-             (io.BytesIO(b"not an image"), "notes.txt"),
-             (io.BytesIO(nih_png.read_bytes()), "n.png")]  # fmt: skip
+    files = [
+        (io.BytesIO(kermany_jpeg.read_bytes()), "k.jpeg"),
+        (io.BytesIO(b"not an image"), "notes.txt"),
+        (io.BytesIO(nih_png.read_bytes()), "n.png"),
+    ]
     response = client.post("/api/predict/batch", data={"files": files})
     assert response.status_code == 200
     body = response.get_json()
@@ -521,8 +580,9 @@ def test_heatmap_colours_follow_the_map():
 # --- `cxr predict FOLDER` ------------------------------------------------------------------------
 
 
-def test_cli_predict_folder_writes_a_csv_and_never_overwrites(run_dir, kermany_train, nih_png,
-                                                              tmp_path, capsys):  # fmt: skip
+def test_cli_predict_folder_writes_a_csv_and_never_overwrites(
+    run_dir, kermany_train, nih_png, tmp_path, capsys
+):
     folder = tmp_path / "in"
     (folder / "sub").mkdir(parents=True)
     for p in sorted((kermany_train / "PNEUMONIA").iterdir())[:3]:
@@ -551,8 +611,9 @@ def test_cli_predict_folder_writes_a_csv_and_never_overwrites(run_dir, kermany_t
     assert main(["predict", str(folder), "--model", str(run_dir), "--out", str(out)]) == 2
     assert "--force" in capsys.readouterr().err
     assert out.read_bytes() == before
-    assert main(["predict", str(folder), "--model", str(run_dir), "--out", str(out),
-                 "--force"]) == 0  # fmt: skip
+    assert (
+        main(["predict", str(folder), "--model", str(run_dir), "--out", str(out), "--force"]) == 0
+    )
 
 
 @pytest.mark.parametrize("backend", ["torch", "onnx"])
@@ -580,8 +641,25 @@ def test_cli_predict_rows_agree_with_the_api_and_the_gate_refuses_in_batches(
     (folder / nih_png.name).write_bytes(nih_png.read_bytes())
     (folder / "blank.png").write_bytes(png_bytes(near_blank()))
     out = tmp_path / "predictions.csv"
-    assert main(["predict", str(folder), "--model", str(run), "--out", str(out),
-                 "--batch-size", "3", "--workers", "2", "--backend", backend]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "predict",
+                str(folder),
+                "--model",
+                str(run),
+                "--out",
+                str(out),
+                "--batch-size",
+                "3",
+                "--workers",
+                "2",
+                "--backend",
+                backend,
+            ]
+        )
+        == 0
+    )
     assert "images/s" in capsys.readouterr().out
     rows = {r["file"]: r for r in csv.DictReader(out.open())}
     assert len(rows) == 6
@@ -606,11 +684,16 @@ def test_cli_predict_rows_agree_with_the_api_and_the_gate_refuses_in_batches(
 
 
 @pytest.mark.parametrize("flag, value", [("--batch-size", "0"), ("--workers", "0")])
-def test_cli_predict_bad_batch_settings_are_named(run_dir, kermany_jpeg, tmp_path, capsys,
-                                                  flag, value):  # fmt: skip
+def test_cli_predict_bad_batch_settings_are_named(
+    run_dir, kermany_jpeg, tmp_path, capsys, flag, value
+):
     out = tmp_path / "p.csv"
-    assert main(["predict", str(kermany_jpeg), "--model", str(run_dir), "--out", str(out),
-                 flag, value]) == 2  # fmt: skip
+    assert (
+        main(
+            ["predict", str(kermany_jpeg), "--model", str(run_dir), "--out", str(out), flag, value]
+        )
+        == 2
+    )
     assert flag in capsys.readouterr().err and not out.exists()
 
 
@@ -639,8 +722,11 @@ def test_calls_carry_the_borderline_band_margin_and_reliability(client, engine, 
     body = upload(client, kermany_jpeg.read_bytes(), "a.jpeg", heatmaps="none").get_json()
     for f in body["findings"]:
         low, high = f["band"]
-        expected = "positive" if f["probability"] >= high else (
-            "possible" if f["probability"] >= low else "negative")  # fmt: skip
+        expected = (
+            "positive"
+            if f["probability"] >= high
+            else ("possible" if f["probability"] >= low else "negative")
+        )
         assert f["call"] == expected
         assert f["margin"] == pytest.approx(f["probability"] - f["threshold"])
     # a score inside a real band is "possible", however the rounding looks
@@ -653,8 +739,16 @@ def test_calls_carry_the_borderline_band_margin_and_reliability(client, engine, 
 def test_band_is_withheld_when_the_served_threshold_differs_from_validation():
     from cxr.inference.borderline import finding_bands
 
-    metrics = {"auroc": {"A": 0.9}, "per_finding": {"A": {
-        "threshold": 0.3, "threshold_sensitivity_95": 0.1, "threshold_specificity_95": 0.6}}}
+    metrics = {
+        "auroc": {"A": 0.9},
+        "per_finding": {
+            "A": {
+                "threshold": 0.3,
+                "threshold_sensitivity_95": 0.1,
+                "threshold_specificity_95": 0.6,
+            }
+        },
+    }
     assert finding_bands(metrics, {"A": 0.3})["A"]["low"] == 0.1
     recalibrated = finding_bands(metrics, {"A": 0.45})["A"]
     assert recalibrated["low"] == recalibrated["high"] == 0.45
@@ -674,12 +768,18 @@ def test_cross_sectional_dicom_is_refused(client, nih_pixels, modality, part):
 
 
 def test_dicom_header_is_returned_without_identifiers_and_other_body_parts_warned(
-        client, nih_pixels):  # fmt: skip
+    client, nih_pixels
+):
     # 12 bits: the real image times 16 plus a ramp, so it holds more than 256 grey levels
     ramp = np.linspace(0, 15, nih_pixels.shape[1], dtype=np.float32)[None, :]
     stored = (nih_pixels.astype(np.float32) * 16 + ramp).astype(np.uint16)
-    data = dicom_bytes(stored, BodyPartExamined="KNEE", PatientName="Doe^Jane",
-                       PatientID="SECRET-123", ViewPosition="PA")  # fmt: skip
+    data = dicom_bytes(
+        stored,
+        BodyPartExamined="KNEE",
+        PatientName="Doe^Jane",
+        PatientID="SECRET-123",
+        ViewPosition="PA",
+    )
     response = upload(client, data, "knee.dcm", heatmaps="none", depth="16")
     assert response.status_code == 200
     body = response.get_json()
@@ -704,8 +804,10 @@ def test_heatmap_grid_layer_and_notes(client, engine, kermany_jpeg):
     assert body["heatmap_layer"] == "last" and body["heatmap_grid"] == 2  # 48 px / 32
     fine = upload(client, data, "a.jpeg", heatmaps="all", heatmap_layer="finer").get_json()
     assert fine["heatmap_layer"] == "finer" and fine["heatmap_grid"] == 3
-    # a two-class softmax: the non-top class's map is empty, and the note says so
-    other = next(f for f in engine.findings if f != body["top_finding"])
+    # a two-class softmax: the less probable class's map is empty, and the note says so (the
+    # less probable class, not "not top_finding": the called class can be the less probable one
+    # under the run's decision rule, whose threshold need not be 0.5)
+    other = body["findings"][-1]["finding"]
     assert body["heatmap_notes"].get(other, "").startswith("empty")
     assert upload(client, data, "a.jpeg", depth="12").status_code == 400
 
@@ -716,8 +818,9 @@ def test_heatmap_notes_name_empty_and_identical_maps():
     blob = np.zeros((8, 8), np.float32)
     blob[2:5, 3:6] = 1.0
     other = np.roll(blob, 3, axis=0)
-    notes = heatmap_notes({"A": blob, "B": np.zeros((8, 8), np.float32), "C": blob.copy(),
-                           "D": other})  # fmt: skip
+    notes = heatmap_notes(
+        {"A": blob, "B": np.zeros((8, 8), np.float32), "C": blob.copy(), "D": other}
+    )
     assert notes == {
         "B": "empty: Grad-CAM found no positive evidence for this finding",
         "C": "identical to the map for A",

@@ -394,11 +394,28 @@ def test_schemathesis_finds_no_failure_in_the_api(engine, tmp_path):
     config = Path(__file__).parent / "schemathesis.toml"
     with live_server(engine) as port:
         done = subprocess.run(
-            [cli, "--config-file", str(config), "run", f"http://127.0.0.1:{port}/api/openapi.json",
-             "--checks", "all", "--max-examples", "5", "--seed", "1", "--workers", "1",
-             "--request-timeout", "30"],
-            capture_output=True, text=True, timeout=240, cwd=tmp_path,
-        )  # fmt: skip
+            [
+                cli,
+                "--config-file",
+                str(config),
+                "run",
+                f"http://127.0.0.1:{port}/api/openapi.json",
+                "--checks",
+                "all",
+                "--max-examples",
+                "5",
+                "--seed",
+                "1",
+                "--workers",
+                "1",
+                "--request-timeout",
+                "30",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=240,
+            cwd=tmp_path,
+        )
         assert done.returncode == 0, done.stdout[-4000:]
         assert_healthy(port)
 

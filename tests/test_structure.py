@@ -18,17 +18,37 @@ PACKAGE = SRC / "cxr"
 LAYERS = [
     {"cxr", "cxr.errors", "cxr.config"},
     {"cxr.data", "cxr.preprocess"},
-    {"cxr.augment", "cxr.losses", "cxr.optim", "cxr.checkpoint", "cxr.distributed", "cxr.metrics",
-     "cxr.bootstrap", "cxr.plots", "cxr.progressive"},
+    {
+        "cxr.augment",
+        "cxr.losses",
+        "cxr.optim",
+        "cxr.checkpoint",
+        "cxr.distributed",
+        "cxr.metrics",
+        "cxr.bootstrap",
+        "cxr.plots",
+        "cxr.progressive",
+        "cxr.decision",
+        "cxr.labelmap",
+        "cxr.tracking",
+    },
     {"cxr.models"},
     {"cxr.run", "cxr.runtime"},
-    {"cxr.train", "cxr.calibration", "cxr.evaluate", "cxr.averaging", "cxr.ensemble", "cxr.adapt"},
+    {
+        "cxr.train",
+        "cxr.calibration",
+        "cxr.evaluate",
+        "cxr.compare",
+        "cxr.averaging",
+        "cxr.ensemble",
+        "cxr.adapt",
+    },
     {"cxr.ood", "cxr.explain"},
     {"cxr.inference"},
     {"cxr.report", "cxr.tune"},
     {"cxr.serve"},
     {"cxr.cli"},
-]  # fmt: skip
+]
 
 
 def _modules() -> dict[str, Path]:
@@ -75,8 +95,9 @@ def test_no_import_cycles():
     tool = SRC.parents[1] / "shared" / "tools" / "import_cycles.py"
     if not tool.is_file():
         pytest.skip(f"{tool} not found")
-    done = subprocess.run([sys.executable, str(tool), str(SRC), "cxr"], capture_output=True,
-                          text=True, timeout=60)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, str(tool), str(SRC), "cxr"], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0 and "0 import cycles" in done.stdout, done.stdout + done.stderr
 
 
@@ -85,8 +106,11 @@ def test_no_private_name_is_imported_from_another_module():
     for path in _modules().values():
         for target, names, line in _imports(path):
             if target.startswith("cxr"):
-                bad += [f"{path.relative_to(SRC)}:{line} {target}.{n}" for n in names
-                        if n.startswith("_") and n != "__version__"]  # fmt: skip
+                bad += [
+                    f"{path.relative_to(SRC)}:{line} {target}.{n}"
+                    for n in names
+                    if n.startswith("_") and n != "__version__"
+                ]
     assert not bad, "private names used across modules:\n" + "\n".join(bad)
 
 

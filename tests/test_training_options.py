@@ -19,8 +19,16 @@ from cxr.errors import ConfigError
 from cxr.losses import build_loss
 from cxr.train import train
 
-_OFF = {"rotation_deg": 0.0, "translate": 0.0, "scale_min": 1.0, "brightness": 0.0,
-        "contrast": 0.0, "gamma": 0.0, "noise_std": 0.0, "blur_prob": 0.0}  # fmt: skip
+_OFF = {
+    "rotation_deg": 0.0,
+    "translate": 0.0,
+    "scale_min": 1.0,
+    "brightness": 0.0,
+    "contrast": 0.0,
+    "gamma": 0.0,
+    "noise_std": 0.0,
+    "blur_prob": 0.0,
+}
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -117,8 +125,11 @@ def test_cutmix_label_weights_are_the_pasted_areas(batch):
 
 def test_mixing_draws_one_number_whatever_the_config(batch):
     y = _one_hot(len(batch))
-    for cfg in (AugmentConfig(mixup_alpha=0.2), AugmentConfig(cutmix_alpha=1.0, mix_prob=0.0),
-                AugmentConfig(mixup_alpha=0.2, cutmix_alpha=1.0)):  # fmt: skip
+    for cfg in (
+        AugmentConfig(mixup_alpha=0.2),
+        AugmentConfig(cutmix_alpha=1.0, mix_prob=0.0),
+        AugmentConfig(mixup_alpha=0.2, cutmix_alpha=1.0),
+    ):
         g, ref = _gen(9), _gen(9)
         mix_batch(batch, y, cfg, g)
         mix_batch(batch[:3], y[:3], cfg, g)
@@ -230,20 +241,28 @@ def _real_run(kermany_train, root, augment: dict, train_cfg: dict):
             "data": {"path": str(kermany_train), "limit": 48, "val_fraction": 0.25},
             "preprocess": {"image_size": 32},
             "augment": augment,
-            "train": {"epochs": 1, "batch_size": 12, "lr": 2e-3, "seed": 0,
-                      "cache_dir": str(root / "cache"), "early_stopping_patience": 0} | train_cfg,
+            "train": {
+                "epochs": 1,
+                "batch_size": 12,
+                "lr": 2e-3,
+                "seed": 0,
+                "cache_dir": str(root / "cache"),
+                "early_stopping_patience": 0,
+            }
+            | train_cfg,
             "out_dir": str(root / "run"),
         }
-    )  # fmt: skip
+    )
     return train(cfg, progress=False)
 
 
 def test_real_run_with_heavy_preset_erasing_mixup_and_ema(kermany_train, tmp_path):
     result = _real_run(
-        kermany_train, tmp_path,
+        kermany_train,
+        tmp_path,
         {"preset": "heavy", "erase_prob": 0.5, "mixup_alpha": 0.4, "cutmix_alpha": 1.0},
         {"ema_decay": 0.9, "epochs": 2},
-    )  # fmt: skip
+    )
     run = result.run_dir
     info = json.loads((run / "model.json").read_text())
     assert "EMA" in info["weight_averaging"]
@@ -258,16 +277,21 @@ def test_real_run_with_heavy_preset_erasing_mixup_and_ema(kermany_train, tmp_pat
 
 
 def test_real_run_with_swa(kermany_train, tmp_path):
-    result = _real_run(kermany_train, tmp_path, {"cutmix_alpha": 1.0},
-                       {"epochs": 2, "swa_epochs": 2, "swa_lr": 1e-3})  # fmt: skip
+    result = _real_run(
+        kermany_train,
+        tmp_path,
+        {"cutmix_alpha": 1.0},
+        {"epochs": 2, "swa_epochs": 2, "swa_lr": 1e-3},
+    )
     run = result.run_dir
     info = json.loads((run / "model.json").read_text())
     assert info["weight_averaging"] == "SWA over epochs 1-2 at lr 0.001"
     assert info["best_epoch"] == 2
     # the run's model is the average of the two epochs' weights (BatchNorm stats recomputed)
     final = load_file(str(run / "model.safetensors"))
-    epochs = [load_file(str(run / "checkpoints" / f"epoch_000{e}" / "model.safetensors"))
-              for e in (1, 2)]  # fmt: skip
+    epochs = [
+        load_file(str(run / "checkpoints" / f"epoch_000{e}" / "model.safetensors")) for e in (1, 2)
+    ]
     name = "conv1.weight"
     assert torch.allclose(final[name], (epochs[0][name] + epochs[1][name]) / 2, atol=1e-6)
     assert [row["lr"] for row in result.history] == [1e-3, 1e-3]
@@ -284,12 +308,20 @@ def test_resume_restores_the_averages_and_replays_the_mixing(kermany_train, tmp_
                 "data": {"path": str(kermany_train), "limit": 48, "val_fraction": 0.25},
                 "preprocess": {"image_size": 32},
                 "augment": {"erase_prob": 0.5, "mixup_alpha": 0.4, "cutmix_alpha": 1.0},
-                "train": {"epochs": 3, "batch_size": 12, "lr": 2e-3, "seed": 0,
-                          "deterministic": True, "cache_dir": str(tmp_path / "cache"),
-                          "early_stopping_patience": 0, "ema_decay": 0.9, "swa_epochs": 2},
+                "train": {
+                    "epochs": 3,
+                    "batch_size": 12,
+                    "lr": 2e-3,
+                    "seed": 0,
+                    "deterministic": True,
+                    "cache_dir": str(tmp_path / "cache"),
+                    "early_stopping_patience": 0,
+                    "ema_decay": 0.9,
+                    "swa_epochs": 2,
+                },
                 "out_dir": str(tmp_path / out),
             }
-        )  # fmt: skip
+        )
 
     whole = train(cfg("whole"), progress=False)
     real_epoch = train_module.train_one_epoch
@@ -305,8 +337,9 @@ def test_resume_restores_the_averages_and_replays_the_mixing(kermany_train, tmp_
     with pytest.raises(KeyboardInterrupt):
         train(cfg("cut"), progress=False)
     monkeypatch.setattr(train_module, "train_one_epoch", real_epoch)
-    resumed = train(config_from_dict({"out_dir": str(tmp_path / "cut")}), resume=True,
-                    progress=False)  # fmt: skip
+    resumed = train(
+        config_from_dict({"out_dir": str(tmp_path / "cut")}), resume=True, progress=False
+    )
     a = load_file(str(whole.run_dir / "model.safetensors"))
     b = load_file(str(resumed.run_dir / "model.safetensors"))
     assert a.keys() == b.keys()

@@ -68,10 +68,26 @@ def _space_file(tmp_path: Path, **changes) -> Path:
 
 
 def _tune_argv(data, out, cache_dir, space_file, *extra) -> list[str]:
-    return ["tune", "--data", str(data), "--limit", "64", "--val-fraction", "0.25",
-            "--image-size", "32", "--batch-size", "16", "--out", str(out),
-            "--space", str(space_file), "--set", f"train.cache_dir={json.dumps(str(cache_dir))}",
-            *extra]  # fmt: skip
+    return [
+        "tune",
+        "--data",
+        str(data),
+        "--limit",
+        "64",
+        "--val-fraction",
+        "0.25",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "16",
+        "--out",
+        str(out),
+        "--space",
+        str(space_file),
+        "--set",
+        f"train.cache_dir={json.dumps(str(cache_dir))}",
+        *extra,
+    ]
 
 
 # ---------------------------------------------------------------- search space (no training)
@@ -80,10 +96,22 @@ def _tune_argv(data, out, cache_dir, space_file, *extra) -> list[str]:
 def test_default_search_space_parses_with_its_conditions():
     space = load_search_space()
     names = [p.name for p in space.params]
-    wanted = ["train.lr", "train.optimizer", "train.momentum", "train.weight_decay", "model.arch",
-              "train.loss", "train.focal_gamma", "train.label_smoothing", "train.batch_size",
-              "preprocess.image_size", "preprocess.clahe_clip_limit", "preprocess.clahe_tile_grid",
-              "preprocess.filter", "augment.strength"]  # fmt: skip
+    wanted = [
+        "train.lr",
+        "train.optimizer",
+        "train.momentum",
+        "train.weight_decay",
+        "model.arch",
+        "train.loss",
+        "train.focal_gamma",
+        "train.label_smoothing",
+        "train.batch_size",
+        "preprocess.image_size",
+        "preprocess.clahe_clip_limit",
+        "preprocess.clahe_tile_grid",
+        "preprocess.filter",
+        "augment.strength",
+    ]
     assert set(wanted) <= set(names), set(wanted) - set(names)
     by_name = {p.name: p for p in space.params}
     assert by_name["train.lr"].log and by_name["train.lr"].kind == "float"
@@ -140,14 +168,14 @@ def test_sampled_trials_take_conditional_parameters_only_where_they_belong():
                 "train.optimizer": {"choices": ["sgd", "adam"]},
             },
             "listed above this one",
-        ),  # fmt: skip
+        ),
         (
             {
                 "train.optimizer": {"choices": ["sgd", "adam"]},
                 "train.momentum": {"low": 0.8, "high": 0.9, "when": {"train.optimizer": "sgdm"}},
             },
             "not among train.optimizer's choices",
-        ),  # fmt: skip
+        ),
         ({}, "non-empty mapping"),
     ],
 )
@@ -176,8 +204,17 @@ def test_bad_top_level_settings_are_named():
 def test_cli_rejects_a_bad_space_file_before_any_training(kermany_train, tmp_path, capsys):
     space = tmp_path / "space.yaml"
     space.write_text("params:\n  train.lr: {low: 0.01, high: 0.001, log: true}\n")
-    code = main(["tune", "--data", str(kermany_train), "--space", str(space),
-                 "--out", str(tmp_path / "study")])  # fmt: skip
+    code = main(
+        [
+            "tune",
+            "--data",
+            str(kermany_train),
+            "--space",
+            str(space),
+            "--out",
+            str(tmp_path / "study"),
+        ]
+    )
     assert code == 2
     assert "train.lr" in capsys.readouterr().err
     assert not (tmp_path / "study").exists()
@@ -193,7 +230,7 @@ def test_cli_rejects_a_bad_space_file_before_any_training(kermany_train, tmp_pat
         "postgresql://user:secret@127.0.0.1:9/cxr",
         "journal:/no/such/folder/study.log",
         "study.db",
-    ],  # fmt: skip
+    ],
 )
 def test_unusable_storage_is_a_clear_error(url, tmp_path):
     with pytest.raises(StudyError) as info:
@@ -223,11 +260,20 @@ def test_study_with_another_search_space_is_refused_unless_resumed(
         params=TINY_SPACE["params"] | {"train.optimizer": {"choices": ["sgd", "adamw", "adam"]}},
     )
     with pytest.raises(CxrError, match="choices of train.optimizer cannot change"):
-        run_study(base, search_space_from_dict(other), "s", n_trials=0, resume=True,
-                  progress=False)  # fmt: skip
+        run_study(base, search_space_from_dict(other), "s", n_trials=0, resume=True, progress=False)
     # through the CLI: exit code 2 and the reason, before any trial
-    code = main(_tune_argv(kermany_train, tmp_path / "study", cache_dir,
-                           _space_file(tmp_path), "--study", "s", "--n-trials", "1"))  # fmt: skip
+    code = main(
+        _tune_argv(
+            kermany_train,
+            tmp_path / "study",
+            cache_dir,
+            _space_file(tmp_path),
+            "--study",
+            "s",
+            "--n-trials",
+            "1",
+        )
+    )
     assert code == 2
     assert "different search space" in capsys.readouterr().err
     assert not (tmp_path / "study" / "trials").exists()
@@ -239,8 +285,18 @@ def test_study_with_another_search_space_is_refused_unless_resumed(
 @pytest.mark.slow
 def test_tiny_real_study_writes_a_best_config_that_train_reads(kermany_train, tmp_path, cache_dir):
     out = tmp_path / "study"
-    code = main(_tune_argv(kermany_train, out, cache_dir, _space_file(tmp_path),
-                           "--n-trials", "2", "--study", "tiny"))  # fmt: skip
+    code = main(
+        _tune_argv(
+            kermany_train,
+            out,
+            cache_dir,
+            _space_file(tmp_path),
+            "--n-trials",
+            "2",
+            "--study",
+            "tiny",
+        )
+    )
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["trials"]["complete"] + summary["trials"]["pruned"] == 2
@@ -283,8 +339,9 @@ def test_a_trial_that_reports_a_bad_value_is_pruned(kermany_train, tmp_path, cac
     # A finished trial that scored a perfect 1.0 at every epoch: the median to beat.
     study.add_trial(optuna.trial.create_trial(value=1.0, intermediate_values={1: 1.0, 2: 1.0}))
     # The next trial is made bad on purpose: a learning rate that cannot learn in one epoch.
-    study.enqueue_trial({"train.optimizer": "sgd", "train.lr": 1e-3, "train.momentum": 0.8,
-                         "train.loss": "ce"})  # fmt: skip
+    study.enqueue_trial(
+        {"train.optimizer": "sgd", "train.lr": 1e-3, "train.momentum": 0.8, "train.loss": "ce"}
+    )
     result = run_study(base, space, "p", n_trials=2, progress=False)
     trial = study.trials[1]
     assert trial.state == TrialState.PRUNED
@@ -314,16 +371,18 @@ def test_epoch_reporter_prunes_below_the_median_and_lets_good_trials_run():
 def _worker(argv: list[str], log: Path) -> subprocess.Popen:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     with open(log, "w") as fh:
-        return subprocess.Popen([sys.executable, "-m", "cxr.cli", *argv], stdout=fh,
-                                stderr=subprocess.STDOUT, env=env)  # fmt: skip
+        return subprocess.Popen(
+            [sys.executable, "-m", "cxr.cli", *argv], stdout=fh, stderr=subprocess.STDOUT, env=env
+        )
 
 
 @pytest.mark.slow
 def test_two_workers_share_one_sqlite_study(kermany_train, tmp_path, cache_dir):
     out = tmp_path / "study"
     url = f"sqlite:///{tmp_path / 'shared.db'}"
-    argv = _tune_argv(kermany_train, out, cache_dir, _space_file(tmp_path), "--study", "shared",
-                      "--storage", url)  # fmt: skip
+    argv = _tune_argv(
+        kermany_train, out, cache_dir, _space_file(tmp_path), "--study", "shared", "--storage", url
+    )
     # Create the study and its split first, so that both workers start their trials at once.
     assert main([*argv, "--n-trials", "0"]) == 0
     argv += ["--set", "train.threads=1"]  # two workers, two cores
@@ -349,8 +408,18 @@ def test_killed_worker_trial_is_marked_failed_and_the_study_resumes(
 ):
     out = tmp_path / "study"
     journal = f"journal:{tmp_path / 'study.log'}"
-    argv = _tune_argv(kermany_train, out, cache_dir, _space_file(tmp_path), "--study", "r",
-                      "--n-trials", "3", "--storage", journal)  # fmt: skip
+    argv = _tune_argv(
+        kermany_train,
+        out,
+        cache_dir,
+        _space_file(tmp_path),
+        "--study",
+        "r",
+        "--n-trials",
+        "3",
+        "--storage",
+        journal,
+    )
     worker = _worker(argv, tmp_path / "worker.log")
     second = out / "trials" / "trial_0001"
     deadline = time.monotonic() + 300
@@ -366,8 +435,9 @@ def test_killed_worker_trial_is_marked_failed_and_the_study_resumes(
     assert [t.state for t in before] == [TrialState.COMPLETE, TrialState.RUNNING]
 
     base = _base(kermany_train, out, cache_dir)
-    result = run_study(base, search_space_from_dict(TINY_SPACE), "r", journal, n_trials=2,
-                       progress=False)  # fmt: skip
+    result = run_study(
+        base, search_space_from_dict(TINY_SPACE), "r", journal, n_trials=2, progress=False
+    )
     trials = optuna.load_study(study_name="r", storage=open_storage(journal, out)).trials
     assert trials[0].state == TrialState.COMPLETE and trials[0].value == before[0].value
     assert trials[1].state == TrialState.FAIL  # not lost silently: failed, with the reason
@@ -381,8 +451,9 @@ def test_killed_worker_trial_is_marked_failed_and_the_study_resumes(
 
 def test_timeout_stops_starting_trials(kermany_train, tmp_path, cache_dir):
     base = _base(kermany_train, tmp_path / "study", cache_dir)
-    result = run_study(base, search_space_from_dict(TINY_SPACE), "t", n_trials=5, timeout=0,
-                       progress=False)  # fmt: skip
+    result = run_study(
+        base, search_space_from_dict(TINY_SPACE), "t", n_trials=5, timeout=0, progress=False
+    )
     assert result.counts == {"complete": 0, "pruned": 0, "failed": 0, "running": 0}
     assert result.best_trial is None and not (tmp_path / "study" / "trials").exists()
     assert (tmp_path / "study" / "trials.csv").is_file()
@@ -403,8 +474,7 @@ def test_trial_of_a_silent_worker_elsewhere_is_marked_failed_after_the_grace_per
 
 def test_run_study_rejects_negative_trial_counts(tmp_path):
     with pytest.raises(CxrError, match="n-trials"):
-        run_study(RunConfig(out_dir=str(tmp_path)), search_space_from_dict(TINY_SPACE),
-                  n_trials=-1)  # fmt: skip
+        run_study(RunConfig(out_dir=str(tmp_path)), search_space_from_dict(TINY_SPACE), n_trials=-1)
 
 
 def test_open_study_refuses_trials_of_a_foreign_study(tmp_path):
@@ -412,3 +482,41 @@ def test_open_study_refuses_trials_of_a_foreign_study(tmp_path):
     storage = open_storage(None, tmp_path)
     with pytest.raises(StudyError, match="another study"):
         open_study(search_space_from_dict(TINY_SPACE), "new", storage, study_dir=tmp_path)
+
+
+def test_the_default_search_space_file_exists():
+    """`cxr tune` without --space and benchmarks/tune.py read it (it moved with cxr.tune)."""
+    from cxr.tune.space import DEFAULT_SPACE
+
+    assert DEFAULT_SPACE.is_file(), DEFAULT_SPACE
+
+
+def test_test_data_on_the_study_split_is_refused_before_any_trial(
+    kermany_train, tmp_path, cache_dir
+):
+    """Issue 11 item 1: `tune --test-data` on images of the study's own train/val split is
+    refused by the leak guard before the search spends any trial; --allow-overlap goes on."""
+    from cxr.config import DataConfig
+    from cxr.errors import LeakageError
+
+    base = _base(kermany_train, tmp_path / "study", cache_dir)
+    space = search_space_from_dict(TINY_SPACE)
+    with pytest.raises(LeakageError, match=r"refusing to tune.*by image name"):
+        run_study(
+            base,
+            space,
+            "leak",
+            n_trials=0,
+            test_data=DataConfig(path=str(kermany_train)),
+            progress=False,
+        )
+    assert not (tmp_path / "study" / "trials").exists()
+    run_study(
+        base,
+        space,
+        "leak",
+        n_trials=0,
+        test_data=DataConfig(path=str(kermany_train)),
+        progress=False,
+        allow_overlap=True,
+    )

@@ -56,8 +56,9 @@ def tools() -> None:
 def web_dist(tools) -> Path:
     dist = WEB / "dist"
     if not (dist / "index.html").is_file():
-        build = subprocess.run(["npm", "run", "build"], cwd=WEB, capture_output=True, text=True,
-                               timeout=600)  # fmt: skip
+        build = subprocess.run(
+            ["npm", "run", "build"], cwd=WEB, capture_output=True, text=True, timeout=600
+        )
         assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
     return dist
 
@@ -93,10 +94,20 @@ def server(tiny_run, web_dist, tmp_path):
     command = [str(script)] if script.exists() else [sys.executable, "-m", "cxr.cli"]
     log = (tmp_path / "serve.log").open("w")
     proc = subprocess.Popen(
-        [*command, "serve", "--model", str(tiny_run), "--port", str(port),
-         "--web-dir", str(web_dist)],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TQDM_DISABLE": "1"},
-    )  # fmt: skip
+        [
+            *command,
+            "serve",
+            "--model",
+            str(tiny_run),
+            "--port",
+            str(port),
+            "--web-dir",
+            str(web_dist),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "TQDM_DISABLE": "1"},
+    )
     base = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + 180  # importing torch on a busy 2-core machine is slow
@@ -139,20 +150,35 @@ def test_upload_in_a_real_browser(server, kermany_train, tmp_path):
     # 12 bits: the real image times 16 plus a ramp, so it holds more than 256 grey levels
     ramp = np.linspace(0, 15, pixels.shape[1], dtype=np.float32)[None, :]
     stored = (pixels.astype(np.float32) * 16 + ramp).astype(np.uint16)
-    dicom = write_dicom(tmp_path / "chest16.dcm", stored, ViewPosition="PA",
-                        BodyPartExamined="CHEST", PatientID="SECRET-123")  # fmt: skip
+    dicom = write_dicom(
+        tmp_path / "chest16.dcm",
+        stored,
+        ViewPosition="PA",
+        BodyPartExamined="CHEST",
+        PatientID="SECRET-123",
+    )
     ct = write_dicom(tmp_path / "ct.dcm", stored, Modality="CT")
     shots = SCREENSHOTS
     run = subprocess.run(
         ["node", "e2e/upload.mjs", server, str(xray), str(text), str(dicom), str(ct), str(shots)],
-        cwd=WEB, capture_output=True, text=True, timeout=420,
+        cwd=WEB,
+        capture_output=True,
+        text=True,
+        timeout=420,
         env={**os.environ, "CHROMIUM": CHROMIUM},
-    )  # fmt: skip
+    )
     print(run.stdout)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:] + _read(tmp_path)
     assert "e2e: all checks passed" in run.stdout
-    for name in ("empty.png", "desktop.png", "side-by-side.png", "dicom-window.png", "error.png",
-                 "phone.png", "phone-top.png"):  # fmt: skip
+    for name in (
+        "empty.png",
+        "desktop.png",
+        "side-by-side.png",
+        "dicom-window.png",
+        "error.png",
+        "phone.png",
+        "phone-top.png",
+    ):
         shot = shots / name
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
     # the bad uploads did not hurt the server

@@ -16,10 +16,16 @@ def train_kermany_run(data: Path, root: Path, limit: int, image_size: int, **tra
         {
             "data": {"path": str(data), "limit": limit, "val_fraction": 0.25},
             "preprocess": {"image_size": image_size},
-            "train": {"epochs": 1, "batch_size": 16, "lr": 2e-3, "seed": 0,
-                      "cache_dir": str(root / "cache"), "early_stopping_patience": 0}
+            "train": {
+                "epochs": 1,
+                "batch_size": 16,
+                "lr": 2e-3,
+                "seed": 0,
+                "cache_dir": str(root / "cache"),
+                "early_stopping_patience": 0,
+            }
             | train_cfg,
             "out_dir": str(root / "run"),
         }
-    )  # fmt: skip
+    )
     return train(cfg, progress=False).run_dir

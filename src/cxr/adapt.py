@@ -51,6 +51,7 @@ from cxr.data.cache import build_cache
 from cxr.data.image_io import IMAGE_EXTENSIONS
 from cxr.data.prepare import resolve_table
 from cxr.data.table import ImageTable
+from cxr.decision import decision_rule
 from cxr.errors import ConfigError, CxrError, DataError
 from cxr.metrics import compute_metrics
 from cxr.run import RunDir, load_run
@@ -119,8 +120,9 @@ def fit_bias_corrected(logits: np.ndarray, y: np.ndarray, task: str) -> tuple[fl
         return float(np.mean(np.logaddexp(0.0, -sign * z[known])))
 
     start = np.zeros(k + 1)
-    result = minimize(nll, start, method="L-BFGS-B",
-                      bounds=[(np.log(0.05), np.log(20.0))] + [(-20.0, 20.0)] * k)  # fmt: skip
+    result = minimize(
+        nll, start, method="L-BFGS-B", bounds=[(np.log(0.05), np.log(20.0))] + [(-20.0, 20.0)] * k
+    )
     bias = result.x[1:] - (result.x[1:].mean() if task == "multiclass" else 0.0)
     return float(np.exp(result.x[0])), bias
 
@@ -151,18 +153,25 @@ def unlabelled_images(folder: str | Path, run, progress: bool = True):
     if not root.is_dir():
         raise DataError("not a folder of images", path=str(root))
     files = sorted(
-        str(p) for p in root.rglob("*")
+        str(p)
+        for p in root.rglob("*")
         if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
-    )  # fmt: skip
+    )
     if not files:
-        raise DataError(f"no image files found (looked for {sorted(IMAGE_EXTENSIONS)})",
-                        path=str(root))  # fmt: skip
+        raise DataError(
+            f"no image files found (looked for {sorted(IMAGE_EXTENSIONS)})", path=str(root)
+        )
     k = len(run.findings)
-    table = ImageTable(files, np.full((len(files), k), np.nan), run.findings, run.task, files,
-                       source=f"unlabelled images in {root}")  # fmt: skip
+    table = ImageTable(
+        files,
+        np.full((len(files), k), np.nan),
+        run.findings,
+        run.task,
+        files,
+        source=f"unlabelled images in {root}",
+    )
     cfg = run.config
-    return build_cache(table, cfg.preprocess, cfg.train.cache_dir, skip_bad=True,
-                       progress=progress)  # fmt: skip
+    return build_cache(table, cfg.preprocess, cfg.train.cache_dir, skip_bad=True, progress=progress)
 
 
 def adapt_run(
@@ -185,8 +194,10 @@ def adapt_run(
     run = load_run(src, rt.device)
     calibration = load_calibration(src)
     if calibration is None:
-        raise CxrError(f"{src} has no calibration.json for its weights: run "
-                       f"`cxr calibrate --model {src}` first")  # fmt: skip
+        raise CxrError(
+            f"{src} has no calibration.json for its weights: run "
+            f"`cxr calibrate --model {src}` first"
+        )
 
     val = validation_images(run, progress)
     val_y = val.table.labels
@@ -203,8 +214,13 @@ def adapt_run(
     # bct_t and its raw logits move by bct_t * (bct_b + shift), a bias of the final layer.
     raw_shift = bct_t * (bct_b + shift["shift"])
 
-    shutil.copytree(src, out, ignore=shutil.ignore_patterns(
-        "checkpoints", "report", "model.onnx", "model.onnx.json", "*.tmp"))  # fmt: skip
+    shutil.copytree(
+        src,
+        out,
+        ignore=shutil.ignore_patterns(
+            "checkpoints", "report", "model.onnx", "model.onnx.json", "*.tmp"
+        ),
+    )
     files = RunDir(out)
     with torch.no_grad():
         bias = run.model.head.bias
@@ -217,7 +233,9 @@ def adapt_run(
         new_raw = np.full_like(raw_t, 0.5)
     else:
         new_raw = _moved_thresholds(raw_t, raw_shift, run.task)
-    info["thresholds"] = {f: float(t) for f, t in zip(run.findings, new_raw, strict=True)}
+    rule = decision_rule(run.task, run.findings, new_raw)
+    info["thresholds"] = {f: float(t) for f, t in zip(run.findings, rule.thresholds, strict=True)}
+    info["decision"] = rule.to_json()
     summary = {
         "source_run": str(src.resolve()),
         "unlabelled_data": str(Path(data).resolve()),
@@ -241,7 +259,11 @@ def adapt_run(
         new_cal = _sigmoid(_logit(np.clip(new_raw, 1e-12, 1 - 1e-12)) / bct_t)
     calibration.temperature = bct_t
     calibration.method += "; bias-corrected for the new site's prevalence (cxr adapt)"
-    calibration.thresholds = {f: float(t) for f, t in zip(run.findings, new_cal, strict=True)}
+    cal_rule = decision_rule(run.task, run.findings, new_cal)
+    calibration.thresholds = {
+        f: float(t) for f, t in zip(run.findings, cal_rule.thresholds, strict=True)
+    }
+    calibration.decision = cal_rule.to_json()
     calibration.model_sha256 = model_fingerprint(out)
     calibration.threshold_method += f"; moved for the new site's prevalence ({thresholds})"
     save_calibration(out, calibration)
@@ -260,14 +282,21 @@ def compare_on_labelled(
         run = load_run(run_dir, rt.device)
         calibration = load_calibration(run_dir)
         t = calibration.temperature if calibration is not None else 1.0
-        thresholds = (calibration.threshold_array(run.findings) if calibration is not None
-                      else run.thresholds)  # fmt: skip
+        thresholds = (
+            calibration.threshold_array(run.findings) if calibration is not None else run.thresholds
+        )
         table = resolve_table(data, run.config.train.cache_dir, progress)
         if table.findings != run.findings or table.task != run.task:
-            raise DataError(f"labels {table.findings} do not match the model's {run.findings}",
-                            path=data.path)  # fmt: skip
-        images = build_cache(table, run.config.preprocess, run.config.train.cache_dir,
-                             data.skip_bad, progress=progress)  # fmt: skip
+            raise DataError(
+                f"labels {table.findings} do not match the model's {run.findings}", path=data.path
+            )
+        images = build_cache(
+            table,
+            run.config.preprocess,
+            run.config.train.cache_dir,
+            data.skip_bad,
+            progress=progress,
+        )
         logits, _ = forward(run.model, images.pixels, rt)
         y = images.table.labels
         probs = apply_temperature(logits, run.task, t)

@@ -90,10 +90,12 @@ def _erase(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> t
     rows = torch.arange(h, device=x.device)[None, :, None]
     cols = torch.arange(w, device=x.device)[None, None, :]
     box = (
-        (rows >= top[:, None, None]) & (rows < (top + eh)[:, None, None])
-        & (cols >= left[:, None, None]) & (cols < (left + ew)[:, None, None])
+        (rows >= top[:, None, None])
+        & (rows < (top + eh)[:, None, None])
+        & (cols >= left[:, None, None])
+        & (cols < (left + ew)[:, None, None])
         & (u[:, 0] < cfg.erase_prob)[:, None, None]
-    )[:, None]  # fmt: skip
+    )[:, None]
     fill = torch.rand(x.shape, generator=generator, device=generator.device).to(x)
     return torch.where(box, fill, x)
 

@@ -111,8 +111,9 @@ def _ranking_statistics(w_pos, w_gap, w_tie) -> tuple[np.ndarray, np.ndarray]:
     n_neg = w_gap.sum(axis=1) + w_tie.sum(axis=1)
     ok = (n_pos > 0) & (n_neg > 0)
     nan = np.full(len(w_pos), np.nan)
-    auroc = np.divide(np.sum(w_pos * (below + 0.5 * w_tie), axis=1), n_pos * n_neg, out=nan.copy(),
-                      where=ok)  # fmt: skip
+    auroc = np.divide(
+        np.sum(w_pos * (below + 0.5 * w_tie), axis=1), n_pos * n_neg, out=nan.copy(), where=ok
+    )
     tp = np.cumsum(w_pos[:, ::-1], axis=1)[:, ::-1]  # positive weight at or above v_p
     called = tp + n_neg[:, None] - below
     precision = np.divide(tp, called, out=np.zeros_like(tp), where=called > 0)
@@ -176,8 +177,9 @@ def binary_statistics(
     def statistic(weights: np.ndarray) -> dict[str, np.ndarray]:
         weights = np.atleast_2d(np.asarray(weights, dtype=np.float64))
         sums = np.asarray(indicator @ weights.T).T  # (B, columns)
-        auroc, ap = _ranking_statistics(sums[:, :p], sums[:, p : 2 * p + 1],
-                                        sums[:, 2 * p + 1 : first_rate])  # fmt: skip
+        auroc, ap = _ranking_statistics(
+            sums[:, :p], sums[:, p : 2 * p + 1], sums[:, 2 * p + 1 : first_rate]
+        )
         out = {"auroc": auroc, "auprc": ap}
         for m, name in enumerate(thresholds):
             counts = sums[:, first_rate + 4 * m : first_rate + 4 * m + 4].T

@@ -32,6 +32,7 @@ from scipy.special import expit, log_softmax, logsumexp, softmax
 from cxr.checkpoint import write_json
 from cxr.data.cache import CachedImages, build_cache
 from cxr.data.prepare import resolve_table
+from cxr.decision import decision_rule
 from cxr.errors import CxrError, DataError
 from cxr.metrics import TASKS, choose_thresholds
 from cxr.run import LoadedRun, RunDir, load_run, split_keys
@@ -232,9 +233,11 @@ class Calibration:
     ece_before: float | None
     ece_after: float | None
     model_sha256: str
+    decision: dict | None = None  # cxr.decision's rule at these thresholds (None: older file)
     fitted_on: str = "validation split of the run (split.csv)"
     threshold_method: str = "youden on calibrated validation probabilities"
     method: str = "temperature scaling: one T for all outputs, validation NLL minimised"
+    leakage: dict | None = None  # validation images also in train, fitted on under --allow-overlap
 
     def threshold_array(self, findings: list[str]) -> np.ndarray:
         missing = [f for f in findings if f not in self.thresholds]
@@ -317,9 +320,12 @@ def validation_images(run: LoadedRun, progress: bool = True) -> CachedImages:
             path=str(run.files.split),
         )
     return build_cache(
-        table.subset(index), cfg.preprocess, cfg.train.cache_dir, cfg.data.skip_bad,
+        table.subset(index),
+        cfg.preprocess,
+        cfg.train.cache_dir,
+        cfg.data.skip_bad,
         progress=progress,
-    )  # fmt: skip
+    )
 
 
 def fit_calibration(
@@ -329,10 +335,11 @@ def fit_calibration(
     temperature = fit_temperature(logits, y_true, task)
     raw = apply_temperature(logits, task, 1.0)
     calibrated = apply_temperature(logits, task, temperature)
-    thresholds = choose_thresholds(y_true, calibrated, task, "youden")
+    thresholds = choose_thresholds(y_true, calibrated, task, "youden", findings=findings)
     return Calibration(
         temperature=temperature,
         thresholds={f: float(t) for f, t in zip(findings, thresholds, strict=True)},
+        decision=decision_rule(task, findings, thresholds).to_json(),
         n_images=int(len(logits)),
         nll_before=negative_log_likelihood(logits, y_true, task, 1.0),
         nll_after=negative_log_likelihood(logits, y_true, task, temperature),
@@ -342,12 +349,24 @@ def fit_calibration(
     )
 
 
-def calibrate_run(run_dir: str | Path, progress: bool = True, device: str = "auto") -> Calibration:
-    """Fit T on the run's validation split and save calibration.json in the run folder."""
+def calibrate_run(
+    run_dir: str | Path, progress: bool = True, device: str = "auto", allow_overlap: bool = False
+) -> Calibration:
+    """Fit T on the run's validation split and save calibration.json in the run folder.
+
+    Validation images that are also training images (same image name or identical pixels,
+    cxr.data.leakage) are refused unless allow_overlap, and then calibration.json says so.
+    """
+    from cxr.data.leakage import check_overlap, find_overlap, pixel_hashes
+
     rt = select_runtime(device)
     run = load_run(run_dir, rt.device)
     images = validation_images(run, progress)
+    overlap = find_overlap(images.table, run_dir, pixel_hashes(images.pixels), ("train",))
+    check_overlap(overlap, allow_overlap, "calibrate")
     logits, _ = forward(run.model, images.pixels, rt, progress=progress, desc="validation")
     calibration = fit_calibration(run_dir, logits, images.table.labels, run.task, run.findings)
+    if overlap.n_images:
+        calibration.leakage = overlap.as_dict()
     save_calibration(run_dir, calibration)
     return calibration

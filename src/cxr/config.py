@@ -37,6 +37,12 @@ class DataConfig(StrictConfig):
     test_fraction: float = Field(
         0.0, ge=0.0, lt=1.0, description="carved only when the data has no official test split"
     )
+    val_source: Literal["auto", "fraction", "official"] = Field(
+        "auto",
+        description="validation images: 'fraction' (a patient-level split of train by "
+        "val_fraction), 'official' (the dataset's val split), or 'auto' (official only when it "
+        "holds >= 200 images and >= 5% of train); a run's config.json records which was used",
+    )
     split_seed: int = 0
     split_file: str | None = Field(None, description="reuse the split of an earlier run")
     limit: int | None = Field(None, gt=0, description="use at most this many images (quick runs)")
@@ -62,15 +68,39 @@ class PreprocessConfig(StrictConfig):
 # Magnitudes of the intensity and geometry jitter per `augment.preset`; "medium" is the long-
 # standing default. A field set explicitly (not None) wins over its preset's value.
 AUGMENT_PRESETS: dict[str, dict[str, float]] = {
-    "light": {"rotation_deg": 3.0, "translate": 0.02, "scale_min": 0.95, "brightness": 0.05,
-              "contrast": 0.05, "gamma": 0.07, "noise_std": 0.01, "blur_prob": 0.05},
-    "medium": {"rotation_deg": 7.0, "translate": 0.05, "scale_min": 0.85, "brightness": 0.1,
-               "contrast": 0.1, "gamma": 0.15, "noise_std": 0.02, "blur_prob": 0.1},
+    "light": {
+        "rotation_deg": 3.0,
+        "translate": 0.02,
+        "scale_min": 0.95,
+        "brightness": 0.05,
+        "contrast": 0.05,
+        "gamma": 0.07,
+        "noise_std": 0.01,
+        "blur_prob": 0.05,
+    },
+    "medium": {
+        "rotation_deg": 7.0,
+        "translate": 0.05,
+        "scale_min": 0.85,
+        "brightness": 0.1,
+        "contrast": 0.1,
+        "gamma": 0.15,
+        "noise_std": 0.02,
+        "blur_prob": 0.1,
+    },
     # other scanners and sites: wider exposure, contrast and gamma ranges, more blur and noise,
     # looser framing (MedMNIST-C's corruptions, at training time)
-    "heavy": {"rotation_deg": 12.0, "translate": 0.08, "scale_min": 0.7, "brightness": 0.2,
-              "contrast": 0.25, "gamma": 0.35, "noise_std": 0.04, "blur_prob": 0.3},
-}  # fmt: skip
+    "heavy": {
+        "rotation_deg": 12.0,
+        "translate": 0.08,
+        "scale_min": 0.7,
+        "brightness": 0.2,
+        "contrast": 0.25,
+        "gamma": 0.35,
+        "noise_std": 0.04,
+        "blur_prob": 0.3,
+    },
+}
 
 
 class AugmentConfig(StrictConfig):
@@ -113,9 +143,7 @@ class AugmentConfig(StrictConfig):
     def resolved(self) -> AugmentConfig:
         """This config with every magnitude a number: the preset's where the field is None."""
         preset = AUGMENT_PRESETS[self.preset]
-        return self.model_copy(
-            update={k: v for k, v in preset.items() if getattr(self, k) is None}
-        )
+        return self.model_copy(update={k: v for k, v in preset.items() if getattr(self, k) is None})
 
 
 class ModelConfig(StrictConfig):
@@ -144,12 +172,17 @@ class TrainConfig(StrictConfig):
     focal_gamma: float = Field(2.0, ge=0.0)
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     ema_decay: float = Field(
-        0.0, ge=0.0, lt=1.0, description="weight EMA per step (e.g. 0.999); validation and the "
-        "saved weights use the averaged model; 0: off"
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="weight EMA per step (e.g. 0.999); validation and the "
+        "saved weights use the averaged model; 0: off",
     )
     swa_epochs: int = Field(
-        0, ge=0, description="SWA: average the weights of the last N epochs (BatchNorm "
-        "statistics recomputed on the training images) and save that model; 0: off"
+        0,
+        ge=0,
+        description="SWA: average the weights of the last N epochs (BatchNorm "
+        "statistics recomputed on the training images) and save that model; 0: off",
     )
     swa_lr: float | None = Field(
         None, gt=0.0, description="SWA: constant learning rate in its epochs (None: the schedule's)"
@@ -183,6 +216,9 @@ class TrainConfig(StrictConfig):
         le=1.0,
         description="progressive resizing: share of the epochs spent "
         "growing to the full size (the rest train at full size)",
+    )
+    log: Literal["none", "tensorboard", "mlflow"] = Field(
+        "none", description="also log epochs to TensorBoard (RUN/tensorboard) or MLflow"
     )
 
 

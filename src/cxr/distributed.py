@@ -44,7 +44,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from cxr.errors import ConfigError, DistributedError
+from cxr.errors import ConfigError, DataError, DistributedError
 
 T = TypeVar("T")
 
@@ -242,8 +242,10 @@ def agree(world: World, values: Mapping[str, str], what: str = "settings") -> No
             a, b = everyone[0].get(key), theirs.get(key)
             if a != b:
                 fields = _differing_fields(a, b, key)
-                problems += [f"{name} is {x!r} on rank 0 but {y!r} on rank {rank}"
-                             for name, x, y in fields[:5]]  # fmt: skip
+                problems += [
+                    f"{name} is {x!r} on rank 0 but {y!r} on rank {rank}"
+                    for name, x, y in fields[:5]
+                ]
     if problems:
         raise DistributedError(
             f"the processes of this launch disagree on their {what}: "
@@ -317,6 +319,18 @@ def share(n: int, world: World) -> slice:
     return slice(start, start + base + (1 if world.rank < extra else 0))
 
 
+def training_batches(n: int, batch_size: int) -> list[slice]:
+    """Consecutive batches over n shuffled training images, none smaller than 2: a lone last
+    image joins the batch before it, since BatchNorm cannot normalise one image (at small
+    sizes the 1x1 maps of layer4 make train-mode BatchNorm raise)."""
+    if n < 2:
+        raise DataError(f"the training split has {n} image(s): training needs at least 2")
+    bounds = list(range(0, n, batch_size)) + [n]
+    if n - bounds[-2] == 1 and len(bounds) > 2:
+        del bounds[-2]
+    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
 def sharded_batches(
     images, batch_size: int, generator: torch.Generator, world: World
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, slice]]:
@@ -328,8 +342,8 @@ def sharded_batches(
     n = len(images.table)
     order = torch.randperm(n, generator=generator).numpy()
     labels = images.table.labels
-    for start in range(0, n, batch_size):
-        index = np.sort(order[start : min(start + batch_size, n)])
+    for batch in training_batches(n, batch_size):
+        index = np.sort(order[batch])
         rows = share(len(index), world)
         x = np.zeros((len(index), *images.pixels.shape[1:]), dtype=np.uint8)
         x[rows] = images.pixels[index[rows]]

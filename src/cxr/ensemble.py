@@ -74,18 +74,23 @@ def make_ensemble(
     y = images.table.labels
     logits, _ = forward(ens.model, images.pixels, rt, progress=progress, desc="validation")
     scores = probabilities_numpy(logits, ens.task)
-    thresholds = choose_thresholds(y, scores, ens.task)
+    thresholds = choose_thresholds(y, scores, ens.task, findings=ens.findings)
     metrics = compute_metrics(y, scores, ens.findings, ens.task, thresholds)
     for member, run in zip(info["members"], runs, strict=True):
         run.model.to(rt.device)
         member_logits, _ = forward(run.model, images.pixels, rt)
         member_scores = probabilities_numpy(member_logits, run.task)
         member_metrics = compute_metrics(
-            y, member_scores, run.findings, run.task, choose_thresholds(y, member_scores, run.task)
+            y,
+            member_scores,
+            run.findings,
+            run.task,
+            choose_thresholds(y, member_scores, run.task, findings=run.findings),
         )
         member["val_mean_auroc"] = member_metrics["mean_auroc"]
         member["val_accuracy"] = member_metrics["accuracy"]
-    info["thresholds"] = {f: float(t) for f, t in zip(ens.findings, thresholds, strict=True)}
+    info["thresholds"] = {f: float(metrics["per_finding"][f]["threshold"]) for f in ens.findings}
+    info["decision"] = metrics["decision"]
     write_json(files.model_json, info)
     write_json(files.val_metrics, metrics)
     save_calibration(out, fit_calibration(out, logits, y, ens.task, ens.findings))
@@ -121,7 +126,9 @@ def _check_compatible(runs) -> None:
                 "ensemble's validation images would be some member's training images"
             )
         if run.config.data.path != first.config.data.path:
-            raise ConfigError(f"{name} was trained on {run.config.data.path!r}, "
-                              f"{first.run_dir} on {first.config.data.path!r}")  # fmt: skip
+            raise ConfigError(
+                f"{name} was trained on {run.config.data.path!r}, "
+                f"{first.run_dir} on {first.config.data.path!r}"
+            )
     if len({Path(r.run_dir).resolve() for r in runs}) != len(runs):
         raise ConfigError("a run is listed twice")

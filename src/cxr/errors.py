@@ -82,3 +82,35 @@ class DistributedError(CxrError):
 
 class StudyError(CxrError):
     """The tuning storage cannot be used, or the study does not fit this search space or split."""
+
+
+class DecisionError(ConfigError):
+    """A "decision" field that does not fit the run (wrong rule, unknown class, bad threshold)."""
+
+
+class ServerBusy(CxrError):
+    """The server cannot take this request now; the client should retry after `retry_after`."""
+
+    http_status = 503
+    code = "busy"
+
+    def __init__(self, message: str, retry_after: int = 1):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ClientGone(CxrError):
+    """The client hung up before its turn: its work is dropped, nothing is answered."""
+
+    http_status = 503
+    code = "client_gone"
+
+
+class DecodeWarning(UserWarning):
+    """The decoder made a choice the user should know about (a fallback window, a bit depth)."""
+
+
+class LeakageError(DataError):
+    """Evaluated images or patients were in the run's training or validation data."""
+
+    code = "overlaps_training_data"

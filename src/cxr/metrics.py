@@ -12,12 +12,9 @@ Conventions (shared with `cxr.data.table`):
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import (
-    average_precision_score,
-    precision_recall_curve,
-    roc_auc_score,
-    roc_curve,
-)
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+
+from cxr.decision import decision_rule, positive_index
 
 TASKS = ("multilabel", "multiclass")
 FALLBACK_THRESHOLD = 0.5
@@ -125,35 +122,82 @@ def _ties(values: np.ndarray) -> np.ndarray:
     return np.flatnonzero(values >= values.max() - 1e-12)
 
 
-def _threshold_for_column(labels: np.ndarray, scores: np.ndarray, kind: str, target) -> float:
-    if kind == "f1":
-        precision, recall, thr = precision_recall_curve(labels, scores)
-        # The last (precision, recall) pair has no threshold; F1 is 0 where both are 0.
-        p, r = precision[:-1], recall[:-1]
-        denom = p + r
-        f1 = np.divide(2 * p * r, denom, out=np.zeros_like(denom), where=denom > 0)
-        # thr increases; among ties take the highest threshold (fewest false positives).
-        return float(thr[_ties(f1)[-1]])
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-15), 1.0 - 1e-15)
+    return float(np.log(p) - np.log1p(-p))
 
+
+def _gap_middle(thr: np.ndarray, i: int) -> float:
+    """The middle of the interval of thresholds that make the same calls as thr[i].
+
+    thr holds the distinct scores, decreasing. Any t in (thr[i + 1], thr[i]] calls the same
+    cases positive; the middle is taken on the logit scale, where temperature scaling is a
+    plain division, so a calibrated threshold is the same point of the ordering as a raw one.
+    The lowest score has no gap below it and is kept as it is.
+    """
+    hi = float(thr[i])
+    if i + 1 >= len(thr):
+        return hi
+    lo = float(thr[i + 1])
+    middle = float(1.0 / (1.0 + np.exp(-0.5 * (_logit(lo) + _logit(hi)))))
+    return middle if lo < middle <= hi else hi
+
+
+def _tied_middle(thr: np.ndarray, tied: np.ndarray) -> float:
+    """The middle of the interval of thresholds at which the objective is at its maximum.
+
+    thr holds the distinct scores, decreasing; a run of tied neighbours i..j is one interval
+    (thr[j + 1], thr[i]] of thresholds with the same objective (on validation). Taking its
+    highest or lowest end puts the operating point on a validation score, as far as it can go
+    in one direction; the middle is stable under ties. With several separate tied runs the
+    widest wins. The middle is taken on the logit scale (see _gap_middle).
+    """
+    runs: list[tuple[int, int]] = []
+    for i in tied.tolist():
+        if runs and i == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], i)
+        else:
+            runs.append((i, i))
+    n = len(thr)
+
+    def bounds(run: tuple[int, int]) -> tuple[float, float | None]:
+        return float(thr[run[0]]), (float(thr[run[1] + 1]) if run[1] + 1 < n else None)
+
+    def width(run: tuple[int, int]) -> float:
+        hi, lo = bounds(run)
+        return _logit(hi) - _logit(0.0 if lo is None else lo)
+
+    hi, lo = bounds(max(runs, key=width))  # max keeps the first (highest) of equal widths
+    if lo is None:
+        return hi  # the run reaches the lowest score: every case is called positive
+    middle = float(1.0 / (1.0 + np.exp(-0.5 * (_logit(lo) + _logit(hi)))))
+    return middle if lo < middle <= hi else hi
+
+
+def _threshold_for_column(labels: np.ndarray, scores: np.ndarray, kind: str, target) -> float:
     # drop_intermediate=False: every distinct score is a candidate, so the first point that
     # reaches a sensitivity target is never dropped from a vertical run of the curve.
     fpr, tpr, thr = roc_curve(labels, scores, drop_intermediate=False)
     finite = np.isfinite(thr)  # the first point (nobody positive) has threshold inf
     fpr, tpr, thr = fpr[finite], tpr[finite], thr[finite]
+    n_pos = int(labels.sum())
+    n_neg = labels.size - n_pos
     if kind == "youden":
-        # thr decreases; among ties take the highest threshold (fewest false positives).
-        return float(thr[_ties(tpr - fpr)[0]])
+        return _tied_middle(thr, _ties(tpr - fpr))
+    if kind == "f1":
+        tp, fp = tpr * n_pos, fpr * n_neg
+        return _tied_middle(thr, _ties(2 * tp / (tp + fp + n_pos)))
     if kind == "sensitivity":
         # Highest threshold whose sensitivity reaches the target (best specificity given it).
         # tpr reaches 1.0 at the lowest score, so a point always exists.
         ok = np.flatnonzero(tpr >= target - 1e-12)
-        return float(thr[ok[0]])
+        return _gap_middle(thr, int(ok[0]))
     # specificity: specificity falls as the threshold falls, so the useful point is the lowest
     # threshold that still keeps specificity at the target (best sensitivity given it).
     ok = np.flatnonzero(1.0 - fpr >= target - 1e-12)
     if ok.size == 0:  # even the highest score lets a negative through
         return float(min(1.0, np.nextafter(scores.max(), np.inf)))
-    return float(thr[ok[-1]])
+    return _gap_middle(thr, int(ok[-1]))
 
 
 def choose_thresholds(
@@ -163,6 +207,7 @@ def choose_thresholds(
     method: str = "youden",
     *,
     return_estimable: bool = False,
+    findings: list[str] | None = None,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Per-column operating thresholds, chosen on VALIDATION data (the caller guarantees that).
 
@@ -171,8 +216,14 @@ def choose_thresholds(
         "f1"               max F1 over the precision-recall curve;
         "sensitivity:T"    highest threshold whose sensitivity is >= T (best specificity);
         "specificity:T"    lowest threshold whose specificity is >= T (best sensitivity).
-    NaN labels are masked per column. For "multiclass" each softmax column is thresholded
-    one-vs-rest. A column with no positives or no negatives gets 0.5 and is flagged.
+    Among thresholds that tie on the objective, the middle of the tied interval (logit scale)
+    is taken, never an end of it; a target method takes the middle of the gap between the
+    chosen score and the next lower one (the same calls on validation).
+    NaN labels are masked per column. For "multiclass" with two classes there is ONE threshold,
+    on the positive class (cxr.decision.positive_index of `findings`; column 1 without names),
+    and the other class gets 1 - t: the pair is cxr.decision's "binary" rule. With more classes
+    each column is thresholded one-vs-rest, for reporting (calls are the argmax).
+    A column with no positives or no negatives gets 0.5 and is flagged.
 
     Returns thresholds (K,) float64; with `return_estimable=True`, also a (K,) bool array that is
     False where the threshold is the 0.5 fallback because the column is not estimable.
@@ -182,12 +233,17 @@ def choose_thresholds(
     k = y_true.shape[1]
     thresholds = np.full(k, FALLBACK_THRESHOLD, dtype=np.float64)
     estimable = np.zeros(k, dtype=bool)
-    for j in range(k):
+    binary = task == "multiclass" and k == 2
+    positive = positive_index(findings) if binary and findings is not None else 1
+    for j in [positive] if binary else range(k):
         labels, scores = label_column(y_true, y_score, j)
         if not is_estimable(labels):
             continue
         estimable[j] = True
         thresholds[j] = _threshold_for_column(labels, scores, kind, target)
+    if binary:
+        thresholds[1 - positive] = 1.0 - thresholds[positive]
+        estimable[1 - positive] = estimable[positive]
     if return_estimable:
         return thresholds, estimable
     return thresholds
@@ -205,8 +261,7 @@ def _ratio(num: int, den: int) -> float | None:
     return float(num) / float(den) if den > 0 else None
 
 
-def _binary_summary(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
-    pred = scores >= threshold
+def _binary_summary(labels: np.ndarray, pred: np.ndarray, threshold: float) -> dict:
     pos = labels == 1
     tp = int(np.sum(pred & pos))
     fp = int(np.sum(pred & ~pos))
@@ -249,10 +304,13 @@ def compute_metrics(
     threshold_specificity_95 (None where not estimable)}}; multiclass adds "confusion_matrix"
     (K x K list, rows = true class, columns = predicted class).
 
-    Accuracy: multilabel -> mean over findings of per-finding accuracy at the thresholds (NaN
-    masked); multiclass with K == 2 -> column 1 thresholded at thresholds[1]; multiclass with
-    K > 2 -> argmax accuracy. Ratios with a zero denominator (e.g. PPV with no predicted
-    positives) are None.
+    Every call is the run's decision rule (cxr.decision, stated under "decision"): per finding
+    at its threshold (multilabel), one threshold on the positive class (two classes, the other
+    class's threshold is 1 - t), argmax (more classes: per-class sensitivity, specificity and
+    the confusion matrix are those of the argmax calls; the thresholds shown are reference).
+    Accuracy: multilabel -> mean over findings of per-finding accuracy (NaN masked);
+    multiclass -> share of images whose called class is the true one. Ratios with a zero
+    denominator (e.g. PPV with no predicted positives) are None.
     """
     y_true, y_score = check_labels_scores(y_true, y_score, task)
     n, k = y_true.shape
@@ -262,6 +320,8 @@ def compute_metrics(
     if len(set(findings)) != k:
         raise ValueError("findings must be unique names")
     thresholds = check_thresholds(thresholds, k)
+    rule = decision_rule(task, findings, thresholds)
+    calls = rule.calls(y_score)
 
     auroc: dict[str, float | None] = {}
     auprc: dict[str, float | None] = {}
@@ -271,7 +331,8 @@ def compute_metrics(
         estimable = is_estimable(labels)
         auroc[name] = float(roc_auc_score(labels, scores)) if estimable else None
         auprc[name] = float(average_precision_score(labels, scores)) if estimable else None
-        summary = _binary_summary(labels, scores, thresholds[j])
+        known = ~np.isnan(y_true[:, j])
+        summary = _binary_summary(labels, calls[known, j], rule.thresholds[j])
         summary["estimable"] = estimable
         # The two standard operating points around the chosen one: the web app shows scores
         # between them as "possible" (the borderline band) rather than a firm call.
@@ -294,15 +355,13 @@ def compute_metrics(
         out["accuracy"] = _mean_or_none([s["accuracy"] for s in per_finding.values()])
     else:
         true_class = y_true.argmax(axis=1)
-        if k == 2:
-            pred_class = (y_score[:, 1] >= thresholds[1]).astype(np.int64)
-        else:
-            pred_class = y_score.argmax(axis=1)
+        pred_class = calls.argmax(axis=1)  # exactly one call per image
         out["accuracy"] = float(np.mean(pred_class == true_class))
         matrix = np.zeros((k, k), dtype=np.int64)
         np.add.at(matrix, (true_class, pred_class), 1)
         out["confusion_matrix"] = matrix.tolist()
     out["per_finding"] = per_finding
+    out["decision"] = rule.to_json()
     return out
 
 

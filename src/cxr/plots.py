@@ -304,16 +304,27 @@ def plot_operating_points(
             fpr, tpr, _ = roc_curve(labels, scores)
             ax.plot(fpr, tpr, color="C0", lw=1.4)
             ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
-            ax.text(0.97, 0.05, f"AUROC {roc_auc_score(labels, scores):.3f}", ha="right",
-                    fontsize=8, transform=ax.transAxes)  # fmt: skip
+            ax.text(
+                0.97,
+                0.05,
+                f"AUROC {roc_auc_score(labels, scores):.3f}",
+                ha="right",
+                fontsize=8,
+                transform=ax.transAxes,
+            )
             ax.set_xlabel("1 - specificity", fontsize=8)
             ax.set_ylabel("sensitivity", fontsize=8)
         else:
             precision, recall, _ = precision_recall_curve(labels, scores)
             ax.step(recall, precision, where="post", color="C0", lw=1.4)
             ax.axhline(pos.mean(), color="grey", lw=0.8, ls=":")
-            ax.text(0.03, 0.05, f"AUPRC {average_precision_score(labels, scores):.3f}",
-                    fontsize=8, transform=ax.transAxes)  # fmt: skip
+            ax.text(
+                0.03,
+                0.05,
+                f"AUPRC {average_precision_score(labels, scores):.3f}",
+                fontsize=8,
+                transform=ax.transAxes,
+            )
             ax.set_xlabel("recall (sensitivity)", fontsize=8)
             ax.set_ylabel("precision (PPV)", fontsize=8)
         for m, (label, thresholds) in enumerate(points.items()):
@@ -324,16 +335,27 @@ def plot_operating_points(
             else:
                 x, y = sens, (np.sum(pred & pos) / np.sum(pred) if pred.any() else np.nan)
             if np.isfinite(y):
-                (handle,) = ax.plot(x, y, _POINT_MARKERS[m % len(_POINT_MARKERS)],
-                                    color=f"C{m + 1}", mec="black", ms=6)  # fmt: skip
+                (handle,) = ax.plot(
+                    x,
+                    y,
+                    _POINT_MARKERS[m % len(_POINT_MARKERS)],
+                    color=f"C{m + 1}",
+                    mec="black",
+                    ms=6,
+                )
                 handles.setdefault(label, handle)
         ax.set_xlim(-0.01, 1.01)
         ax.set_ylim(-0.01, 1.01)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
     if handles:
-        fig.legend(list(handles.values()), list(handles), loc="outside lower center",
-                   ncols=len(handles), fontsize=8)  # fmt: skip
+        fig.legend(
+            list(handles.values()),
+            list(handles),
+            loc="outside lower center",
+            ncols=len(handles),
+            fontsize=8,
+        )
     title = "ROC curves" if kind == "roc" else "Precision-recall curves (dotted: prevalence)"
     fig.suptitle(title + ", operating points chosen on validation", fontsize=10)
     return _save(fig, path)
@@ -361,8 +383,15 @@ def plot_reliability(panels: dict[str, dict], path: str | Path) -> Path:
         freq = np.array([bins["frequency"][i] for i in filled], dtype=float)
         conf = np.array([bins["confidence"][i] for i in filled], dtype=float)
         ax = fig.add_subplot(grid[0, p])
-        ax.bar(centres[filled], freq, width=width[filled], color="C0", alpha=0.35,
-               edgecolor="C0", label="observed frequency")  # fmt: skip
+        ax.bar(
+            centres[filled],
+            freq,
+            width=width[filled],
+            color="C0",
+            alpha=0.35,
+            edgecolor="C0",
+            label="observed frequency",
+        )
         ax.plot(conf, freq, "o-", color="C3", ms=4, lw=1, label="(mean predicted, observed)")
         ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=0.8, label="perfect calibration")
         ece = bins.get("ece")
@@ -405,8 +434,16 @@ def plot_subgroup_auroc(
                 continue
             low = r["low"] if r["low"] is not None else r["estimate"]
             high = r["high"] if r["high"] is not None else r["estimate"]
-            ax.errorbar(r["estimate"], y, xerr=[[r["estimate"] - low], [high - r["estimate"]]],
-                        fmt="o", color="C0", ms=4, capsize=2, lw=1)  # fmt: skip
+            ax.errorbar(
+                r["estimate"],
+                y,
+                xerr=[[r["estimate"] - low], [high - r["estimate"]]],
+                fmt="o",
+                color="C0",
+                ms=4,
+                capsize=2,
+                lw=1,
+            )
         if overall.get(name) is not None:
             ax.axvline(overall[name], color="C3", lw=0.8, ls="--")
         ax.axvline(0.5, color="grey", lw=0.6, ls=":")
@@ -416,6 +453,7 @@ def plot_subgroup_auroc(
         ax.set_title(name, fontsize=9)
         ax.tick_params(axis="x", labelsize=7)
         ax.grid(alpha=0.3, axis="x")
-    fig.suptitle("AUROC by subgroup, 95% patient-bootstrap intervals (dashed: all images)",
-                 fontsize=10)  # fmt: skip
+    fig.suptitle(
+        "AUROC by subgroup, 95% patient-bootstrap intervals (dashed: all images)", fontsize=10
+    )
     return _save(fig, path)

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from cxr.config import RunConfig
 from cxr.data.cache import CachedImages
+from cxr.distributed import training_batches
 from cxr.errors import ConfigError
 from cxr.preprocess import normalize, to_unit
 
@@ -46,8 +47,10 @@ def select_runtime(device: str = "auto", amp: str = "auto", channels_last: str =
     if dev.type not in ("cpu", "cuda"):
         raise ConfigError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device!r}: CUDA was asked for but no GPU is visible; "
-                          "use --device auto or cpu")  # fmt: skip
+        raise ConfigError(
+            f"--device {device!r}: CUDA was asked for but no GPU is visible; "
+            "use --device auto or cpu"
+        )
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise ConfigError(f"--device {device!r}: only {torch.cuda.device_count()} GPU(s) visible")
     on_gpu = dev.type == "cuda"
@@ -71,12 +74,17 @@ def autocast(rt: Runtime):
 def batches(
     images: CachedImages, batch_size: int, generator: torch.Generator | None
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(uint8 images, labels) batches; shuffled when a generator is given, in order otherwise."""
+    """(uint8 images, labels) batches; shuffled when a generator is given (training: no batch
+    smaller than 2, see `distributed.training_batches`), in order otherwise."""
     n = len(images.table)
     order = torch.randperm(n, generator=generator).numpy() if generator is not None else None
     labels = images.table.labels
-    for start in range(0, n, batch_size):
-        index = np.arange(start, min(start + batch_size, n))
+    if order is None:
+        bounds = [slice(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+    else:
+        bounds = training_batches(n, batch_size)
+    for batch in bounds:
+        index = np.arange(n)[batch]
         if order is not None:
             index = np.sort(order[index])  # sorted: sequential reads from the memory map
         x = torch.from_numpy(np.ascontiguousarray(images.pixels[index]))
@@ -134,5 +142,4 @@ def forward(
     if not logits:
         k, n_features = model.head.out_features, model.head.in_features
         return np.zeros((0, k)), np.zeros((0, n_features))
-    return (np.concatenate(logits).astype(np.float64),
-            np.concatenate(features).astype(np.float64))  # fmt: skip
+    return (np.concatenate(logits).astype(np.float64), np.concatenate(features).astype(np.float64))

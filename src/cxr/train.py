@@ -22,6 +22,7 @@ from cxr import distributed
 from cxr.augment import augment_batch, mix_batch
 from cxr.averaging import WeightAverages
 from cxr.checkpoint import (
+    CHECKPOINTS,
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
@@ -30,6 +31,7 @@ from cxr.checkpoint import (
 )
 from cxr.config import RunConfig, load_config, save_config
 from cxr.data.cache import CachedImages
+from cxr.data.leakage import HASH_FILE
 from cxr.data.prepare import PreparedData, prepare_data
 from cxr.errors import CxrError
 from cxr.losses import build_loss
@@ -39,7 +41,8 @@ from cxr.optim import Schedule, build_optimizer
 from cxr.preprocess import normalize
 from cxr.progressive import epoch_image_size, resize_batch
 from cxr.run import RunDir
-from cxr.runtime import Runtime, autocast, forward, select_runtime, to_device, to_model
+from cxr.runtime import Runtime, autocast, batches, forward, select_runtime, to_device, to_model
+from cxr.tracking import open_tracker
 
 
 def train_one_epoch(
@@ -128,7 +131,7 @@ def validation_metrics(
     else:
         scores = predict_cached(model, images, task, rt)
     y = images.table.labels
-    thresholds = choose_thresholds(y, scores, task)
+    thresholds = choose_thresholds(y, scores, task, findings=images.table.findings)
     return compute_metrics(y, scores, images.table.findings, task, thresholds), scores
 
 
@@ -187,16 +190,30 @@ def train(
         raise CxrError(
             f"{run_dir} already holds a run; pass --resume to continue it or choose another --out"
         )
+    # What can fail without reading any data fails first, before the run folder is made.
+    check_pretrained(cfg.model)
+    existed = run_dir.exists()
+    try:
+        return _train(cfg, run_dir, resume, progress, on_epoch)
+    except BaseException:
+        if not resume:
+            _discard_unfinished_run(run_dir, existed)
+        raise
+
+
+def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, on_epoch) -> TrainResult:
+    files = RunDir(run_dir)
     # Under torchrun: refuse a bad launch before any work, meet the other processes, check
     # that all run the same config; rank 0 alone writes the run folder (cxr.distributed).
     check_arch(cfg.model.arch)  # before any work: a typo must not cost a cache build
-    check_pretrained(cfg.model)  # nor missing (offline, uncached) starting weights
     world = distributed.world_from_env()
     distributed.check_launch(world, cfg.train.batch_size, cfg.train.device)
     device = distributed.device_for(world, cfg.train.device)
     created = distributed.setup(
         world, device, {"config": cfg.model_dump_json(), "torch": torch.__version__}
     )
+    # Opened first: a missing tensorboard/mlflow package fails before any work is done.
+    tracker = open_tracker(cfg.train.log, run_dir, cfg.model_dump()) if world.is_main else None
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, files.config)
@@ -207,17 +224,26 @@ def train(
         world,
         run_dir,
         lambda folder: prepare_data(
-            cfg.data, cfg.preprocess, cfg.train.cache_dir, RunDir(folder).split,
+            cfg.data,
+            cfg.preprocess,
+            cfg.train.cache_dir,
+            RunDir(folder).split,
             progress and world.is_main,
         ),
     )
     distributed.agree(world, _data_identity(data), "data")
+    if cfg.data.val_source == "auto" and data.val_source in ("official", "fraction"):
+        # config.json says which validation split "auto" chose, so a resume or a re-run agrees.
+        chosen = cfg.data.model_copy(update={"val_source": data.val_source})
+        cfg = cfg.model_copy(update={"data": chosen})
+        if world.is_main:
+            save_config(cfg, files.config)
     model = build_model(cfg.model, len(data.findings)).to(rt.device)
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)
     loss_fn = build_loss(cfg.train, data.task, data.train.table.labels)
     optimizer = build_optimizer(model, cfg.train)
-    steps = -(-len(data.train.table) // cfg.train.batch_size)
+    steps = len(distributed.training_batches(len(data.train.table), cfg.train.batch_size))
     schedule = Schedule(optimizer, cfg.train, steps)
     generator = torch.Generator().manual_seed(cfg.train.seed)
     state = {"epoch": 0, "history": [], "best": None, "best_epoch": 0, "stale": 0}
@@ -243,16 +269,29 @@ def train(
     if world.is_main:
         _print_data_summary(data)
     for epoch in range(state["epoch"] + 1, cfg.train.epochs + 1):
-        size = epoch_image_size(epoch, cfg.train.epochs, cfg.preprocess.image_size,
-                                cfg.train.progressive_start_size,
-                                cfg.train.progressive_fraction)  # fmt: skip
+        size = epoch_image_size(
+            epoch,
+            cfg.train.epochs,
+            cfg.preprocess.image_size,
+            cfg.train.progressive_start_size,
+            cfg.train.progressive_fraction,
+        )
         row = {"epoch": epoch, "image_size": size}
         row |= train_one_epoch(
-            net, data.train, loss_fn, optimizer, schedule, cfg, generator, rt,
-            desc=f"epoch {epoch}/{cfg.train.epochs}", progress=progress, world=world,
+            net,
+            data.train,
+            loss_fn,
+            optimizer,
+            schedule,
+            cfg,
+            generator,
+            rt,
+            desc=f"epoch {epoch}/{cfg.train.epochs}",
+            progress=progress,
+            world=world,
             after_step=lambda: averages.after_step(model, optimizer, epoch),  # noqa: B023
             image_size=size,
-        )  # fmt: skip
+        )
         distributed.sync_buffers(model, world)
         averages.after_epoch(model, epoch)
         scored = averages.evaluated(model)  # the EMA when on: what is validated is what is saved
@@ -284,6 +323,8 @@ def train(
                 },
             )
             _log_epoch(run_dir, state["history"])
+        if tracker is not None:
+            tracker.log_epoch(epoch, row, metrics, augmented_samples(data.train, cfg, rt, epoch))
         if on_epoch is not None:
             on_epoch(epoch, row)
         patience = cfg.train.early_stopping_patience
@@ -292,6 +333,8 @@ def train(
                 print(f"early stopping: validation AUROC has not improved for {patience} epochs")
             break
 
+    if tracker is not None:
+        tracker.close()
     result = None
     if world.is_main:
         swa = averages.swa_model(data.train, rt, cfg.train.batch_size)
@@ -308,6 +351,33 @@ def train(
     return result
 
 
+def augmented_samples(
+    images: CachedImages, cfg: RunConfig, rt: Runtime, epoch: int, n: int = 4
+) -> np.ndarray:
+    """The first n training images as augmentation shows them this epoch, float (n, 1, S, S) in
+    [0, 1], for the training log; their own generator, so training's is untouched."""
+    generator = torch.Generator().manual_seed(cfg.train.seed * 100_003 + epoch)
+    x, _ = next(batches(images, n, None))
+    with torch.no_grad():
+        x = augment_batch(to_model(x, rt), cfg.augment, generator)
+    return x.float().clamp(0, 1).cpu().numpy()
+
+
+def _discard_unfinished_run(run_dir: Path, existed: bool) -> None:
+    """After a failure before any weights were saved, remove what this run wrote (config.json,
+    split.csv, ...), and its folder if it made it and it is now empty, so that the same --out
+    can be used again. A run with a checkpoint is kept for --resume."""
+    if distributed.world_from_env().rank != 0:
+        return  # rank 0 alone writes the run folder
+    files = RunDir(run_dir)
+    if files.weights.exists() or (run_dir / CHECKPOINTS).exists():
+        return
+    for path in (files.config, files.split, files.history, run_dir / HASH_FILE):
+        path.unlink(missing_ok=True)
+    if not existed and run_dir.is_dir() and not any(run_dir.iterdir()):
+        run_dir.rmdir()
+
+
 def _data_identity(data: PreparedData) -> dict[str, str]:
     """What every rank must have read identically: the caches' keys (hashes of the files and
     the preprocessing) and the labels."""
@@ -320,9 +390,13 @@ def _data_identity(data: PreparedData) -> dict[str, str]:
 
 
 def finish_run(
-    run_dir: Path, cfg: RunConfig, data: PreparedData, state: dict, rt: Runtime,
+    run_dir: Path,
+    cfg: RunConfig,
+    data: PreparedData,
+    state: dict,
+    rt: Runtime,
     averaging: str | None = None,
-):  # fmt: skip
+):
     """Reload the best weights, choose thresholds on validation, write metrics and plots."""
     from cxr.checkpoint import load_weights
     from cxr.plots import plot_pr, plot_roc, plot_training_curves
@@ -338,7 +412,8 @@ def finish_run(
             "findings": data.findings,
             "task": data.task,
             "thresholds": dict(zip(data.findings, thresholds, strict=True)),
-            "threshold_method": "youden (validation split)",
+            "threshold_method": "youden, middle of the tied interval (validation split, float32)",
+            "decision": metrics["decision"],
             "arch": cfg.model.arch,
             "image_size": cfg.preprocess.image_size,
             "training_data": {
@@ -346,6 +421,7 @@ def finish_run(
                 "source": data.table.source,
                 "n_train": len(data.train.table),
                 "n_val": len(data.val.table),
+                "val_source": data.val_source,
             },
             "best_epoch": state["best_epoch"],
             "weight_averaging": averaging,

@@ -120,6 +120,35 @@ export interface components {
             notice: string;
         };
         /**
+         * Decision
+         * @description The one rule that makes every call of the run (cxr.decision).
+         */
+        Decision: {
+            /**
+             * Rule
+             * @enum {string}
+             */
+            rule: "per_finding" | "binary" | "argmax";
+            /** Text */
+            text: string;
+            /** Thresholds */
+            thresholds: {
+                [key: string]: number;
+            };
+            /**
+             * Positive Class
+             * @description binary: the class called at threshold
+             * @default null
+             */
+            positive_class?: string | null;
+            /**
+             * Threshold
+             * @description binary: P(positive_class) >= threshold
+             * @default null
+             */
+            threshold?: number | null;
+        };
+        /**
          * DicomHeader
          * @description Technical DICOM header fields; never an identifier.
          */
@@ -198,7 +227,7 @@ export interface components {
             threshold: number;
             /**
              * Positive
-             * @description probability >= threshold
+             * @description called by the run's decision rule (see decision)
              */
             positive: boolean;
             /**
@@ -369,6 +398,8 @@ export interface components {
              * @default null
              */
             threshold_method?: string | null;
+            /** @default null */
+            decision?: components["schemas"]["Decision"] | null;
             /** Image Size */
             image_size: number;
             /** Preprocess */
@@ -488,8 +519,17 @@ export interface components {
              * @description highest probability first
              */
             findings: components["schemas"]["Finding"][];
-            /** Top Finding */
+            /**
+             * Top Finding
+             * @description the called class of a single-label model; the most probable finding otherwise
+             */
             top_finding: string;
+            /**
+             * Decision
+             * @description the rule that made the calls, e.g. 'PNEUMONIA when P(PNEUMONIA) >= 0.43, otherwise NORMAL'
+             * @default null
+             */
+            decision?: string | null;
             image: components["schemas"]["ImageInfo"];
             /**
              * Heatmap Method

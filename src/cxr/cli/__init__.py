@@ -37,8 +37,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("interrupted: the last completed epoch is checkpointed; continue with --resume",
-              file=sys.stderr)  # fmt: skip
+        print(
+            "interrupted: the last completed epoch is checkpointed; continue with --resume",
+            file=sys.stderr,
+        )
         return 130
 
 

@@ -24,8 +24,10 @@ def run_ensemble(args: argparse.Namespace) -> int:
             f"member {member['run']} ({member['arch']}): validation mean AUROC "
             f"{_fmt(member['val_mean_auroc'])}, accuracy {_fmt(member['val_accuracy'])}"
         )
-    print("ensemble (mean of the members' logits), thresholds and temperature refitted on the "
-          "shared validation split:")  # fmt: skip
+    print(
+        "ensemble (mean of the members' logits), thresholds and temperature refitted on the "
+        "shared validation split:"
+    )
     print(format_table(metrics))
     print(f"run folder: {args.out}")
     return 0
@@ -34,11 +36,17 @@ def run_ensemble(args: argparse.Namespace) -> int:
 def adapt_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="a folder of the new site's images (no labels)")
     p.add_argument("--out", required=True, help="the adjusted run folder to create")
-    p.add_argument("--thresholds", choices=THRESHOLD_MODES, default="keep",
-                   help="keep: same sensitivity/specificity as validated (default); bayes: 0.5 "
-                   "on the adjusted probabilities")  # fmt: skip
-    p.add_argument("--labelled-data", help="labelled images of the new site: print the "
-                   "calibration before and after on them")  # fmt: skip
+    p.add_argument(
+        "--thresholds",
+        choices=THRESHOLD_MODES,
+        default="keep",
+        help="keep: same sensitivity/specificity as validated (default); bayes: 0.5 "
+        "on the adjusted probabilities",
+    )
+    p.add_argument(
+        "--labelled-data",
+        help="labelled images of the new site: print the calibration before and after on them",
+    )
     p.add_argument("--labelled-format", default="auto", help="format of --labelled-data")
 
 
@@ -56,8 +64,10 @@ def run_adapt(args: argparse.Namespace) -> int:
         print(f"{'':<10}{'NLL':>8}{'ECE':>8}{'accuracy':>10}{'AUROC':>8}")
         for name in ("before", "after"):
             row = both[name]
-            print(f"{name:<10}{row['nll']:>8.4f}{_fmt(row['ece']):>8}"
-                  f"{_fmt(row['accuracy']):>10}{_fmt(row['mean_auroc']):>8}")  # fmt: skip
+            print(
+                f"{name:<10}{row['nll']:>8.4f}{_fmt(row['ece']):>8}"
+                f"{_fmt(row['accuracy']):>10}{_fmt(row['mean_auroc']):>8}"
+            )
     print(f"run folder: {args.out} (adapt.json: priors before/after and the shift applied)")
     return 0
 
@@ -68,8 +78,16 @@ def _fmt(value: float | None) -> str:
 
 # name -> (help, arguments, run, parent parsers)
 COMMANDS = {
-    "ensemble": ("average several runs' logits into one run folder", ensemble_arguments,
-                 run_ensemble, [device_flag]),
-    "adapt": ("adjust a run to a new site's prevalence (EM on unlabelled images)",
-              adapt_arguments, run_adapt, [model_flag, device_flag]),
-}  # fmt: skip
+    "ensemble": (
+        "average several runs' logits into one run folder",
+        ensemble_arguments,
+        run_ensemble,
+        [device_flag],
+    ),
+    "adapt": (
+        "adjust a run to a new site's prevalence (EM on unlabelled images)",
+        adapt_arguments,
+        run_adapt,
+        [model_flag, device_flag],
+    ),
+}

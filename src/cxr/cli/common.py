@@ -18,6 +18,13 @@ TRAIN_FLAGS = {
     "limit": ("data", "limit", int, "use at most this many images"),
     "val_fraction": ("data", "val_fraction", float, "share of patients for validation"),
     "split_file": ("data", "split_file", str, "reuse an earlier run's split.csv"),
+    "val_source": (
+        "data",
+        "val_source",
+        str,
+        "auto|fraction|official: auto uses the data's own val split only when it "
+        "holds >= 200 images and >= 5%% of train, else splits train by --val-fraction",
+    ),
     "image_size": ("preprocess", "image_size", int, "side of the square model input"),
     "arch": ("model", "arch", str, "resnet18..resnet152|densenet121|efficientnet_b0|convnext_tiny"),
     "pretrained": ("model", "pretrained", str, "none|imagenet|PATH to weights"),
@@ -28,6 +35,7 @@ TRAIN_FLAGS = {
     "loss": ("train", "loss", str, "auto|bce|weighted_bce|focal|ce"),
     "device": ("train", "device", str, "auto|cpu|cuda|cuda:N"),
     "seed": ("train", "seed", int, None),
+    "log": ("train", "log", str, "none|tensorboard|mlflow: also log each epoch there"),
     "out": (None, "out_dir", str, "run folder to create"),
 }
 
@@ -39,8 +47,12 @@ def train_flags() -> argparse.ArgumentParser:
     for flag, (_, _, typ, help_) in TRAIN_FLAGS.items():
         p.add_argument("--" + flag.replace("_", "-"), dest=flag, type=typ, help=help_)
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images, and say which")
-    p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
-                   help="any config field, e.g. --set preprocess.clahe_clip_limit=3")  # fmt: skip
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="SECTION.FIELD=VALUE",
+        help="any config field, e.g. --set preprocess.clahe_clip_limit=3",
+    )
     return p
 
 
@@ -53,15 +65,29 @@ def model_flag() -> argparse.ArgumentParser:
 def device_flag() -> argparse.ArgumentParser:
     """The device is a property of this machine, never read from the run."""
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--device", default="auto",
-                   help="auto (a GPU when one is visible), cpu, cuda or cuda:N")  # fmt: skip
+    p.add_argument(
+        "--device", default="auto", help="auto (a GPU when one is visible), cpu, cuda or cuda:N"
+    )
     return p
 
 
 def gate_flag() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--no-ood-gate", action="store_true",
-                   help="skip the run's out-of-distribution gate")  # fmt: skip
+    p.add_argument(
+        "--no-ood-gate", action="store_true", help="skip the run's out-of-distribution gate"
+    )
+    return p
+
+
+def overlap_flag() -> argparse.ArgumentParser:
+    """--allow-overlap, for every command that scores a run on images (cxr.data.leakage)."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument(
+        "--allow-overlap",
+        action="store_true",
+        help="evaluate even images or patients the run was trained or validated on "
+        "(refused by default); the outputs then say so first",
+    )
     return p
 
 

@@ -18,15 +18,22 @@ from cxr.run import RunDir, load_run
 
 def predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("folder", help="a folder (searched recursively) or one image file")
-    p.add_argument("--backend", choices=["torch", "onnx"], default="torch",
-                   help="onnx: ONNX Runtime on RUN/model.onnx (`cxr export` first)")  # fmt: skip
+    p.add_argument(
+        "--backend",
+        choices=["torch", "onnx"],
+        default="torch",
+        help="onnx: ONNX Runtime on RUN/model.onnx (`cxr export` first)",
+    )
     p.add_argument("--out", default="predictions.csv", help="CSV to write")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.add_argument("--max-pixels", type=int, default=40_000_000)
     p.add_argument("--batch-size", type=int, default=32, help="images per model call")
-    p.add_argument("--workers", type=int, default=None,
-                   help="threads decoding and preprocessing ahead of the model "
-                        "(default: one per core)")  # fmt: skip
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="threads decoding and preprocessing ahead of the model (default: one per core)",
+    )
     decode_arguments(p)
 
 
@@ -49,9 +56,12 @@ def decode_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="read DICOM modalities other than CR/DX/DR/RG/OT (CT, MR, ...)",
     )
-    p.add_argument("--keep-identifiers", action="store_true",
-                   help="write DICOM patient name, ID, birth date and accession number to the "
-                        "output (left out by default)")  # fmt: skip
+    p.add_argument(
+        "--keep-identifiers",
+        action="store_true",
+        help="write DICOM patient name, ID, birth date and accession number to the "
+        "output (left out by default)",
+    )
 
 
 def decode_options(args: argparse.Namespace):
@@ -63,44 +73,68 @@ def decode_options(args: argparse.Namespace):
     depth = args.png_bit_depth
     try:
         return DecodeOptions(
-            max_pixels=args.max_pixels, frame=args.frame,
+            max_pixels=args.max_pixels,
+            frame=args.frame,
             png_bit_depth=depth if depth == "auto" else int(depth),
-            allow_modality=args.allow_modality, keep_identifiers=args.keep_identifiers,
-        )  # fmt: skip
+            allow_modality=args.allow_modality,
+            keep_identifiers=args.keep_identifiers,
+        )
     except (ValueError, ValidationError) as exc:
         raise ConfigError(f"--frame / --png-bit-depth: {exc}") from exc
 
 
 def run_predict(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
-    result = predict_folder(args.model, args.folder, args.out, force=args.force,
-                            max_pixels=args.max_pixels, ood_gate=not args.no_ood_gate,
-                            backend=args.backend, batch_size=args.batch_size,
-                            workers=args.workers, device=device,
-                            decode=decode_options(args))  # fmt: skip
-    print(f"{result.n_ok} image(s) predicted, {result.n_failed} could not be used, "
-          f"{result.n_skipped} file(s) skipped as not images (see the status and error "
-          f"columns); written to {result.out}")  # fmt: skip
+    result = predict_folder(
+        args.model,
+        args.folder,
+        args.out,
+        force=args.force,
+        max_pixels=args.max_pixels,
+        ood_gate=not args.no_ood_gate,
+        backend=args.backend,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=device,
+        decode=decode_options(args),
+    )
+    print(
+        f"{result.n_ok} image(s) predicted, {result.n_failed} could not be used, "
+        f"{result.n_skipped} file(s) skipped as not images (see the status and error "
+        f"columns); written to {result.out}"
+    )
     for line in result.skipped:
         print(f"  skipped {line}")
-    print(f"{result.wall_s:.1f} s from the first file to the CSV (model loading not counted): "
-          f"{result.images_per_s:.1f} images/s, {args.backend} on {device}, "
-          f"batches of {args.batch_size}")  # fmt: skip
+    print(
+        f"{result.wall_s:.1f} s from the first file to the CSV (model loading not counted): "
+        f"{result.images_per_s:.1f} images/s, {args.backend} on {device}, "
+        f"batches of {args.batch_size}"
+    )
     print(NOT_A_MEDICAL_DEVICE)
     return 0
 
 
 def explain_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("image", help="a PNG, JPEG or DICOM file")
-    p.add_argument("--finding", action="append",
-                   help="finding to explain (repeatable; default: those called positive, or "
-                   "the most probable)")  # fmt: skip
+    p.add_argument(
+        "--finding",
+        action="append",
+        help="finding to explain (repeatable; default: those called positive, or "
+        "the most probable)",
+    )
     p.add_argument("--method", default="gradcam", choices=list(METHODS))
-    p.add_argument("--layer", default="last", choices=[*LAYERS, "layer4", "layer3"],
-                   help="last (usual: S/32 cells a side) or finer (S/16, better on inputs under "
-                   "~160 px, see README); layer4/layer3 name them on a ResNet")  # fmt: skip
-    p.add_argument("--out", help="overlay PNG (with several findings: OUT_<finding>.png; "
-                   "default ./<image>_<method>_<finding>.png)")  # fmt: skip
+    p.add_argument(
+        "--layer",
+        default="last",
+        choices=[*LAYERS, "layer4", "layer3"],
+        help="last (usual: S/32 cells a side) or finer (S/16, better on inputs under "
+        "~160 px, see README); layer4/layer3 name them on a ResNet",
+    )
+    p.add_argument(
+        "--out",
+        help="overlay PNG (with several findings: OUT_<finding>.png; "
+        "default ./<image>_<method>_<finding>.png)",
+    )
     p.add_argument("--max-pixels", type=int, default=40_000_000)
     decode_arguments(p)
 
@@ -119,8 +153,9 @@ def run_explain(args: argparse.Namespace) -> int:
     prediction, features = predictor.predict_with_features(decoded.image)
     gate, note = (None, "turned off") if args.no_ood_gate else load_gate(args.model, predictor.run)
     if gate is not None:
-        result = gate.check_preprocessed(prediction.preprocessed, image=decoded.image,
-                                         raw=decoded.colour, features=features)  # fmt: skip
+        result = gate.check_preprocessed(
+            prediction.preprocessed, image=decoded.image, raw=decoded.colour, features=features
+        )
         ood = gate_verdict(result, str(path))  # raises NotAChestXray when the gate refuses
         if not ood["ok"]:
             print(f"warning: {ood['reason']}; the output below is probably meaningless")
@@ -158,29 +193,46 @@ def _overlay_path(image: Path, out: str | None, finding: str, method: str, sever
 def export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="ONNX file to write (default RUN/model.onnx; contract beside it)")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
-    p.add_argument("--int8", action="store_true",
-                   help="also write a static int8 model (model.int8.onnx) calibrated on "
-                        "the run's validation images; refused if it loses AUROC")  # fmt: skip
-    p.add_argument("--int8-format", choices=["qoperator", "qdq"], default="qoperator",
-                   help="ONNX layout of the int8 model (qoperator: faster here)")  # fmt: skip
-    p.add_argument("--int8-tolerance", type=float, default=0.003,
-                   help="largest mean validation AUROC drop accepted for --int8")  # fmt: skip
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="also write a static int8 model (model.int8.onnx) calibrated on "
+        "the run's validation images; refused if it loses AUROC",
+    )
+    p.add_argument(
+        "--int8-format",
+        choices=["qoperator", "qdq"],
+        default="qoperator",
+        help="ONNX layout of the int8 model (qoperator: faster here)",
+    )
+    p.add_argument(
+        "--int8-tolerance",
+        type=float,
+        default=0.003,
+        help="largest mean validation AUROC drop accepted for --int8",
+    )
 
 
 def run_export(args: argparse.Namespace) -> int:
     result = export_run(args.model, out=args.out, opset=args.opset)
     print(f"wrote {result.onnx_path} and its preprocessing contract {result.contract_path}")
-    print(f"onnxruntime vs PyTorch: max |logit difference| {result.max_abs_diff:.2e} on "
-          f"{result.verified_on} ({result.seconds:.1f} s)")  # fmt: skip
+    print(
+        f"onnxruntime vs PyTorch: max |logit difference| {result.max_abs_diff:.2e} on "
+        f"{result.verified_on} ({result.seconds:.1f} s)"
+    )
     if args.int8:
         q = quantize_run(args.model, result.onnx_path, args.int8_format, args.int8_tolerance)
-        print(f"wrote {q.onnx_path} ({q.quant_format}, calibrated on "
-              f"{q.calibration_images} validation images, {q.seconds:.1f} s); "
-              "validation AUROC float32 -> int8:")  # fmt: skip
+        print(
+            f"wrote {q.onnx_path} ({q.quant_format}, calibrated on "
+            f"{q.calibration_images} validation images, {q.seconds:.1f} s); "
+            "validation AUROC float32 -> int8:"
+        )
         for finding, before in q.fp32_auroc.items():
             after = q.int8_auroc[finding]
-            print(f"  {finding}: " + ("n/a" if before is None or after is None
-                                       else f"{before:.4f} -> {after:.4f}"))  # fmt: skip
+            print(
+                f"  {finding}: "
+                + ("n/a" if before is None or after is None else f"{before:.4f} -> {after:.4f}")
+            )
         print(f"  mean drop {q.mean_auroc_drop:+.4f} (limit {args.int8_tolerance:g})")
     print(NOT_A_MEDICAL_DEVICE)
     return 0
@@ -189,23 +241,39 @@ def run_export(args: argparse.Namespace) -> int:
 def serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to listen on every interface")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--backend", choices=["torch", "onnx"], default="torch",
-                   help="onnx: ONNX Runtime on RUN/model.onnx (`cxr export` first)")  # fmt: skip
+    p.add_argument(
+        "--backend",
+        choices=["torch", "onnx"],
+        default="torch",
+        help="onnx: ONNX Runtime on RUN/model.onnx (`cxr export` first)",
+    )
     p.add_argument("--threads", type=int, default=4, help="requests in model work at once")
     p.add_argument("--queue", type=int, default=16, help="requests waiting (503 past it)")
     p.add_argument("--deadline-s", type=float, default=60.0, help="a request's time to its answer")
     p.add_argument("--max-connections-per-client", type=int, default=16)
-    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
-                   help="a Host to answer besides the bound address and localhost")  # fmt: skip
+    p.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a Host to answer besides the bound address and localhost",
+    )
     p.add_argument("--token-file", help="require the bearer token in this file (API routes)")
     p.add_argument("--save-uploads-max-mb", type=float, default=1024.0)
     p.add_argument("--log-level", choices=["debug", "info", "warning"], default="info")
     p.add_argument("--max-upload-mb", type=float, default=32.0, help="largest image file")
     p.add_argument("--max-batch-mb", type=float, default=128.0, help="largest batch request")
-    p.add_argument("--max-pixels", type=int, default=40_000_000,
-                   help="larger images are refused before decoding")  # fmt: skip
-    p.add_argument("--save-uploads", metavar="DIR",
-                   help="keep a copy of each upload here (default: memory only)")  # fmt: skip
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=40_000_000,
+        help="larger images are refused before decoding",
+    )
+    p.add_argument(
+        "--save-uploads",
+        metavar="DIR",
+        help="keep a copy of each upload here (default: memory only)",
+    )
     p.add_argument("--web-dir", help="built front end to serve (default: web/dist)")
     p.add_argument(
         "--allow-modality",
@@ -225,29 +293,54 @@ def run_serve(args: argparse.Namespace) -> int:
         raise ConfigError(f"--port {args.port}: expected a port number from 1 to 65535")
     cfg = serve_config(
         {
-            "model": args.model, "device": resolve_device(args.device),
-            "max_upload_mb": args.max_upload_mb, "max_batch_mb": args.max_batch_mb,
-            "max_pixels": args.max_pixels, "save_uploads": args.save_uploads,
-            "web_dir": args.web_dir, "ood_gate": not args.no_ood_gate, "backend": args.backend,
-            "workers": args.threads, "queue": args.queue, "deadline_s": args.deadline_s,
+            "model": args.model,
+            "device": resolve_device(args.device),
+            "max_upload_mb": args.max_upload_mb,
+            "max_batch_mb": args.max_batch_mb,
+            "max_pixels": args.max_pixels,
+            "save_uploads": args.save_uploads,
+            "web_dir": args.web_dir,
+            "ood_gate": not args.no_ood_gate,
+            "backend": args.backend,
+            "workers": args.threads,
+            "queue": args.queue,
+            "deadline_s": args.deadline_s,
             "allowed_hosts": (*default_allowed_hosts(args.host), *args.allowed_host),
-            "token_file": args.token_file, "save_uploads_max_mb": args.save_uploads_max_mb,
+            "token_file": args.token_file,
+            "save_uploads_max_mb": args.save_uploads_max_mb,
             "allow_modality": args.allow_modality,
         }
-    )  # fmt: skip
-    run_server(cfg, host=args.host, port=args.port, log_level=args.log_level,
-               per_client_connections=args.max_connections_per_client)  # fmt: skip
+    )
+    run_server(
+        cfg,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        per_client_connections=args.max_connections_per_client,
+    )
     return 0
 
 
 def ood_fit_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--action", default="warn", choices=["warn", "refuse"],
-                   help="what predictions do with an input that fails the gate")  # fmt: skip
-    p.add_argument("--percentile", type=float, default=99.5,
-                   help="of held-out training distances, for the thresholds")  # fmt: skip
+    p.add_argument(
+        "--action",
+        default="warn",
+        choices=["warn", "refuse"],
+        help="what predictions do with an input that fails the gate",
+    )
+    p.add_argument(
+        "--percentile",
+        type=float,
+        default=99.5,
+        help="of held-out training distances, for the thresholds",
+    )
     p.add_argument("--limit", type=int, default=2000, help="at most this many training images")
-    p.add_argument("--check-limit", type=int, default=500,
-                   help="validation images checked after fitting (false refusals)")  # fmt: skip
+    p.add_argument(
+        "--check-limit",
+        type=int,
+        default=500,
+        help="validation images checked after fitting (false refusals)",
+    )
 
 
 def run_ood_fit(args: argparse.Namespace) -> int:
@@ -258,28 +351,54 @@ def run_ood_fit(args: argparse.Namespace) -> int:
     run = load_run(args.model, resolve_device(args.device))
     gate = fit_ood_gate_for_run(run, config, limit=args.limit)
     lim, info = gate.limits, gate.info
-    print(f"OOD gate fitted on {info['n_fit']} training images, thresholds at the "
-          f"{config.percentile}th percentile of {info['n_calibration']} held-out ones: "
-          f"feature distance <= {lim['feature_max']:.3g}, layout distance <= "
-          f"{lim['layout_max']:.3g}, midline >= {lim['midline_min']:.3g}")  # fmt: skip
+    print(
+        f"OOD gate fitted on {info['n_fit']} training images, thresholds at the "
+        f"{config.percentile}th percentile of {info['n_calibration']} held-out ones: "
+        f"feature distance <= {lim['feature_max']:.3g}, layout distance <= "
+        f"{lim['layout_max']:.3g}, midline >= {lim['midline_min']:.3g}"
+    )
     val = flag_rate(gate, iter_split_images(run, "val", limit=args.check_limit))
     if val["n"]:
-        print(f"validation images flagged (false refusals if set to refuse): {val['flagged']} of "
-              f"{val['n']} ({100 * val['rate']:.1f}%), by check {val['by_check']}")  # fmt: skip
-    print(f"written to {RunDir(args.model).ood_gate}; inputs that fail will be "
-          f"{'refused' if config.action == 'refuse' else 'flagged with a warning'}")  # fmt: skip
+        print(
+            f"validation images flagged (false refusals if set to refuse): {val['flagged']} of "
+            f"{val['n']} ({100 * val['rate']:.1f}%), by check {val['by_check']}"
+        )
+    print(
+        f"written to {RunDir(args.model).ood_gate}; inputs that fail will be "
+        f"{'refused' if config.action == 'refuse' else 'flagged with a warning'}"
+    )
     return 0
 
 
 COMMANDS = {
-    "predict": ("predict every image in a folder into a CSV", predict_arguments, run_predict,
-                [model_flag, device_flag, gate_flag]),
-    "explain": ("predict one image and write Grad-CAM overlay PNGs", explain_arguments,
-                run_explain, [model_flag, device_flag, gate_flag]),
-    "export": ("write the run's model as ONNX + its preprocessing contract", export_arguments,
-               run_export, [model_flag]),
-    "serve": ("the web app and JSON API for a trained run (waitress)", serve_arguments,
-              run_serve, [model_flag, device_flag, gate_flag]),
-    "ood-fit": ("fit the out-of-distribution gate on a run's training images (written into the "
-                "run folder)", ood_fit_arguments, run_ood_fit, [model_flag, device_flag]),
-}  # fmt: skip
+    "predict": (
+        "predict every image in a folder into a CSV",
+        predict_arguments,
+        run_predict,
+        [model_flag, device_flag, gate_flag],
+    ),
+    "explain": (
+        "predict one image and write Grad-CAM overlay PNGs",
+        explain_arguments,
+        run_explain,
+        [model_flag, device_flag, gate_flag],
+    ),
+    "export": (
+        "write the run's model as ONNX + its preprocessing contract",
+        export_arguments,
+        run_export,
+        [model_flag],
+    ),
+    "serve": (
+        "the web app and JSON API for a trained run (waitress)",
+        serve_arguments,
+        run_serve,
+        [model_flag, device_flag, gate_flag],
+    ),
+    "ood-fit": (
+        "fit the out-of-distribution gate on a run's training images (written into the run folder)",
+        ood_fit_arguments,
+        run_ood_fit,
+        [model_flag, device_flag],
+    ),
+}

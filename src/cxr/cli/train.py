@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from cxr import NOT_A_MEDICAL_DEVICE
-from cxr.cli.common import build_config, train_flags
+from cxr.cli.common import build_config, overlap_flag, train_flags
 from cxr.config import DataConfig, RunConfig, config_from_dict
 from cxr.data.synthetic import write_synthetic_dataset
 from cxr.errors import CxrError
@@ -41,15 +41,23 @@ def run_train(args: argparse.Namespace) -> int:
 def tune_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--space", help="search space YAML (default: configs/search_space.yaml)")
     p.add_argument("--study", default="cxr", help="study name: workers with one name share it")
-    p.add_argument("--storage", help="sqlite:///FILE (default OUT/study.db), postgresql://..., "
-                   "mysql+pymysql://... or journal:FILE")  # fmt: skip
-    p.add_argument("--n-trials", type=int, default=20,
-                   help="finished trials the study should hold (all workers together)")  # fmt: skip
+    p.add_argument(
+        "--storage",
+        help="sqlite:///FILE (default OUT/study.db), postgresql://..., "
+        "mysql+pymysql://... or journal:FILE",
+    )
+    p.add_argument(
+        "--n-trials",
+        type=int,
+        default=20,
+        help="finished trials the study should hold (all workers together)",
+    )
     p.add_argument("--timeout", type=float, help="seconds after which no new trial starts")
     p.add_argument("--sampler", help="tpe|random (overrides the space)")
     p.add_argument("--pruner", help="hyperband|median|asha|none (overrides the space)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue a study even if its search space changed")  # fmt: skip
+    p.add_argument(
+        "--resume", action="store_true", help="continue a study even if its search space changed"
+    )
     p.add_argument("--test-data", help="after the search, evaluate the best run on these images")
     p.add_argument("--test-format", default="auto", help="format of --test-data")
 
@@ -60,18 +68,34 @@ def run_tune(args: argparse.Namespace) -> int:
     space = load_search_space(args.space).override(args.epochs, args.sampler, args.pruner)
     test = DataConfig(path=args.test_data, format=args.test_format) if args.test_data else None
     try:
-        result = run_study(base, space, args.study, args.storage, args.n_trials, args.timeout,
-                           resume=args.resume, test_data=test)  # fmt: skip
+        result = run_study(
+            base,
+            space,
+            args.study,
+            args.storage,
+            args.n_trials,
+            args.timeout,
+            resume=args.resume,
+            test_data=test,
+            allow_overlap=args.allow_overlap,
+        )
     except KeyboardInterrupt:
-        print("interrupted: the running trial is marked failed; run the same command again to "
-              "resume the study", file=sys.stderr)  # fmt: skip
+        print(
+            "interrupted: the running trial is marked failed; run the same command again to "
+            "resume the study",
+            file=sys.stderr,
+        )
         return 130
     c = result.counts
-    print(f"study {result.study_name}: {c['complete']} complete, {c['pruned']} pruned, "
-          f"{c['failed']} failed trials, {result.epochs} epochs in all")  # fmt: skip
+    print(
+        f"study {result.study_name}: {c['complete']} complete, {c['pruned']} pruned, "
+        f"{c['failed']} failed trials, {result.epochs} epochs in all"
+    )
     if result.best_trial is not None:
-        print(f"best: trial {result.best_trial}, validation mean AUROC {result.best_value:.4f}, "
-              f"{json.dumps(result.best_params)}")  # fmt: skip
+        print(
+            f"best: trial {result.best_trial}, validation mean AUROC {result.best_value:.4f}, "
+            f"{json.dumps(result.best_params)}"
+        )
         print(f"best config: {result.best_config} (cxr train --config {result.best_config})")
     if result.best_run is not None:
         print(f"best run (kept): {result.best_run}")
@@ -97,14 +121,22 @@ def run_demo(args: argparse.Namespace) -> int:
     print("cxr demo: SYNTHETIC chest-radiograph phantoms (not real patients), no download needed.")
     cfg = config_from_dict(
         {
-            "data": {"path": "synthetic", "format": "synthetic", "synthetic_count": args.n,
-                     "test_fraction": 0.2},
+            "data": {
+                "path": "synthetic",
+                "format": "synthetic",
+                "synthetic_count": args.n,
+                "test_fraction": 0.2,
+            },
             "preprocess": {"image_size": 96},
-            "train": {"epochs": args.epochs, "batch_size": 32, "lr": 2e-3,
-                      "early_stopping_patience": 0},
+            "train": {
+                "epochs": args.epochs,
+                "batch_size": 32,
+                "lr": 2e-3,
+                "early_stopping_patience": 0,
+            },
             "out_dir": str(out),
         }
-    )  # fmt: skip
+    )
     result = train(cfg)
     print("validation (synthetic):")
     print(format_table(result.val_metrics))
@@ -133,10 +165,22 @@ def run_synth(args: argparse.Namespace) -> int:
 # name -> (help, arguments, run, parent parsers)
 COMMANDS = {
     "train": ("train a model; writes a run folder", train_arguments, run_train, [train_flags]),
-    "tune": ("hyperparameter search with Optuna (one or many workers)", tune_arguments, run_tune,
-             [train_flags]),
-    "demo": ("the whole job on synthetic phantoms, offline, in minutes", demo_arguments, run_demo,
-             []),
-    "synth": ("write synthetic phantoms (with lesion masks) to a folder", synth_arguments,
-              run_synth, []),
-}  # fmt: skip
+    "tune": (
+        "hyperparameter search with Optuna (one or many workers)",
+        tune_arguments,
+        run_tune,
+        [train_flags, overlap_flag],
+    ),
+    "demo": (
+        "the whole job on synthetic phantoms, offline, in minutes",
+        demo_arguments,
+        run_demo,
+        [],
+    ),
+    "synth": (
+        "write synthetic phantoms (with lesion masks) to a folder",
+        synth_arguments,
+        run_synth,
+        [],
+    ),
+}

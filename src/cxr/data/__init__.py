@@ -14,12 +14,22 @@ import pandas as pd
 from cxr.config import DataConfig
 from cxr.data.chexpert import read_chexpert
 from cxr.data.folder import read_folder
+from cxr.data.image_io import DecodeOptions, decode_bytes, decode_image, read_image
 from cxr.data.medmnist import is_medmnist_flag, read_medmnist
 from cxr.data.nih import CSV_NAMES, read_nih
 from cxr.data.table import ImageTable, load_image
 from cxr.errors import DataError
 
-__all__ = ["ImageTable", "detect_format", "load_image", "read_table"]
+__all__ = [
+    "DecodeOptions",
+    "ImageTable",
+    "decode_bytes",
+    "decode_image",
+    "detect_format",
+    "load_image",
+    "read_image",
+    "read_table",
+]
 
 
 def read_table(cfg: DataConfig) -> ImageTable:

@@ -10,10 +10,15 @@ from __future__ import annotations
 # Cross-sectional and other non-radiograph modalities: a chest X-ray model's scores on them are
 # meaningless (an axial CT slice scored "Consolidation 88%"), so they are refused.
 REFUSED_MODALITIES = {
-    "CT": "a CT slice", "MR": "an MR image", "US": "an ultrasound image", "NM": "a nuclear "
-    "medicine image", "PT": "a PET image", "XA": "an angiogram", "MG": "a mammogram",
+    "CT": "a CT slice",
+    "MR": "an MR image",
+    "US": "an ultrasound image",
+    "NM": "a nuclear medicine image",
+    "PT": "a PET image",
+    "XA": "an angiogram",
+    "MG": "a mammogram",
     "OT": None,  # "other": often a secondary capture of a radiograph; warned, not refused
-}  # fmt: skip
+}
 CHEST_PARTS = {"CHEST", "THORAX", "LUNG", "LUNGS", "TORSO", ""}
 
 _FIELDS = {

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cxr.data.png_info import PNG_SIGNATURE, read_png_info
 from cxr.data.sniff import DICOM_EXTENSIONS, IMAGE_EXTENSIONS, sniff_bytes
-from cxr.errors import DataError, TooLarge
+from cxr.errors import DataError, DecodeWarning, TooLarge
 
 __all__ = [
     "DICOM_EXTENSIONS",
@@ -41,10 +41,6 @@ _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601, as cv
 BLANK_RANGE = 1.0 / 255.0
 _COLOUR_SAMPLE = 256  # colour copies for the colour check are at most this wide
 PngBitDepth = Union[Literal["auto"], int]  # noqa: UP007 - pydantic on Python 3.10
-
-
-class DecodeWarning(UserWarning):
-    """The decoder made a choice the user should know about (a fallback window, a bit depth)."""
 
 
 class DecodeOptions(BaseModel):
@@ -129,9 +125,13 @@ def read_image_bytes(
         from cxr.data.dicom import decode_dicom
 
         dicom = decode_dicom(
-            data, name, opts.max_pixels, frame=opts.frame,
-            allow_modality=opts.allow_modality, keep_identifiers=opts.keep_identifiers,
-        )  # fmt: skip
+            data,
+            name,
+            opts.max_pixels,
+            frame=opts.frame,
+            allow_modality=opts.allow_modality,
+            keep_identifiers=opts.keep_identifiers,
+        )
         colour = None if dicom.colour is None else _shrink(dicom.colour)
         decoded = DecodedImage(dicom.image, "dicom", dicom.warnings, dicom.meta, colour)
     else:

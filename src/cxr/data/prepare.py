@@ -9,8 +9,12 @@ import numpy as np
 
 from cxr.config import DataConfig, PreprocessConfig
 from cxr.data.cache import CachedImages, build_cache
+from cxr.data.leakage import HASH_FILE, pixel_hashes, write_image_hashes
 from cxr.data.splits import (
     check_patient_disjoint,
+    choose_val_source,
+    describe_split,
+    describe_val_source,
     patient_level_split,
     read_split_file,
     write_split_file,
@@ -27,6 +31,7 @@ class PreparedData:
     assignment: list[str]  # split per image of `table`
     train: CachedImages
     val: CachedImages
+    val_source: str = "split file"  # "official", "fraction", or "split file" (data.split_file)
 
     @property
     def findings(self) -> list[str]:
@@ -66,10 +71,15 @@ def prepare_data(
     table = resolve_table(data, cache_dir, progress)
     if data.split_file:
         assignment = read_split_file(data.split_file, table)
+        val_source = "split file"
+        print(f"validation: the split file {data.split_file}")
     else:
+        val_source = choose_val_source(table, data.val_source)
         assignment = patient_level_split(
-            table, data.val_fraction, data.test_fraction, seed=data.split_seed
+            table, data.val_fraction, data.test_fraction, data.split_seed, val_source
         )
+        print(f"validation: {describe_val_source(table, val_source, data.val_fraction)}")
+        print(describe_split(table, assignment))
     check_patient_disjoint(table, assignment)
     write_split_file(split_path, table, assignment)
 
@@ -81,4 +91,11 @@ def prepare_data(
             table.subset(index), preprocess, cache_dir, skip_bad=data.skip_bad, progress=progress
         )
 
-    return PreparedData(table, assignment, cached("train"), cached("val"))
+    train, val = cached("train"), cached("val")
+    # Content hashes of what was trained and validated on, for the leak guard of every later
+    # evaluation (cxr.data.leakage): taken from the cache now, never decoded again.
+    write_image_hashes(
+        split_path.with_name(HASH_FILE),
+        {s: (c.table.keys, pixel_hashes(c.pixels)) for s, c in (("train", train), ("val", val))},
+    )
+    return PreparedData(table, assignment, train, val, val_source)

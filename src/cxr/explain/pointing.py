@@ -125,8 +125,11 @@ def pointing_game(
     out = {"finding": finding, "method": method, "layer": layer, "n_images": len(areas)}
     for prefix, rows in scores.items():
         mean = np.mean(rows, axis=0)
-        out |= {f"{prefix}hit_rate": float(mean[0]), f"{prefix}mass_inside": float(mean[1]),
-                f"{prefix}side_rate": float(mean[2])}  # fmt: skip
+        out |= {
+            f"{prefix}hit_rate": float(mean[0]),
+            f"{prefix}mass_inside": float(mean[1]),
+            f"{prefix}side_rate": float(mean[2]),
+        }
     out |= {"mask_area": float(np.mean(areas)), "tolerance_px": int(np.median(radii)), "grid": grid}
     return out
 

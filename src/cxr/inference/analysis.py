@@ -104,12 +104,16 @@ class Analyser:
     def findings(self) -> list[str]:
         return self.predictor.findings
 
-    def heatmap_findings(self, spec: str | None, probs: dict[str, float], positive: set[str]):
-        """Which findings get a heatmap: see HEATMAP_CHOICES, or comma-separated names."""
+    def heatmap_findings(
+        self, spec: str | None, probs: dict[str, float], positive: set[str], top: str | None = None
+    ):
+        """Which findings get a heatmap: see HEATMAP_CHOICES, or comma-separated names. `top`:
+        the prediction's top finding (a single-label run's called class), else the most
+        probable."""
         spec = (spec or "auto").strip()
         if len(spec) > HEATMAP_SPEC_CHARS:
             raise BadRequest(f"heatmaps= is {len(spec)} characters; at most {HEATMAP_SPEC_CHARS}")
-        top = max(probs, key=probs.get)
+        top = top or max(probs, key=probs.get)
         if spec == "none":
             return []
         if spec == "all":
@@ -167,8 +171,9 @@ class Analyser:
         if layer not in HEATMAP_LAYERS:
             raise BadRequest(f"heatmap_layer={layer!r}: expected one of {list(HEATMAP_LAYERS)}")
         layer = HEATMAP_LAYERS[layer]
-        decoded = decode_upload(data, name, self.cfg.max_pixels,
-                                DecodeOptions(allow_modality=self.cfg.allow_modality))  # fmt: skip
+        decoded = decode_upload(
+            data, name, self.cfg.max_pixels, DecodeOptions(allow_modality=self.cfg.allow_modality)
+        )
         # the header's doubts, then the decoder's choices (e.g. a fallback window)
         warnings_ = [decoded.caution] if decoded.caution else []
         warnings_ += decoded.warnings
@@ -187,7 +192,7 @@ class Analyser:
         answer["findings"] = [grade(f, self.bands[f["finding"]]) for f in answer["findings"]]
         probs = {f["finding"]: f["probability"] for f in answer["findings"]}
         positive = {f["finding"] for f in answer["findings"] if f["positive"]}
-        wanted = self.heatmap_findings(heatmaps, probs, positive)
+        wanted = self.heatmap_findings(heatmaps, probs, positive, prediction.top_finding)
 
         maps = {}
         if wanted:
@@ -205,7 +210,7 @@ class Analyser:
         small = display_size((h, w), min(HEATMAP_SIZE, self.cfg.display_size))
         answer.update(
             file=name,
-            top_finding=answer["findings"][0]["finding"],
+            top_finding=prediction.top_finding,
             image={
                 "width": w,
                 "height": h,

@@ -26,6 +26,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from cxr.config import PreprocessConfig, RunConfig
+from cxr.decision import DecisionRule, rule_from_json
 from cxr.errors import ConfigError
 from cxr.models import probabilities_numpy
 from cxr.preprocess import MEAN, STD
@@ -63,6 +64,14 @@ class EngineInfo:
     model_info: dict = field(default_factory=dict)  # model.json (plus calibration fields)
 
     @property
+    def decision(self) -> DecisionRule:
+        """The run's one decision rule (model.json's or calibration.json's "decision" field;
+        derived from task and thresholds for runs written before it existed)."""
+        return rule_from_json(
+            self.model_info.get("decision"), self.task, self.findings, self.thresholds
+        )
+
+    @property
     def preprocess(self) -> PreprocessConfig:
         return self.config.preprocess
 
@@ -85,8 +94,17 @@ def engine_info(run: LoadedRun) -> EngineInfo:
     """The EngineInfo of a loaded run (cxr.run.LoadedRun, perhaps only in memory), with
     the run folder's calibration.json applied when it fits these weights."""
     thresholds = np.asarray(run.thresholds, dtype=np.float64)
-    return _calibrated(EngineInfo(Path(run.run_dir), run.config, list(run.findings), run.task,
-                                  thresholds, 1.0, dict(run.info)))  # fmt: skip
+    return _calibrated(
+        EngineInfo(
+            Path(run.run_dir),
+            run.config,
+            list(run.findings),
+            run.task,
+            thresholds,
+            1.0,
+            dict(run.info),
+        )
+    )
 
 
 def _calibrated(info: EngineInfo) -> EngineInfo:
@@ -101,12 +119,16 @@ def _calibrated(info: EngineInfo) -> EngineInfo:
         info,
         thresholds=calibration.threshold_array(info.findings),
         temperature=float(calibration.temperature),
-        model_info=info.model_info | {
+        model_info=info.model_info
+        | {
             "calibration": calibration.method,
             "temperature": float(calibration.temperature),
             "threshold_method": calibration.threshold_method,
+            # the calibrated rule; an older calibration.json has none: derived from its
+            # thresholds, never model.json's rule on the uncalibrated scale
+            "decision": calibration.decision,
         },
-    )  # fmt: skip
+    )
 
 
 def normalise_numpy(pixels: np.ndarray) -> np.ndarray:
@@ -220,8 +242,13 @@ class OnnxEngine(_Engine):
 
     backend = "onnx"
 
-    def __init__(self, info: EngineInfo, onnx_path: str | Path, device: str = "cpu",
-                 threads: int | None = None):  # fmt: skip
+    def __init__(
+        self,
+        info: EngineInfo,
+        onnx_path: str | Path,
+        device: str = "cpu",
+        threads: int | None = None,
+    ):
         import onnxruntime as ort
 
         super().__init__(info)

@@ -35,7 +35,7 @@ class Prepared:
 class FileResult:
     path: Path
     probabilities: np.ndarray | None  # (K,) calibrated; None when the file failed
-    positive: np.ndarray | None  # (K,) probabilities >= thresholds
+    positive: np.ndarray | None  # (K,) the calls of the run's decision rule
     error: str | None
     extra: dict
     decode_s: float = 0.0
@@ -86,8 +86,9 @@ def predict_files(
     prepare = prepare or default_preparer(engine.info.preprocess)
     workers = workers or cpu_cores()
     ahead = 2 * batch_size + workers
-    bar = tqdm(total=len(files), desc=f"predict ({engine.backend})", unit="img",
-               disable=not progress)  # fmt: skip
+    bar = tqdm(
+        total=len(files), desc=f"predict ({engine.backend})", unit="img", disable=not progress
+    )
 
     def safe(path: Path) -> Prepared | str:
         try:
@@ -131,7 +132,7 @@ def _run_batch(engine: InferenceEngine, batch: list, screen=None) -> Iterator[Fi
             refused = {id(r): why for r, why in zip(ok, verdicts, strict=True) if why}
         model_s = (time.perf_counter() - tick) / len(ok)
     row = 0
-    thresholds = engine.info.thresholds
+    rule = engine.info.decision  # the run's one decision rule (cxr.decision)
     for path, result in batch:
         if isinstance(result, str):
             yield FileResult(path, None, None, result, {})
@@ -139,11 +140,27 @@ def _run_batch(engine: InferenceEngine, batch: list, screen=None) -> Iterator[Fi
         p = probs[row]
         row += 1
         if id(result) in refused:
-            yield FileResult(path, None, None, refused[id(result)], result.extra,
-                             result.decode_s, result.preprocess_s, model_s)  # fmt: skip
+            yield FileResult(
+                path,
+                None,
+                None,
+                refused[id(result)],
+                result.extra,
+                result.decode_s,
+                result.preprocess_s,
+                model_s,
+            )
         else:
-            yield FileResult(path, p, p >= thresholds, None, result.extra,
-                             result.decode_s, result.preprocess_s, model_s)  # fmt: skip
+            yield FileResult(
+                path,
+                p,
+                rule.calls(p),
+                None,
+                result.extra,
+                result.decode_s,
+                result.preprocess_s,
+                model_s,
+            )
 
 
 def _stack(images: list[np.ndarray], engine: InferenceEngine) -> np.ndarray:

@@ -12,8 +12,9 @@ from cxr.inference.backends import EngineInfo
 from cxr.preprocess import MEAN, PIPELINE_VERSION, STD
 
 CONTRACT_FORMAT = "cxr-onnx-contract"
-CONTRACT_VERSION = 2  # 2: the "features" output; version 1 exports (logits only) still load
-CONTRACT_VERSIONS = (1, 2)
+# 2: the "features" output; 3: "decision" and "temperature". Versions 1 and 2 still load.
+CONTRACT_VERSION = 3
+CONTRACT_VERSIONS = (1, 2, 3)
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
 FEATURES_NAME = "features"
@@ -32,8 +33,9 @@ def check_contract(info: EngineInfo, onnx_path: Path) -> dict:
     contract_path = onnx_path.with_name(onnx_path.name + ".json")
     hint = f"re-export with `cxr export --model {info.run_dir}`"
     if not onnx_path.is_file():
-        raise CxrError(f"{onnx_path}: no ONNX model; create it with `cxr export --model "
-                       f"{info.run_dir}`")  # fmt: skip
+        raise CxrError(
+            f"{onnx_path}: no ONNX model; create it with `cxr export --model {info.run_dir}`"
+        )
     if not contract_path.is_file():
         raise CxrError(f"{contract_path}: the ONNX model has no preprocessing contract; {hint}")
     try:
@@ -41,8 +43,10 @@ def check_contract(info: EngineInfo, onnx_path: Path) -> dict:
         if contract.get("format") != CONTRACT_FORMAT:
             raise ValueError(f"format is {contract.get('format')!r}, not {CONTRACT_FORMAT!r}")
         if contract.get("version") not in CONTRACT_VERSIONS:
-            raise ValueError(f"version {contract.get('version')!r}, expected one of "
-                             f"{', '.join(map(str, CONTRACT_VERSIONS))}")  # fmt: skip
+            raise ValueError(
+                f"version {contract.get('version')!r}, expected one of "
+                f"{', '.join(map(str, CONTRACT_VERSIONS))}"
+            )
     except (OSError, ValueError, AttributeError) as exc:
         raise CxrError(f"{contract_path}: not a cxr ONNX contract ({exc}); {hint}") from None
 
@@ -67,14 +71,22 @@ def check_contract(info: EngineInfo, onnx_path: Path) -> dict:
     for key, value in (("findings", info.findings), ("task", info.task)):
         if contract.get(key) != value:
             problems.append(f"{key} is {contract.get(key)!r} in the contract, {value!r} here")
+    if "decision" in contract and contract["decision"] != info.decision.to_json():
+        problems.append(
+            f"its decision rule ({(contract['decision'] or {}).get('text')!r}) is not the run's "
+            f"({info.decision.describe()!r}; calibration.json changed after export?)"
+        )
     if contract.get("model_sha256") != file_sha256(info.run_dir / "model.safetensors"):
         problems.append("it was exported from other weights than the run's model.safetensors")
     if contract.get("onnx_sha256") != file_sha256(onnx_path):
         problems.append(f"{onnx_path.name} was changed after export (sha256 differs)")
     problems += _graph_problems(onnx_path, info)
     if problems:
-        raise CxrError(f"{onnx_path} does not match the run {info.run_dir}: "
-                       + "; ".join(problems) + f"; {hint}")  # fmt: skip
+        raise CxrError(
+            f"{onnx_path} does not match the run {info.run_dir}: "
+            + "; ".join(problems)
+            + f"; {hint}"
+        )
     return contract
 
 
@@ -91,8 +103,10 @@ def _graph_problems(onnx_path: Path, info: EngineInfo) -> list[str]:
         return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
 
     if len(graph.input) != 1 or len(graph.output) not in (1, 2):
-        return [f"the graph has {len(graph.input)} inputs and {len(graph.output)} outputs, "
-                "expected one image input, logits and perhaps features"]  # fmt: skip
+        return [
+            f"the graph has {len(graph.input)} inputs and {len(graph.output)} outputs, "
+            "expected one image input, logits and perhaps features"
+        ]
     s, k = info.image_size, len(info.findings)
     problems = []
     shape = dims(graph.input[0])
@@ -105,8 +119,9 @@ def _graph_problems(onnx_path: Path, info: EngineInfo) -> list[str]:
     if len(out) != 2 or out[1] != k:
         problems.append(f"its output shape is {_show(out)} but the run has {k} findings")
     if len(graph.output) == 2 and len(dims(graph.output[1])) != 2:
-        problems.append(f"its features output has shape {_show(dims(graph.output[1]))}, "
-                        "expected (batch, F)")  # fmt: skip
+        problems.append(
+            f"its features output has shape {_show(dims(graph.output[1]))}, expected (batch, F)"
+        )
     return problems
 
 

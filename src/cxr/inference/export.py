@@ -54,6 +54,7 @@ VERIFY_TOLERANCE = 1e-4  # max |logit difference|; float32 reorderings give ~1e-
 _VERIFY_IMAGES = 8
 _EXAMPLE_BATCH = 2  # torch.export specialises a dimension traced at size 1, so trace at 2
 
+
 @dataclass
 class ExportResult:
     onnx_path: Path
@@ -166,8 +167,13 @@ def build_contract(
     """What a consumer needs to feed the ONNX graph exactly what the model was validated on."""
     import onnxruntime as ort
 
+    from cxr.inference.backends import engine_info
+
     size = run.config.preprocess.image_size
-    thresholds = {f: float(t) for f, t in zip(run.findings, run.thresholds, strict=True)}
+    # The rule every call is made by, on the scale the probabilities are given in (calibrated
+    # when calibration.json fits these weights): one field a consumer reads, "decision".
+    info = engine_info(run)
+    decision = info.decision.to_json()
     return {
         "format": CONTRACT_FORMAT,
         "version": CONTRACT_VERSION,
@@ -210,8 +216,10 @@ def build_contract(
         ),
         "findings": list(run.findings),
         "task": run.task,
-        "thresholds": thresholds,
-        "threshold_method": run.info.get("threshold_method", "validation split"),
+        "temperature": float(info.temperature),
+        "decision": decision,
+        "thresholds": decision["thresholds"],
+        "threshold_method": info.model_info.get("threshold_method", "validation split"),
         "verification": {
             "max_abs_logit_difference": diff,  # logits and features alike
             "tolerance": VERIFY_TOLERANCE,

@@ -110,12 +110,18 @@ def predict_folder(
     checks = _Checks(predictor, gate, note, max_pixels, decode)
     root = Path(folder) if Path(folder).is_dir() else Path(folder).parent
     findings = predictor.findings
+    rule = predictor.engine.info.decision  # top_finding never contradicts the calls
     rows, n_ok, total = [], 0, 0.0
     start = time.perf_counter()
     results = predict_files(
-        predictor.engine, files, batch_size=batch_size, workers=workers,
-        prepare=_preparer(checks), screen=_screen(checks), progress=progress,
-    )  # fmt: skip
+        predictor.engine,
+        files,
+        batch_size=batch_size,
+        workers=workers,
+        prepare=_preparer(checks),
+        screen=_screen(checks),
+        progress=progress,
+    )
     for r in results:
         row = {"file": r.path.relative_to(root).as_posix()}
         row |= r.extra.get("identifiers") or {}
@@ -130,7 +136,7 @@ def predict_folder(
         total += seconds
         row |= {
             "status": "ok",
-            "top_finding": findings[int(np.argmax(r.probabilities))],
+            "top_finding": findings[int(rule.top(r.probabilities)[0])],
             "seconds": round(seconds, 5),
             "warning": r.extra.get("warning", ""),
         }
@@ -139,12 +145,20 @@ def predict_folder(
             row[f"{f}_positive"] = int(pos)
         rows.append(row)
     for path, reason in not_images:
-        rows.append({"file": path.relative_to(root).as_posix(), "status": "skipped",
-                     "error": reason})  # fmt: skip
+        rows.append(
+            {"file": path.relative_to(root).as_posix(), "status": "skipped", "error": reason}
+        )
     _write_csv(out, csv_columns(findings, decode.keep_identifiers), rows)
     skipped = [f"{p.relative_to(root).as_posix()}: {why}" for p, why in not_images]
-    return FolderResult(out, n_ok, len(rows) - n_ok - len(skipped), total,
-                        time.perf_counter() - start, len(skipped), skipped)  # fmt: skip
+    return FolderResult(
+        out,
+        n_ok,
+        len(rows) - n_ok - len(skipped),
+        total,
+        time.perf_counter() - start,
+        len(skipped),
+        skipped,
+    )
 
 
 @dataclass
@@ -185,6 +199,7 @@ def _screen(serve: _Checks):
     """The run's OOD gate on a whole batch, as the API words it: a refusal becomes the file's
     error, a warning goes into its row. The gate's features come from the forward pass that gave
     the probabilities (PyTorch, or ONNX exports with a features output); else it runs its own."""
+
     def screen(batch: list, features: np.ndarray | None) -> list[str | None]:
         if serve.gate is None:
             for item in batch:

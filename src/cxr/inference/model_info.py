@@ -56,15 +56,17 @@ def _calibration(run_dir: Path) -> dict | None:
         return None
     if found is None:
         return None
-    keep = ("temperature", "ece_before", "ece_after", "n_images", "fitted_on", "method",
-            "threshold_method", "thresholds")  # fmt: skip
+    keep = (
+        "temperature",
+        "ece_before",
+        "ece_after",
+        "n_images",
+        "fitted_on",
+        "method",
+        "threshold_method",
+        "thresholds",
+    )
     return {k: getattr(found, k) for k in keep if hasattr(found, k)}
-
-
-def _thresholds(predictor) -> dict[str, float]:
-    """The thresholds the Predictor's calls use (the engine's: calibrated when the run is)."""
-    values = predictor.engine.info.thresholds
-    return {f: float(t) for f, t in zip(predictor.findings, values, strict=True)}
 
 
 def _without_paths(value, key: str = ""):
@@ -88,7 +90,8 @@ def model_info(run_dir: Path, predictor, gate, gate_note: str) -> dict:
     n_train = data.get("n_train")
     trained_on = f"{n_train} images from {source}" if n_train else f"images from {source}"
     calibration = _calibration(run_dir)
-    thresholds = _thresholds(predictor)
+    decision = predictor.engine.info.decision.to_json()  # the rule every call here uses
+    thresholds = decision["thresholds"]  # the engine's (calibrated when the run is)
     return {
         "name": run_dir.name,
         "version": __version__,
@@ -97,6 +100,7 @@ def model_info(run_dir: Path, predictor, gate, gate_note: str) -> dict:
         "findings": list(run.findings),
         "thresholds": thresholds,
         "threshold_method": info.get("threshold_method", "chosen on the validation split"),
+        "decision": decision,
         "image_size": run.config.preprocess.image_size,
         "preprocess": run.config.preprocess.model_dump(),
         "training_data": data,

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from cxr import NOT_A_MEDICAL_DEVICE
+from cxr.decision import DecisionRule
 from cxr.errors import ConfigError
 from cxr.inference.backends import (
     BACKENDS,
@@ -39,10 +40,20 @@ class Prediction:
     preprocessed: np.ndarray  # (S, S) uint8: what the model saw
     geometry: Geometry  # to map model-space heatmaps back onto the original image
     seconds: float
+    decision: DecisionRule | None = None  # the run's rule; None: per finding at thresholds
 
     @property
     def positive(self) -> np.ndarray:
-        return self.probabilities >= self.thresholds
+        if self.decision is None:
+            return self.probabilities >= self.thresholds
+        return self.decision.calls(self.probabilities)
+
+    @property
+    def top_finding(self) -> str:
+        """The called class of a single-label run; the most probable finding otherwise."""
+        if self.decision is None:
+            return self.findings[int(np.argmax(self.probabilities))]
+        return self.findings[int(self.decision.top(self.probabilities)[0])]
 
     def as_dict(self) -> dict:
         order = np.argsort(-self.probabilities)
@@ -56,6 +67,8 @@ class Prediction:
                 }
                 for i in order
             ],
+            "top_finding": self.top_finding,
+            "decision": self.decision.to_json()["text"] if self.decision is not None else None,
             "seconds": self.seconds,
             "notice": NOT_A_MEDICAL_DEVICE,
         }
@@ -106,9 +119,14 @@ class Predictor:
         pixels, geometry = self.prepare(image)
         probs, features = self.engine.predict_with_features(pixels[None])
         prediction = Prediction(
-            self.findings, probs[0].astype(np.float64), self.run.thresholds, pixels, geometry,
+            self.findings,
+            probs[0].astype(np.float64),
+            self.run.thresholds,
+            pixels,
+            geometry,
             time.perf_counter() - start,
-        )  # fmt: skip
+            self.engine.info.decision,
+        )
         return prediction, features
 
 

@@ -100,8 +100,9 @@ def validation_images(run_dir: str | Path, progress: bool = False):
             f"{run_dir}: none of the validation images named in split.csv can be found at "
             f"{cfg.data.path}; int8 calibration and its accuracy check need them"
         )
-    return build_cache(table, cfg.preprocess, cfg.train.cache_dir, cfg.data.skip_bad,
-                       progress=progress)  # fmt: skip
+    return build_cache(
+        table, cfg.preprocess, cfg.train.cache_dir, cfg.data.skip_bad, progress=progress
+    )
 
 
 def quantize_run(
@@ -125,8 +126,9 @@ def quantize_run(
 
     start = time.perf_counter()
     if quant_format not in QUANT_FORMATS:
-        raise CxrError(f"int8 format must be one of {', '.join(QUANT_FORMATS)}, "
-                       f"got {quant_format!r}")  # fmt: skip
+        raise CxrError(
+            f"int8 format must be one of {', '.join(QUANT_FORMATS)}, got {quant_format!r}"
+        )
     if not tolerance >= 0:
         raise CxrError(f"int8 AUROC tolerance must be >= 0, got {tolerance}")
     run_dir = Path(run_dir)
@@ -143,8 +145,10 @@ def quantize_run(
     size = info.image_size
     shape_ok = calibration.ndim == 3 and calibration.shape[1:] == (size, size)
     if calibration.dtype != np.uint8 or not shape_ok or not calibration.size:
-        raise CxrError(f"calibration images must be uint8 (N >= 1, {size}, {size}), "
-                       f"got {calibration.dtype} {calibration.shape}")  # fmt: skip
+        raise CxrError(
+            f"calibration images must be uint8 (N >= 1, {size}, {size}), "
+            f"got {calibration.dtype} {calibration.shape}"
+        )
 
     out = int8_path(fp32_path)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".int8-") as tmp:
@@ -156,8 +160,9 @@ def quantize_run(
         int8_auroc = _auroc(labels, int8_scores, info)
         drop = _mean(fp32_auroc) - _mean(int8_auroc)
         if not drop <= tolerance:  # also refuses NaN
-            per = ", ".join(f"{f} {_show(fp32_auroc[f])} -> {_show(int8_auroc[f])}"
-                            for f in info.findings)  # fmt: skip
+            per = ", ".join(
+                f"{f} {_show(fp32_auroc[f])} -> {_show(int8_auroc[f])}" for f in info.findings
+            )
             raise CxrError(
                 f"int8 export of {run_dir} refused: mean validation AUROC drops by {drop:.4f} "
                 f"(> {tolerance:g}) on {len(pixels)} images ({per}); nothing was written. "
@@ -184,8 +189,16 @@ def quantize_run(
         },
     }
     write_json(contract_path, int8_contract)
-    return Int8Result(out, contract_path, quant_format, int(len(calibration)), fp32_auroc,
-                      int8_auroc, drop, time.perf_counter() - start)  # fmt: skip
+    return Int8Result(
+        out,
+        contract_path,
+        quant_format,
+        int(len(calibration)),
+        fp32_auroc,
+        int8_auroc,
+        drop,
+        time.perf_counter() - start,
+    )
 
 
 def int8_path(fp32_path: str | Path) -> Path:

@@ -21,5 +21,6 @@ class EfficientNet(Classifier):
         return {"last": self.features[-1], "finer": self.features[5]}
 
 
-register("efficientnet_b0", tvm.efficientnet_b0, tvm.EfficientNet_B0_Weights.IMAGENET1K_V1,
-         EfficientNet)  # fmt: skip
+register(
+    "efficientnet_b0", tvm.efficientnet_b0, tvm.EfficientNet_B0_Weights.IMAGENET1K_V1, EfficientNet
+)

@@ -59,8 +59,9 @@ class EnsembleClassifier(Classifier):
 def build_ensemble(cfg: ModelConfig, num_outputs: int) -> EnsembleClassifier:
     """Untrained members of the architectures in cfg.members (weights come from the run file)."""
     if len(cfg.members) < 2:
-        raise ConfigError(f"model.members: an ensemble needs at least 2 architectures, got "
-                          f"{cfg.members}")  # fmt: skip
+        raise ConfigError(
+            f"model.members: an ensemble needs at least 2 architectures, got {cfg.members}"
+        )
     if ENSEMBLE in cfg.members:
         raise ConfigError("model.members: an ensemble cannot contain an ensemble")
     members = [build_model(ModelConfig(arch=arch), num_outputs) for arch in cfg.members]

@@ -75,8 +75,9 @@ ARCHITECTURES: dict[str, Architecture] = {}
 COMPOSITES: dict[str, Callable[[ModelConfig, int], Classifier]] = {}
 
 
-def register(name: str, build: Callable[..., nn.Module], weights: WeightsEnum,
-             adapter: type[Classifier]) -> None:  # fmt: skip
+def register(
+    name: str, build: Callable[..., nn.Module], weights: WeightsEnum, adapter: type[Classifier]
+) -> None:
     ARCHITECTURES[name] = Architecture(name, build, weights, adapter)
 
 
@@ -135,8 +136,14 @@ def _grey_stem(model: nn.Module) -> None:
     if not convs:  # pragma: no cover - every registered backbone starts with a convolution
         raise ConfigError(f"{type(model).__name__} has no convolution")
     name, conv = convs[0]
-    grey = nn.Conv2d(1, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                     bias=conv.bias is not None)  # fmt: skip
+    grey = nn.Conv2d(
+        1,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        bias=conv.bias is not None,
+    )
     with torch.no_grad():
         grey.weight.copy_(conv.weight.sum(dim=1, keepdim=True))
         if conv.bias is not None:

@@ -258,16 +258,18 @@ class OodGate:
         raws = list(raws) if raws is not None else [None] * n
         contrasts = list(contrasts) if contrasts is not None else [None] * n
         if len(contrasts) != n or len(raws) != n:
-            raise ValueError(f"{n} images need {n} raws and contrasts, got {len(raws)} and "
-                             f"{len(contrasts)}")  # fmt: skip
+            raise ValueError(
+                f"{n} images need {n} raws and contrasts, got {len(raws)} and {len(contrasts)}"
+            )
         if n == 0:
             return []
         layout = self.layout.distance(thumbnails(batch, self.config.thumbnail))
         if features is None:
             features = penultimate_features(self.run.model, batch)
         elif np.shape(features) != (n, self.features.mean.shape[0]):
-            raise ValueError(f"features must be ({n}, {self.features.mean.shape[0]}), "
-                             f"got {np.shape(features)}")  # fmt: skip
+            raise ValueError(
+                f"features must be ({n}, {self.features.mean.shape[0]}), got {np.shape(features)}"
+            )
         features = self.features.distance(np.asarray(features, dtype=np.float64))
         return [
             self._verdict(batch[i], contrasts[i], raws[i], float(layout[i]), float(features[i]))
@@ -332,8 +334,9 @@ class OodGate:
             "layout_mean": self.layout.mean,
             "layout_precision": self.layout.precision,
         }
-        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()},
-                  str(run_dir / TENSORS_FILE))  # fmt: skip
+        save_file(
+            {k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(run_dir / TENSORS_FILE)
+        )
         payload = {
             "version": GATE_VERSION,
             "config": self.config.model_dump(),
@@ -372,8 +375,10 @@ class OodGate:
         except (ValueError, KeyError, TypeError, ValidationError) as exc:
             raise ConfigError(f"{path}: not a valid gate file: {exc}") from None
         if payload.get("version") != GATE_VERSION:
-            raise ConfigError(f"{path}: gate version {payload.get('version')}, expected "
-                              f"{GATE_VERSION}: refit with `cxr ood-fit`")  # fmt: skip
+            raise ConfigError(
+                f"{path}: gate version {payload.get('version')}, expected "
+                f"{GATE_VERSION}: refit with `cxr ood-fit`"
+            )
         run = run or load_run(run_dir)
         features = Mahalanobis(tensors["feature_mean"], tensors["feature_precision"])
         layout = Mahalanobis(tensors["layout_mean"], tensors["layout_precision"])

@@ -24,8 +24,11 @@ def colour_photo(rng: np.random.Generator, h: int = 240, w: int = 320) -> np.nda
     cv2.circle(img, sun, int(0.07 * w), (250, 220, 60), -1, cv2.LINE_AA)
     x0, y0 = int(rng.uniform(0.1, 0.5) * w), int(0.45 * h)
     cv2.rectangle(img, (x0, y0), (x0 + w // 5, y0 + h // 4), (180, 40, 40), -1)
-    cv2.fillPoly(img, [np.array([(x0 - 10, y0), (x0 + w // 10, y0 - h // 8),
-                                 (x0 + w // 5 + 10, y0)])], (120, 60, 30))  # fmt: skip
+    cv2.fillPoly(
+        img,
+        [np.array([(x0 - 10, y0), (x0 + w // 10, y0 - h // 8), (x0 + w // 5 + 10, y0)])],
+        (120, 60, 30),
+    )
     img = cv2.GaussianBlur(img, (0, 0), 1.0)
     return np.clip(img + rng.normal(0, 4, img.shape), 0, 255).astype(np.uint8)
 

@@ -42,8 +42,6 @@ class ScoredImages:
     keys: list[str]
 
 
-
-
 def known_mask(labels: np.ndarray, j: int) -> np.ndarray:
     """Images whose label for finding j is known (NaN marks an unknown label)."""
     return ~np.isnan(labels[:, j])

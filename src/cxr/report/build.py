@@ -35,11 +35,11 @@ from cxr.calibration import (
     validation_images,
 )
 from cxr.config import DataConfig
-from cxr.data.cache import build_cache
 from cxr.data.prepare import resolve_table
 from cxr.data.splits import SPLITS
+from cxr.decision import decision_rule
 from cxr.errors import CxrError, DataError
-from cxr.metrics import choose_thresholds
+from cxr.metrics import choose_thresholds, compute_metrics
 from cxr.report.analysis import (
     OPERATING_POINTS,
     RATES,
@@ -79,7 +79,7 @@ def analyse(
     thresholds, from_val = {}, {}
     for m in OPERATING_POINTS:
         thresholds[m], from_val[m] = choose_thresholds(
-            val.labels, val_probs, task, m, return_estimable=True
+            val.labels, val_probs, task, m, return_estimable=True, findings=findings
         )
     probs = apply_temperature(test.logits, task, temperature)
     raw = apply_temperature(test.logits, task, 1.0)
@@ -136,6 +136,13 @@ def analyse(
         "thresholds": {
             m: dict(zip(findings, map(float, t), strict=True)) for m, t in thresholds.items()
         },
+        # The calls of predict/serve: the run's rule at the Youden point (cxr.decision); the
+        # other operating points are the same rule at other thresholds (two classes: one
+        # threshold on the positive class, the other class at 1 - t; more: reference only).
+        "decision": decision_rule(task, findings, thresholds["youden"]).to_json(),
+        # accuracy and per-finding rates of the calls predict/serve make (for more than two
+        # classes these are the argmax's, not the one-vs-rest operating points above)
+        "at_decision_rule": _at_rule(test.labels, probs, findings, task, thresholds["youden"]),
         "calibration": {
             "temperature": float(temperature),
             "ece_before": before["ece"],
@@ -148,6 +155,13 @@ def analyse(
     }
     arrays = {"probs": probs, "raw": raw, "thresholds": thresholds}
     return results, arrays
+
+
+def _at_rule(labels, probs, findings: list[str], task: str, thresholds) -> dict:
+    metrics = compute_metrics(labels, probs, findings, task, thresholds)
+    keep = ("sensitivity", "specificity", "ppv", "npv", "confusion")
+    per_finding = {f: {k: v[k] for k in keep} for f, v in metrics["per_finding"].items()}
+    return {"accuracy": metrics["accuracy"], "per_finding": per_finding}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,8 +267,13 @@ def _calibration(run: LoadedRun, val: ScoredImages):
 def _method(calibration, origin: str, n_boot: int, seed: int) -> dict:
     """How the numbers were made: bootstrap, operating points, threshold scale, calibration."""
     return {
-        "bootstrap": {"n_boot": n_boot, "alpha": 0.05, "seed": seed, "unit": "patient",
-                      "interval": "percentile"},
+        "bootstrap": {
+            "n_boot": n_boot,
+            "alpha": 0.05,
+            "seed": seed,
+            "unit": "patient",
+            "interval": "percentile",
+        },
         "operating_points": OPERATING_POINTS,
         "thresholds_scale": "calibrated: thresholds chosen on temperature-scaled validation "
         "probabilities and compared with temperature-scaled probabilities, as cxr predict "
@@ -268,19 +287,24 @@ def _method(calibration, origin: str, n_boot: int, seed: int) -> dict:
             "validation_ece_before": calibration.ece_before,
             "validation_ece_after": calibration.ece_after,
         },
-    }  # fmt: skip
+    }
 
 
-def _measure_tta(
-    run: LoadedRun, images, test, rt, temperature, n_boot, seed, progress
-) -> dict:
+def _measure_tta(run: LoadedRun, images, test, rt, temperature, n_boot, seed, progress) -> dict:
     views = [
-        forward(run.model, images.pixels, rt, transform=tta_transform(angle, zoom),
-                progress=progress, desc=f"TTA {name}")[0]
+        forward(
+            run.model,
+            images.pixels,
+            rt,
+            transform=tta_transform(angle, zoom),
+            progress=progress,
+            desc=f"TTA {name}",
+        )[0]
         for name, angle, zoom in TTA_VIEWS
-    ]  # fmt: skip
-    return tta_analysis(run.findings, run.task, test, np.mean(views, axis=0), temperature,
-                        n_boot, seed)  # fmt: skip
+    ]
+    return tta_analysis(
+        run.findings, run.task, test, np.mean(views, axis=0), temperature, n_boot, seed
+    )
 
 
 def build_report(
@@ -294,21 +318,27 @@ def build_report(
     gallery: bool = True,
     progress: bool = True,
     device: str = "auto",
+    allow_overlap: bool = False,
 ) -> dict:
-    """Write report.html, report.json and the figures to out_dir (default RUN/report)."""
+    """Write report.html, report.json and the figures to out_dir (default RUN/report).
+
+    Images or patients the run was trained or validated on are refused (cxr.data.leakage)
+    unless allow_overlap, and then the JSON's first key and the HTML's first line say so.
+    """
+    from cxr.evaluate import data_for_run, guarded_cache
+
     if n_boot < 10:
         raise CxrError(f"--bootstrap must be at least 10 resamples, got {n_boot}")
     run_dir = Path(run_dir)
     rt = select_runtime(device)
     run = load_run(run_dir, rt.device)
+    data = data_for_run(run.config, data)
     out_dir = Path(out_dir) if out_dir is not None else run.files.report
 
     table = resolve_table(data, run.config.train.cache_dir, progress)
     _check_findings(table, run, data.path)
     table, split, warnings = select_split(table, run_dir, split, data.path)
-    images = build_cache(
-        table, run.config.preprocess, run.config.train.cache_dir, data.skip_bad, progress=progress
-    )
+    images, overlap = guarded_cache(table, run, data.skip_bad, allow_overlap, progress)
     val_images = validation_images(run, progress)
     val = _scored(
         val_images,
@@ -330,6 +360,7 @@ def build_report(
             "validation images now (different validation images?); the report uses the latter."
         )
     report = {
+        "leakage": overlap.as_dict(),
         "title": f"Evaluation of {run_dir.name}",
         "notice": NOT_A_MEDICAL_DEVICE,
         "created": dt.datetime.now().isoformat(timespec="seconds"),
@@ -350,8 +381,9 @@ def build_report(
         run.findings, test, arrays["probs"], n_boot, seed, progress
     )
     if tta:
-        report["tta"] = _measure_tta(run, images, test, rt, calibration.temperature, n_boot, seed,
-                                     progress)  # fmt: skip
+        report["tta"] = _measure_tta(
+            run, images, test, rt, calibration.temperature, n_boot, seed, progress
+        )
     kind = source_kind(run.config.data)
     report["model_card"] = model_card(run, data, kind)
     report["model_card"]["limitations"] = limitations(report)

@@ -38,7 +38,6 @@ def render_html(report: dict, figures: dict, gallery: list[dict]) -> str:
     import jinja2
     from markupsafe import Markup
 
-
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     env.filters["num"] = _fmt
     env.filters["ci"] = lambda x, d=3: Markup(_ci(x, d))  # numbers only: safe
@@ -90,6 +89,8 @@ figcaption{font-size:.85em;color:#4a5568}
 nav a{margin-right:12px}
 </style></head>
 <body><main>
+{% if r.leakage and r.leakage.warning %}<p class="warn" id="leakage"><strong>{{ r.leakage.warning
+}}</strong></p>{% endif %}
 <p class="notice" id="notice">{{ r.notice }}</p>
 <h1>{{ r.title }}</h1>
 <div class="wide"><table class="meta">

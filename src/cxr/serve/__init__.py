@@ -38,8 +38,9 @@ _CSP = (
 class InMemoryRequest(Request):
     """Uploads are held in memory: Werkzeug would spool files over 500 KB to a temporary file."""
 
-    def _get_file_stream(self, total_content_length, content_type, filename=None,
-                         content_length=None):  # fmt: skip
+    def _get_file_stream(
+        self, total_content_length, content_type, filename=None, content_length=None
+    ):
         return io.BytesIO()
 
 

@@ -12,10 +12,10 @@ from flask import Blueprint, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from cxr import NOT_A_MEDICAL_DEVICE, __version__
-from cxr.errors import BadRequest, CxrError, UploadTooLarge
+from cxr.errors import BadRequest, ClientGone, CxrError, UploadTooLarge
 from cxr.inference.analysis import Analyser
 from cxr.serve.openapi import openapi_spec
-from cxr.serve.queue import ClientGone, ModelQueue
+from cxr.serve.queue import ModelQueue
 from cxr.serve.saved_uploads import UploadFolder
 
 api = Blueprint("api", __name__)

@@ -71,6 +71,7 @@ _IMAGE_BODY = {
     },
 }
 
+
 def _query(name: str, description: str, schema: dict) -> dict:
     return {
         "name": name,

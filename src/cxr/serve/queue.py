@@ -15,28 +15,10 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from cxr.errors import CxrError
+from cxr.errors import ClientGone, ServerBusy
 
 SPARE_THREADS = 4  # for health, model info, OpenAPI and static files; never model work
 _POLL_S = 0.25  # how often a waiting request checks that its client is still there
-
-
-class ServerBusy(CxrError):
-    """The server cannot take this request now; the client should retry after `retry_after`."""
-
-    http_status = 503
-    code = "busy"
-
-    def __init__(self, message: str, retry_after: int = 1):
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class ClientGone(CxrError):
-    """The client hung up before its turn: its work is dropped, nothing is answered."""
-
-    http_status = 503
-    code = "client_gone"
 
 
 class ModelQueue:

@@ -100,6 +100,16 @@ class OodGateInfo(_Shape):
     note: str
 
 
+class Decision(_Shape):
+    """The one rule that makes every call of the run (cxr.decision)."""
+
+    rule: Literal["per_finding", "binary", "argmax"]
+    text: str
+    thresholds: dict[str, float]
+    positive_class: str | None = Field(None, description="binary: the class called at threshold")
+    threshold: float | None = Field(None, description="binary: P(positive_class) >= threshold")
+
+
 class ModelInfo(_Shape):
     name: str
     version: str
@@ -108,6 +118,7 @@ class ModelInfo(_Shape):
     findings: list[str] = Field(min_length=1)
     thresholds: dict[str, float]
     threshold_method: str | None = None
+    decision: Decision | None = None
     image_size: int
     preprocess: dict[str, Any]
     training_data: TrainingData
@@ -129,7 +140,7 @@ class Finding(_Shape):
     finding: str
     probability: float = Field(ge=0, le=1)
     threshold: float
-    positive: bool = Field(description="probability >= threshold")
+    positive: bool = Field(description="called by the run's decision rule (see decision)")
     call: Literal["positive", "possible", "negative"] | None = Field(
         None, description="possible: inside the borderline band (see band)"
     )
@@ -170,7 +181,14 @@ class DicomHeader(_Shape):
 class Prediction(_Shape):
     file: str
     findings: list[Finding] = Field(description="highest probability first")
-    top_finding: str
+    top_finding: str = Field(
+        description="the called class of a single-label model; the most probable finding otherwise"
+    )
+    decision: str | None = Field(
+        None,
+        description="the rule that made the calls, e.g. 'PNEUMONIA when P(PNEUMONIA) >= 0.43, "
+        "otherwise NORMAL'",
+    )
     image: ImageInfo
     heatmap_method: Literal["gradcam"] | None = None
     heatmap_layer: Literal["last", "finer"] | None = None

@@ -120,8 +120,10 @@ class SearchSpace:
                     )
                 if kept != p.choices:
                     dropped = [c for c in p.choices if c not in kept]
-                    print(f"search space: train.loss {dropped} left out: they do not fit a {task} "
-                          "task")  # fmt: skip
+                    print(
+                        f"search space: train.loss {dropped} left out: they do not fit a {task} "
+                        "task"
+                    )
                 p = replace(p, choices=kept)
             params.append(p)
         return replace(self, params=tuple(params))
@@ -145,11 +147,14 @@ class SearchSpace:
             "epochs": self.epochs,
             "min_epochs": self.min_epochs,
             "sampler": {"name": self.sampler, "startup_trials": self.startup_trials},
-            "pruner": {"name": self.pruner, "reduction_factor": self.reduction_factor,
-                       "startup_trials": self.pruner_startup_trials},
+            "pruner": {
+                "name": self.pruner,
+                "reduction_factor": self.reduction_factor,
+                "startup_trials": self.pruner_startup_trials,
+            },
             "fixed": dict(self.fixed),
             "params": {p.name: p.to_dict() for p in self.params},
-        }  # fmt: skip
+        }
 
 
 def build_sampler(space: SearchSpace, seed: int | None = None) -> optuna.samplers.BaseSampler:
@@ -163,9 +168,12 @@ def build_sampler(space: SearchSpace, seed: int | None = None) -> optuna.sampler
         # (the SGD trials' momentum apart from the Adam trials). constant_liar: workers sampling
         # at once avoid the region a running trial already covers.
         return optuna.samplers.TPESampler(
-            seed=seed, n_startup_trials=space.startup_trials, multivariate=True, group=True,
+            seed=seed,
+            n_startup_trials=space.startup_trials,
+            multivariate=True,
+            group=True,
             constant_liar=True,
-        )  # fmt: skip
+        )
 
 
 def build_pruner(space: SearchSpace) -> optuna.pruners.BasePruner:
@@ -174,7 +182,7 @@ def build_pruner(space: SearchSpace) -> optuna.pruners.BasePruner:
             min_resource=space.min_epochs,
             max_resource=space.epochs,
             reduction_factor=space.reduction_factor,
-        ),  # fmt: skip
+        ),
         "asha": lambda: optuna.pruners.SuccessiveHalvingPruner(
             min_resource=space.min_epochs, reduction_factor=space.reduction_factor
         ),
@@ -240,7 +248,7 @@ def search_space_from_dict(raw: Any, source: str = "search space") -> SearchSpac
         pruner=pruner_name,
         reduction_factor=_int(
             pruner.get("reduction_factor", 3), f"{source}: pruner.reduction_factor", low=2
-        ),  # fmt: skip
+        ),
         pruner_startup_trials=_int(
             pruner.get("startup_trials", 3), f"{source}: pruner.startup_trials"
         ),

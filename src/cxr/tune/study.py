@@ -31,9 +31,11 @@ from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
 from cxr.config import DataConfig, RunConfig
+from cxr.data.leakage import check_overlap, find_overlap
 from cxr.data.prepare import resolve_table
 from cxr.data.splits import (
     check_patient_disjoint,
+    describe_split,
     patient_level_split,
     read_split_file,
     write_split_file,
@@ -68,9 +70,13 @@ def run_study(
     test_data: DataConfig | None = None,
     progress: bool = True,
     grace_s: float = GRACE_S,
+    allow_overlap: bool = False,
 ) -> TuneResult:
     """Run trials until the study holds n_trials finished ones (all workers together) or
-    `timeout` seconds have passed, then write the report. base.out_dir is the study folder."""
+    `timeout` seconds have passed, then write the report. base.out_dir is the study folder.
+
+    test_data overlapping the study's train/val images is refused before any trial (by patient
+    and name; identical pixels after the search), unless allow_overlap (cxr.data.leakage)."""
     if n_trials is not None and n_trials < 0:
         raise StudyError(f"--n-trials must be >= 0, got {n_trials}")
     study_dir = Path(base.out_dir)
@@ -78,6 +84,12 @@ def run_study(
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # we print one line per trial instead
     store = open_storage(storage, study_dir)
     split_file, split_sha, task = shared_split(base, study_dir, progress)
+    if test_data is not None and not allow_overlap:
+        from cxr.evaluate import data_for_run
+
+        test_data = data_for_run(base, test_data)
+        test_table = resolve_table(test_data, base.train.cache_dir, progress)
+        check_overlap(find_overlap(test_table, split_file), False, "tune and then evaluate")
     space = space.for_task(task)
     _note_searched_fields(base, space)
     study = open_study(space, study_name, store, resume, split_sha, study_dir)
@@ -86,8 +98,14 @@ def run_study(
     objective = _Objective(base, space, study_dir, split_file)
     deadline = None if timeout is None else time.monotonic() + timeout
     counts = trial_counts(study)
-    bar = tqdm(total=n_trials, initial=_finished(counts, n_trials), unit="trial",
-               desc=f"study {study_name}", disable=not progress, dynamic_ncols=True)  # fmt: skip
+    bar = tqdm(
+        total=n_trials,
+        initial=_finished(counts, n_trials),
+        unit="trial",
+        desc=f"study {study_name}",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     objective.bar = bar
     failures = 0
     try:
@@ -116,7 +134,7 @@ def run_study(
     finally:
         bar.close()
 
-    return write_report(study, space, base, test_data, progress)
+    return write_report(study, space, base, test_data, progress, allow_overlap)
 
 
 def _note_searched_fields(base: RunConfig, space: SearchSpace) -> None:
@@ -125,8 +143,10 @@ def _note_searched_fields(base: RunConfig, space: SearchSpace) -> None:
     for p in space.params:
         section, key = p.name.split(".", 1)
         if given[section][key] != default[section][key]:
-            print(f"note: {p.name}={given[section][key]} of the base config is searched over by "
-                  "the space; to hold it, move it to the space's `fixed` section")  # fmt: skip
+            print(
+                f"note: {p.name}={given[section][key]} of the base config is searched over by "
+                "the space; to hold it, move it to the space's `fixed` section"
+            )
 
 
 def open_storage(url: str | None, study_dir: Path) -> optuna.storages.BaseStorage:
@@ -185,8 +205,13 @@ def shared_split(base: RunConfig, study_dir: Path, progress: bool = True) -> tup
             assignment = read_split_file(path, table)
         else:
             assignment = patient_level_split(
-                table, base.data.val_fraction, base.data.test_fraction, seed=base.data.split_seed
+                table,
+                base.data.val_fraction,
+                base.data.test_fraction,
+                base.data.split_seed,
+                base.data.val_source,
             )
+            print(describe_split(table, assignment))
             tmp = path.with_name(f"split.csv.{os.getpid()}.tmp")
             write_split_file(tmp, table, assignment)
             os.replace(tmp, path)  # two workers starting at once write identical files
@@ -215,9 +240,13 @@ def open_study(
     # Workers that join a study sample with their own seed, or they would repeat each other.
     seed = space.seed if not existed else space.seed + os.getpid()
     study = optuna.create_study(
-        study_name=name, storage=storage, direction="maximize", load_if_exists=True,
-        sampler=build_sampler(space, seed), pruner=build_pruner(space),
-    )  # fmt: skip
+        study_name=name,
+        storage=storage,
+        direction="maximize",
+        load_if_exists=True,
+        sampler=build_sampler(space, seed),
+        pruner=build_pruner(space),
+    )
     wanted = json.loads(json.dumps(space.to_dict()))
     stored = study.user_attrs.get(SPACE_ATTR)
     if stored is None and existed and study.trials and not resume:
@@ -340,8 +369,10 @@ def fail_dead_trials(study: optuna.Study, grace_s: float = GRACE_S) -> list[int]
         if worker_host == host and pid.isdigit() and not _alive(int(pid)):
             reason = f"its worker process {pid} on {host} is gone"
         elif now - float(last) > grace_s:
-            reason = f"no heartbeat from {t.user_attrs.get('worker', 'its worker')} for " \
-                     f"{now - float(last):.0f} s"  # fmt: skip
+            reason = (
+                f"no heartbeat from {t.user_attrs.get('worker', 'its worker')} for "
+                f"{now - float(last):.0f} s"
+            )
         if reason is None:
             continue
         with contextlib.suppress(Exception):  # another worker may have failed it first

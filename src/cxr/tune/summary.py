@@ -34,8 +34,12 @@ class TuneResult:
 
 def trial_counts(study: optuna.Study) -> dict[str, int]:
     states = [t.state for t in study.get_trials(deepcopy=False)]
-    names = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned",
-             TrialState.FAIL: "failed", TrialState.RUNNING: "running"}  # fmt: skip
+    names = {
+        TrialState.COMPLETE: "complete",
+        TrialState.PRUNED: "pruned",
+        TrialState.FAIL: "failed",
+        TrialState.RUNNING: "running",
+    }
     return {name: sum(s == state for s in states) for state, name in names.items()}
 
 
@@ -50,6 +54,7 @@ def write_report(
     base: RunConfig,
     test_data: DataConfig | None = None,
     progress: bool = True,
+    allow_overlap: bool = False,
 ) -> TuneResult:
     """trials.csv, plots, summary.json; and for the best trial best_config.yaml + evaluation."""
     study_dir = Path(base.out_dir)
@@ -59,7 +64,7 @@ def write_report(
     write_trials_csv(study, study_dir / "trials.csv")
     write_plots(study, study_dir)
     if counts["complete"]:
-        write_best(study, space, base, result, test_data, progress)
+        write_best(study, space, base, result, test_data, progress, allow_overlap)
     summary = {
         "study": study.study_name,
         "trials": counts,
@@ -69,19 +74,21 @@ def write_report(
         "best_params": result.best_params,
         "best_run": None if result.best_run is None else str(result.best_run),
         "best_config": None if result.best_config is None else str(result.best_config),
-        "test_metrics": result.test_metrics and {
+        "test_metrics": result.test_metrics
+        and {
             k: result.test_metrics.get(k) for k in ("mean_auroc", "auroc", "accuracy", "n_images")
         },
-    }  # fmt: skip
+    }
     (study_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return result
 
 
-def write_best(study, space, base, result: TuneResult, test_data=None, progress=True) -> None:
+def write_best(
+    study, space, base, result: TuneResult, test_data=None, progress=True, allow_overlap=False
+) -> None:
     """best_config.yaml (for `cxr train --config`); the best run is kept and evaluated once on
     the split's test images (if it has any) and on test_data: only now, after the search."""
     import yaml
-
 
     best = study.best_trial
     run = Path(best.user_attrs.get("run_dir") or base.out_dir + "/no-run-folder")
@@ -104,11 +111,20 @@ def write_best(study, space, base, result: TuneResult, test_data=None, progress=
     result.best_run = run
     if split_keys(run, "test"):
         result.test_metrics = evaluate_run(
-            run, base.data, study_dir / "best_test_metrics.json", split="test", progress=progress
+            run,
+            base.data,
+            study_dir / "best_test_metrics.json",
+            split="test",
+            progress=progress,
+            allow_overlap=allow_overlap,
         )
     if test_data is not None:
         result.test_metrics = evaluate_run(
-            run, test_data, study_dir / "best_test_data_metrics.json", progress=progress
+            run,
+            test_data,
+            study_dir / "best_test_data_metrics.json",
+            progress=progress,
+            allow_overlap=allow_overlap,
         )
 
 
