@@ -210,7 +210,10 @@ def test_two_gloo_processes_match_one_process_and_resume_on_one(kermany_train, t
 
     a, b = _history(ddp), single.history
     assert len(a) == len(b) == 2
-    assert a[0]["train_loss"] == pytest.approx(b[0]["train_loss"], rel=1e-4)
+    # One step agrees to ~5e-6 (test_one_step_on_two_gloo_processes_...); over an epoch the float
+    # reordering of the all-reduced BatchNorm statistics compounds: under 1e-4 relative on the
+    # split before issue 11's stratification, 5.7e-4 on the current one (other train patients).
+    assert a[0]["train_loss"] == pytest.approx(b[0]["train_loss"], rel=1e-3)
     assert abs(a[0]["val_mean_auroc"] - b[0]["val_mean_auroc"]) <= 0.011
     assert abs(a[-1]["val_mean_auroc"] - b[-1]["val_mean_auroc"]) <= 0.05
     # rank 0 wrote a normal run folder: plain state dict, no DDP 'module.' prefixes
