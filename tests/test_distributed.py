@@ -210,12 +210,13 @@ def test_two_gloo_processes_match_one_process_and_resume_on_one(kermany_train, t
 
     a, b = _history(ddp), single.history
     assert len(a) == len(b) == 2
-    # One step agrees to ~5e-6 (test_one_step_on_two_gloo_processes_...); over an epoch the float
-    # reordering of the all-reduced BatchNorm statistics compounds: under 1e-4 relative on the
-    # split before issue 11's stratification, 5.7e-4 on the current one (other train patients).
+    # One step agrees to ~5e-6 (test_one_step_on_two_gloo_processes_...); over epochs float
+    # summation order compounds. Yardstick (benchmarks/ddp_equivalence.py, current split): one
+    # process with 2 threads instead of 1 moves the epoch-1 loss by 6e-4 relative and the epoch-2
+    # AUROC by 0.053 on these 24 validation images, as far as 2 processes do.
     assert a[0]["train_loss"] == pytest.approx(b[0]["train_loss"], rel=1e-3)
     assert abs(a[0]["val_mean_auroc"] - b[0]["val_mean_auroc"]) <= 0.011
-    assert abs(a[-1]["val_mean_auroc"] - b[-1]["val_mean_auroc"]) <= 0.05
+    assert abs(a[-1]["val_mean_auroc"] - b[-1]["val_mean_auroc"]) <= 0.06
     # rank 0 wrote a normal run folder: plain state dict, no DDP 'module.' prefixes
     weights = load_file(str(ddp / "checkpoints" / "epoch_0002" / "model.safetensors"))
     assert weights.keys() == load_file(str(one / "model.safetensors")).keys()
