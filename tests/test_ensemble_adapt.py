@@ -54,6 +54,7 @@ def two_runs(kermany_train, tmp_path_factory) -> tuple[Path, Path]:
     return a, b
 
 
+@pytest.mark.slow  # trains a model
 def test_ensemble_run_is_a_run_every_command_takes(two_runs, kermany_train, tmp_path):
     a, b = two_runs
     ens = tmp_path / "ens"
@@ -102,6 +103,7 @@ def test_ensemble_run_is_a_run_every_command_takes(two_runs, kermany_train, tmp_
     assert result.max_abs_diff <= 1e-4 and result.onnx_path.is_file()
 
 
+@pytest.mark.slow  # trains a model
 def test_ensemble_refuses_runs_on_different_splits(two_runs, kermany_train, tmp_path):
     a, _ = two_runs
     other = train_kermany_run(kermany_train, tmp_path / "c", 60, 32)  # another subset: other split
@@ -162,6 +164,7 @@ def _site_folder(
     return root
 
 
+@pytest.mark.slow  # trains a model
 def test_adapt_moves_the_prevalence_toward_the_new_sites(site_run, kermany_train, tmp_path):
     used = _patients(site_run)
     true = 0.25

@@ -37,6 +37,7 @@ def _cfg(tmp_path, name: str, log: str):
     )
 
 
+@pytest.mark.slow  # trains a model
 def test_tensorboard_log_has_every_epoch_and_leaves_training_unchanged(tmp_path):
     pytest.importorskip("tensorboard", reason="the optional extra cxr[tracking]")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

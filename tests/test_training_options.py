@@ -256,6 +256,7 @@ def _real_run(kermany_train, root, augment: dict, train_cfg: dict):
     return train(cfg, progress=False)
 
 
+@pytest.mark.slow  # trains a model
 def test_real_run_with_heavy_preset_erasing_mixup_and_ema(kermany_train, tmp_path):
     result = _real_run(
         kermany_train,
@@ -276,6 +277,7 @@ def test_real_run_with_heavy_preset_erasing_mixup_and_ema(kermany_train, tmp_pat
     assert result.best_val_auroc is not None
 
 
+@pytest.mark.slow  # trains a model
 def test_real_run_with_swa(kermany_train, tmp_path):
     result = _real_run(
         kermany_train,
@@ -297,6 +299,7 @@ def test_real_run_with_swa(kermany_train, tmp_path):
     assert [row["lr"] for row in result.history] == [1e-3, 1e-3]
 
 
+@pytest.mark.slow  # trains a model
 def test_resume_restores_the_averages_and_replays_the_mixing(kermany_train, tmp_path, monkeypatch):
     """Killed in epoch 3 and resumed: the same final (EMA + SWA) weights as an uninterrupted run,
     so the averages are checkpointed and mixup / erasing replay from the saved generator."""

@@ -239,6 +239,7 @@ def test_unusable_storage_is_a_clear_error(url, tmp_path):
     assert "secret" not in str(info.value)  # the password is never printed
 
 
+@pytest.mark.slow  # trains a model
 def test_study_with_another_search_space_is_refused_unless_resumed(
     kermany_train, tmp_path, cache_dir, capsys
 ):
@@ -491,6 +492,7 @@ def test_the_default_search_space_file_exists():
     assert DEFAULT_SPACE.is_file(), DEFAULT_SPACE
 
 
+@pytest.mark.slow  # trains a model
 def test_test_data_on_the_study_split_is_refused_before_any_trial(
     kermany_train, tmp_path, cache_dir
 ):
