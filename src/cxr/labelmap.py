@@ -23,26 +23,11 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from cxr.data.nih import NIH_FINDINGS, NO_FINDING
 from cxr.errors import ConfigError
 
 LABEL_SETS: dict[str, list[str]] = {
-    "nih": [
-        "Atelectasis",
-        "Cardiomegaly",
-        "Effusion",
-        "Infiltration",
-        "Mass",
-        "Nodule",
-        "Pneumonia",
-        "Pneumothorax",
-        "Consolidation",
-        "Edema",
-        "Emphysema",
-        "Fibrosis",
-        "Pleural_Thickening",
-        "Hernia",
-        "No Finding",
-    ],
+    "nih": [*NIH_FINDINGS, NO_FINDING],  # the reader's own list (cxr.data.nih)
     "chexpert": [
         "No Finding",
         "Enlarged Cardiomediastinum",
