@@ -30,7 +30,7 @@ from cxr.data.cache import build_cache
 from cxr.data.prepare import resolve_table
 from cxr.errors import ConfigError, DataError
 from cxr.models import probabilities_numpy
-from cxr.run import load_run, split_keys
+from cxr.run import images_in_split, load_run
 from cxr.runtime import forward, select_runtime
 
 METHODS = ("delong", "bootstrap")
@@ -230,10 +230,7 @@ def compare_runs(
             path=data.path,
         )
     if split is not None:
-        wanted = split_keys(run_a, split)
-        table = table.subset([i for i, key in enumerate(table.keys) if key in wanted])
-        if len(table) == 0:
-            raise DataError(f"run A's split.csv has no {split!r} images", path=data.path)
+        table = images_in_split(table, run_a, split, data.path)
     scores = []
     for run in runs:
         images = build_cache(

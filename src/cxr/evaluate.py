@@ -14,7 +14,7 @@ from cxr.errors import ConfigError, DataError
 from cxr.metrics import compute_metrics
 from cxr.models import probabilities_numpy
 from cxr.plots import plot_confusion, plot_pr, plot_roc
-from cxr.run import LoadedRun, load_run, split_keys
+from cxr.run import LoadedRun, images_in_split, load_run
 from cxr.runtime import forward, select_runtime
 
 # DataConfig fields that decide what a label is: evaluation data is read with the run's values.
@@ -91,10 +91,7 @@ def evaluate_run(
             path=data.path,
         )
     if split is not None:
-        wanted = split_keys(run_dir, split)
-        table = table.subset([i for i, key in enumerate(table.keys) if key in wanted])
-        if len(table) == 0:
-            raise DataError(f"the run's split.csv has no {split!r} images", path=data.path)
+        table = images_in_split(table, run_dir, split, data.path)
     images, overlap = guarded_cache(table, run, data.skip_bad, allow_overlap, progress)
     logits, _ = forward(run.model, images.pixels, rt, progress=progress, desc="evaluate")
     scores = probabilities_numpy(logits, run.task)

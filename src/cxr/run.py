@@ -16,10 +16,18 @@ import torch
 from cxr.checkpoint import WEIGHTS_FILE, load_weights
 from cxr.config import RunConfig, load_config
 from cxr.data.splits import keys_in_split
-from cxr.errors import CxrError
+from cxr.data.table import ImageTable
+from cxr.errors import CxrError, DataError
 from cxr.models import Classifier, build_model
 
-__all__ = ["LoadedRun", "RunDir", "load_run", "read_run_files", "split_keys"]
+__all__ = [
+    "LoadedRun",
+    "RunDir",
+    "images_in_split",
+    "load_run",
+    "read_run_files",
+    "split_keys",
+]
 
 
 @dataclass(frozen=True)
@@ -126,3 +134,13 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedR
 def split_keys(run_dir: str | Path, split: str) -> set[str]:
     """The image keys the run's split.csv puts in `split` (train, val or test)."""
     return keys_in_split(RunDir(run_dir).split, split)
+
+
+def images_in_split(table: ImageTable, run_dir: str | Path, split: str, where: str) -> ImageTable:
+    """The rows of `table` that the run's split.csv puts in `split`; a DataError naming `where`
+    (the data's path) when there are none."""
+    wanted = split_keys(run_dir, split)
+    subset = table.subset([i for i, key in enumerate(table.keys) if key in wanted])
+    if len(subset) == 0:
+        raise DataError(f"the run's split.csv has no {split!r} images", path=where)
+    return subset
