@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from cxr.data.sniff import check_pixel_count
 from cxr.errors import DataError, TooLarge
 
 # Radiographs: CR/DX/DR (digital), RG (digitised film), OT (secondary capture of a radiograph).
@@ -233,19 +234,8 @@ def _pixel_bytes_from_header(head: bytes, name: str, max_pixels: int) -> int:
         bits = int(ds.get("BitsAllocated", 16) or 16)
     except Exception:  # noqa: BLE001 - the header did not fit the probe: assume the largest
         return max_pixels * 2
-    _check_pixels(columns, rows, max_pixels, name)
+    check_pixel_count(columns, rows, max_pixels, name)
     return rows * columns * max(frames, 1) * max(samples, 1) * max(1, -(-bits // 8))
-
-
-def _check_pixels(columns: int, rows: int, max_pixels: int, name: str) -> None:
-    if columns <= 0 or rows <= 0:
-        raise DataError(f"zero-size DICOM image ({columns} x {rows})", path=name)
-    if columns * rows > max_pixels:
-        raise TooLarge(
-            f"image is {columns} x {rows} = {columns * rows:,} pixels, over the limit of "
-            f"{max_pixels:,} (refused before decoding)",
-            path=name,
-        )
 
 
 def _check_header(ds, name: str, max_pixels: int, frame: int, allow_modality: bool) -> None:
@@ -265,7 +255,7 @@ def _check_header(ds, name: str, max_pixels: int, frame: int, allow_modality: bo
             path=name,
         )
     rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-    _check_pixels(columns, rows, max_pixels, name)
+    check_pixel_count(columns, rows, max_pixels, name)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if not 0 <= frame < frames:
         raise DataError(

@@ -19,7 +19,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cxr.data.png_info import PNG_SIGNATURE, read_png_info
-from cxr.data.sniff import DICOM_EXTENSIONS, IMAGE_EXTENSIONS, sniff_bytes
+from cxr.data.sniff import DICOM_EXTENSIONS, IMAGE_EXTENSIONS, check_pixel_count, sniff_bytes
 from cxr.errors import DataError, DecodeWarning, TooLarge
 
 __all__ = [
@@ -208,17 +208,6 @@ def _scale_to_unit(arr: np.ndarray, source: str) -> np.ndarray:
     )
 
 
-def _check_size(width: int, height: int, max_pixels: int, name: str) -> None:
-    if width <= 0 or height <= 0:
-        raise DataError(f"zero-size image ({width} x {height})", path=name)
-    if width * height > max_pixels:
-        raise TooLarge(
-            f"image is {width} x {height} = {width * height:,} pixels, over the limit of "
-            f"{max_pixels:,} (refused before decoding)",
-            path=name,
-        )
-
-
 def _decode_raster(data: bytes, name: str, opts: DecodeOptions) -> DecodedImage:
     """PNG / JPEG / BMP / TIFF: headers first (PIL, and our PNG chunk walk), OpenCV decodes.
 
@@ -232,7 +221,7 @@ def _decode_raster(data: bytes, name: str, opts: DecodeOptions) -> DecodedImage:
         raw_bytes = png.raw_bytes
         if png.exif:
             orientation = _orientation_from_exif(png.exif)
-    _check_size(width, height, opts.max_pixels, name)
+    check_pixel_count(width, height, opts.max_pixels, name)
     if raw_bytes > opts.max_pixels * 3:
         raise TooLarge(
             f"image is {width} x {height} with {raw_bytes:,} bytes of samples, over the limit of "

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cxr.errors import DataError, TooLarge
+
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom"})
 DICOM_EXTENSIONS = frozenset({".dcm", ".dicom"})
 _HEAD = 132  # enough for the DICOM preamble + "DICM" and every raster signature
@@ -99,3 +101,15 @@ def list_images(root: str | Path) -> tuple[list[Path], list[tuple[Path, str]]]:
         else:
             skipped.append((path, skip_reason(path)))
     return images, skipped
+
+
+def check_pixel_count(width: int, height: int, max_pixels: int, name: str) -> None:
+    """Refuse an image from its header, before decoding: zero-size, or over `max_pixels`."""
+    if width <= 0 or height <= 0:
+        raise DataError(f"zero-size image ({width} x {height})", path=name)
+    if width * height > max_pixels:
+        raise TooLarge(
+            f"image is {width} x {height} = {width * height:,} pixels, over the limit of "
+            f"{max_pixels:,} (refused before decoding)",
+            path=name,
+        )
