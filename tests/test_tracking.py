@@ -73,3 +73,33 @@ def test_a_missing_mlflow_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "mlflow", None)
     with pytest.raises(ConfigError, match="pip install mlflow"):
         train(_cfg(tmp_path, "run", "mlflow"), progress=False)
+
+
+@pytest.mark.slow  # trains a model
+def test_mlflow_run_has_params_every_epoch_and_the_samples(tmp_path, monkeypatch):
+    pytest.importorskip("mlflow", reason="the optional extra cxr[tracking]")
+    from mlflow.tracking import MlflowClient
+
+    # MLflow's own default store (SQLite; its file store is deprecated): no server, all in tmp
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)  # MLflow puts artifacts under ./mlruns of the working folder
+    logged = train(_cfg(tmp_path, "logged", "mlflow"), progress=False)
+
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs(client.search_experiments()[0].experiment_id)
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.run_name == "logged" and run.info.status == "FINISHED"
+    assert run.data.params["model.arch"] == "resnet18"
+    assert run.data.params["train.epochs"] == "2"
+    findings = json.loads((logged.run_dir / "model.json").read_text())["findings"]
+    wanted = {"train_loss", "train_lr", "train_images_per_s", "val_mean_auroc", "val_accuracy"}
+    assert wanted | {f"val_auroc_{f}" for f in findings} <= set(run.data.metrics)
+    loss = client.get_metric_history(run.info.run_id, "train_loss")
+    assert sorted(m.step for m in loss) == [1, 2]
+    by_step = {m.step: m.value for m in loss}
+    assert [by_step[1], by_step[2]] == pytest.approx([r["train_loss"] for r in logged.history])
+    artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "augmented")]
+    assert artifacts == ["augmented/epoch_001.png", "augmented/epoch_002.png"]
+    assert len(list((tmp_path / "mlruns").rglob("epoch_00*.png"))) == 2

@@ -1,12 +1,14 @@
 """Training logs that researchers' tools read: TensorBoard or MLflow, beside history.jsonl.
 
     cxr train ... --log tensorboard      # then: tensorboard --logdir RUN/tensorboard
-    cxr train ... --log mlflow           # MLFLOW_TRACKING_URI, else ./mlruns
+    cxr train ... --log mlflow           # MLFLOW_TRACKING_URI, else MLflow's default
+                                         # (./mlflow.db, artifacts in ./mlruns)
 
 Per epoch: training loss, learning rate, images/s, validation mean AUROC, accuracy and AUROC per
-finding, and a few augmented training images (what the model saw that epoch). Both are optional
-extras (`pip install cxr[tracking]` for TensorBoard, `pip install mlflow`): asking for one that
-is not installed is a ConfigError naming the package, before any training starts.
+finding, and a few augmented training images (what the model saw that epoch). Both come with
+the optional extra `pip install cxr[tracking]` (TensorBoard and the MLflow client,
+mlflow-skinny): asking for one that is not installed is a ConfigError naming the package,
+before any training starts.
 history.jsonl stays the run's own record either way.
 """
 
@@ -69,7 +71,8 @@ class MlflowTracker:
             import mlflow
         except ImportError:
             raise ConfigError(
-                "train.log=mlflow needs the mlflow package: pip install mlflow, or train with "
+                "train.log=mlflow needs the mlflow package: pip install 'cxr[tracking]' (or "
+                "pip install mlflow), or train with "
                 "--log none (or --log tensorboard)"
             ) from None
         self.mlflow = mlflow
