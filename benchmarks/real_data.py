@@ -10,6 +10,8 @@ Each prints a markdown table for the README and leaves its run folder under runs
 from __future__ import annotations
 
 import argparse
+import copy
+import json
 import os
 import platform
 import time
@@ -65,11 +67,28 @@ def main() -> None:
     )
     ap.add_argument("--limit", type=int, help="use at most this many images (smoke runs)")
     ap.add_argument("--out", help="run folder (default runs/bench-DATASET-TIMESTAMP)")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="change one field of the recipe (a trial of a candidate recipe), e.g. "
+        "--set train.ema_decay=0.99; VALUE is read as JSON when it parses",
+    )
     args = ap.parse_args()
     if args.seeds < 1:
         ap.error("--seeds must be at least 1")
 
-    recipe = RECIPES[args.dataset]
+    recipe = copy.deepcopy(RECIPES[args.dataset])
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or "." not in key:
+            ap.error(f"--set {item!r}: expected SECTION.FIELD=VALUE, e.g. train.lr=3e-4")
+        section, field = key.split(".", 1)
+        try:
+            recipe.setdefault(section, {})[field] = json.loads(value)
+        except json.JSONDecodeError:
+            recipe.setdefault(section, {})[field] = value
     if args.epochs:
         recipe["train"]["epochs"] = args.epochs
     if args.limit:
@@ -94,6 +113,8 @@ def report(args, cfg, results: list, minutes: list[float], out: Path) -> None:
     n = len(results)
     metrics = [r.val_metrics for r in results]
     print(f"\n## {args.dataset}: validation split (patient-level), {out}")
+    if args.set:
+        print(f"recipe changed by: {' '.join('--set ' + item for item in args.set)}")
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, torch threads "
         f"{torch.get_num_threads()}; {cfg.model.arch} from scratch at "
