@@ -42,6 +42,7 @@ LAYERS = [
         "cxr.averaging",
         "cxr.ensemble",
         "cxr.adapt",
+        "cxr.xrv",
     },
     {"cxr.ood", "cxr.explain"},
     {"cxr.inference"},

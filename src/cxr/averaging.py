@@ -71,7 +71,9 @@ class WeightAverages:
 
         def inputs() -> Iterator[torch.Tensor]:
             for x, _ in batches(train_images, batch_size, None):
-                yield normalize(to_model(x, rt))
+                yield normalize(
+                    to_model(x, rt), self.swa.module.input_mean, self.swa.module.input_std
+                )
 
         update_bn(inputs(), self.swa, device=rt.device)
         return self.swa.module

@@ -53,7 +53,10 @@ class DataConfig(StrictConfig):
 class PreprocessConfig(StrictConfig):
     """Deterministic preprocessing, shared by training, evaluation and serving.
 
-    Its hash keys the on-disk cache, so every field here must change the output pixels.
+    Its hash keys the on-disk cache, so every field here must change the output pixels, except
+    `mean` and `std` (NORMALIZATION_FIELDS, left out of the cache key): they map the cached uint8
+    pixels to the model's input, (x / 255 - mean) / std, so a run imported from another library
+    (torchxrayvision wants [-1024, 1024]: mean 0.5, std 1/2048) serves with its own contract.
     """
 
     image_size: int = Field(224, ge=16, le=2048)
@@ -63,6 +66,13 @@ class PreprocessConfig(StrictConfig):
     clahe_tile_grid: int = Field(8, ge=1, le=64)
     filter: Literal["none", "median", "gaussian", "bilateral", "unsharp"] = "none"
     filter_size: int = Field(3, ge=1, le=31, description="kernel size (odd) or sigma scale")
+    # Last, so a default config's hash without them is the hash it had before they existed.
+    mean: float = Field(0.5, description="model input = (pixels / 255 - mean) / std")
+    std: float = Field(0.25, gt=0.0, description="0.25: [0, 1] -> about [-2, 2]")
+
+
+# PreprocessConfig fields that do not change the cached pixels (not part of the cache key).
+NORMALIZATION_FIELDS = frozenset({"mean", "std"})
 
 
 # Magnitudes of the intensity and geometry jitter per `augment.preset`; "medium" is the long-
@@ -152,7 +162,9 @@ class ModelConfig(StrictConfig):
         description="resnet18..resnet152, densenet121, efficientnet_b0, convnext_tiny (cxr.models)",
     )
     pretrained: str = Field(
-        "none", description="'none' (from scratch), 'imagenet' (torchvision download) or a file"
+        "none",
+        description="'none' (from scratch), 'imagenet' (torchvision download), a weights file, "
+        "or a finished run folder (fine-tune it: new head, shared findings keep their rows)",
     )
     members: list[str] = Field(
         default_factory=list,
@@ -327,7 +339,7 @@ def save_config(cfg: RunConfig, path: str | Path) -> None:
     Path(path).write_text(cfg.model_dump_json(indent=2))
 
 
-def config_hash(cfg: BaseModel) -> str:
+def config_hash(cfg: BaseModel, exclude: frozenset[str] = frozenset()) -> str:
     import hashlib
 
-    return hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:16]
+    return hashlib.sha256(cfg.model_dump_json(exclude=set(exclude)).encode()).hexdigest()[:16]

@@ -16,6 +16,7 @@ from cxr.models import probabilities_numpy
 from cxr.plots import plot_confusion, plot_pr, plot_roc
 from cxr.run import LoadedRun, images_in_split, load_run
 from cxr.runtime import forward, select_runtime
+from cxr.xrv import pretraining_overlap
 
 # DataConfig fields that decide what a label is: evaluation data is read with the run's values.
 LABEL_FIELDS = ("uncertain",)
@@ -100,6 +101,9 @@ def evaluate_run(
         y, scores, thresholds = mapping.apply(y, scores, thresholds)
         findings, task = mapping.names, "multilabel"
     metrics = {"leakage": overlap.as_dict()}
+    warning = pretraining_overlap(run.info, data.path, data.format)
+    if warning is not None:
+        metrics = {"pretraining_warning": warning} | metrics
     metrics |= compute_metrics(y, scores, findings, task, thresholds)
     if mapping is not None:
         metrics["label_map"] = mapping.as_dict()

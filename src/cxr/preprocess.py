@@ -15,7 +15,8 @@ order, and for these reasons:
 
 `Geometry` records what 1 and 4 did, so `heatmap_to_original` can put a model-space heatmap
 (Grad-CAM) back onto the original image. The tensor helpers at the end turn the uint8 output
-into the model's input; serving does `model_input(torch.from_numpy(preprocess(img, cfg))[None])`.
+into the model's input; serving does
+`model_input(torch.from_numpy(preprocess(img, cfg))[None], cfg)`.
 """
 
 from __future__ import annotations
@@ -36,10 +37,14 @@ if TYPE_CHECKING:  # torch is imported where used: decode workers import this mo
 # cache key, so old caches are rebuilt instead of silently reused.
 PIPELINE_VERSION = 1
 
-# The model sees (x / 255 - MEAN) / STD: a fixed, documented map of [0, 1] to about [-2, 2],
-# not statistics of one data set, so a checkpoint means the same thing on every data source.
+# The model sees (x / 255 - mean) / std with the run's preprocess.mean / std; cxr's own runs use
+# MEAN / STD: a fixed, documented map of [0, 1] to about [-2, 2], not statistics of one data set,
+# so a checkpoint means the same thing on every data source. An imported run keeps its library's
+# (torchxrayvision: XRV_MEAN / XRV_STD, i.e. x / 255 * 2048 - 1024, in [-1024, 1024]).
 MEAN = 0.5
 STD = 0.25
+XRV_MEAN = 0.5
+XRV_STD = 1.0 / 2048.0
 
 _HIST_BINS = 256  # CLAHE histogram bins (as OpenCV's 8-bit CLAHE)
 _BILATERAL_SIGMA_COLOR = 20.0  # grey levels (of 255): steps larger than this are kept as edges
@@ -285,14 +290,17 @@ def to_unit(batch: torch.Tensor) -> torch.Tensor:
     return batch.to(torch.float32).div_(255.0)
 
 
-def normalize(x: torch.Tensor) -> torch.Tensor:
-    """[0, 1] -> model scale: (x - MEAN) / STD."""
-    return (x - MEAN) / STD
+def normalize(x: torch.Tensor, mean: float = MEAN, std: float = STD) -> torch.Tensor:
+    """[0, 1] -> model scale: (x - mean) / std (the run's preprocess.mean / std)."""
+    return (x - mean) / std
 
 
-def model_input(batch_uint8: torch.Tensor) -> torch.Tensor:
-    """What the model eats, from `preprocess` output: normalize(to_unit(batch))."""
-    return normalize(to_unit(batch_uint8))
+def model_input(batch_uint8: torch.Tensor, cfg: PreprocessConfig | None = None) -> torch.Tensor:
+    """What the model eats, from `preprocess` output: normalize(to_unit(batch)) with cfg's
+    mean / std (cxr's defaults when cfg is None)."""
+    if cfg is None:
+        return normalize(to_unit(batch_uint8))
+    return normalize(to_unit(batch_uint8), cfg.mean, cfg.std)
 
 
 def _check_image(image: np.ndarray) -> np.ndarray:

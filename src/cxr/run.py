@@ -124,7 +124,9 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedR
     """Load config.json, model.json and the weights of a finished run folder onto `device`."""
     files = RunDir(run_dir)
     cfg, info = read_run_files(files.path)
-    model = build_model(cfg.model.model_copy(update={"pretrained": "none"}), len(info["findings"]))
+    model = build_model(
+        cfg.model.model_copy(update={"pretrained": "none"}), len(info["findings"]), cfg.preprocess
+    )
     load_weights(model, files.weights)
     model.to(device).eval()
     thresholds = np.array([info["thresholds"][f] for f in info["findings"]], dtype=np.float64)

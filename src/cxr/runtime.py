@@ -122,7 +122,8 @@ def forward(
     """The one batched inference pass: uint8 (N, S, S) preprocessed images (a memory map is fine)
     -> (logits (N, K), pooled features (N, F)), both float64, in float32 arithmetic.
 
-    `transform` (e.g. a test-time augmentation) applies to the [0, 1] batch before normalising.
+    `transform` (e.g. a test-time augmentation) applies to the [0, 1] batch before normalising
+    with the model's input contract (`Classifier.set_normalization`: the run's mean / std).
     """
     was_training = model.training
     model.eval()
@@ -133,7 +134,7 @@ def forward(
         x = to_model(chunk, rt)
         if transform is not None:
             x = transform(x)
-        f = model.pooled_features(normalize(x))
+        f = model.pooled_features(normalize(x, model.input_mean, model.input_std))
         logits.append(model.head(f).float().cpu().numpy())
         features.append(f.float().cpu().numpy())
         bar.update(len(chunk))

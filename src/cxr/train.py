@@ -40,7 +40,7 @@ from cxr.models import build_model, check_arch, check_pretrained, probabilities_
 from cxr.optim import Schedule, build_optimizer
 from cxr.preprocess import normalize
 from cxr.progressive import epoch_image_size, resize_batch
-from cxr.run import RunDir
+from cxr.run import RunDir, load_run
 from cxr.runtime import Runtime, autocast, batches, forward, select_runtime, to_device, to_model
 from cxr.tracking import open_tracker
 
@@ -83,7 +83,7 @@ def train_one_epoch(
             x = resize_batch(x, image_size)
         x = augment_batch(x, cfg.augment, generator)[rows]
         x, y = mix_batch(x, to_device(y, rt), cfg.augment, generator)
-        x = normalize(x)
+        x = normalize(x, cfg.preprocess.mean, cfg.preprocess.std)
         with autocast(rt):
             logits = model(x)
         # A last batch smaller than W leaves a rank without images: its loss is a zero that
@@ -191,7 +191,10 @@ def train(
             f"{run_dir} already holds a run; pass --resume to continue it or choose another --out"
         )
     # What can fail without reading any data fails first, before the run folder is made.
-    check_pretrained(cfg.model)
+    if is_run_folder(cfg.model.pretrained):
+        cfg = config_for_seed_run(cfg)
+    else:
+        check_pretrained(cfg.model)
     existed = run_dir.exists()
     try:
         return _train(cfg, run_dir, resume, progress, on_epoch)
@@ -199,6 +202,82 @@ def train(
         if not resume:
             _discard_unfinished_run(run_dir, existed)
         raise
+
+
+def is_run_folder(pretrained: str) -> bool:
+    """`model.pretrained` names a finished run folder (fine-tune it) rather than a weights file."""
+    return pretrained not in ("none", "imagenet") and RunDir(pretrained).is_finished()
+
+
+def config_for_seed_run(cfg: RunConfig) -> RunConfig:
+    """`--pretrained RUN`: the architecture and the preprocessing (input contract: size, crop,
+    CLAHE, mean / std) are the seed run's, since its weights mean nothing under others."""
+    seed = load_config(RunDir(cfg.model.pretrained).config)
+    if seed.model.arch in ("ensemble",):
+        raise CxrError(f"--pretrained {cfg.model.pretrained}: an ensemble cannot be fine-tuned")
+    if (seed.model.arch, seed.preprocess) != (cfg.model.arch, cfg.preprocess):
+        print(
+            f"pretrained run {cfg.model.pretrained}: using its architecture "
+            f"({seed.model.arch}) and preprocessing (image size {seed.preprocess.image_size}, "
+            f"{seed.preprocess.resize}, clahe {seed.preprocess.clahe}, mean "
+            f"{seed.preprocess.mean:g}, std {seed.preprocess.std:g})"
+        )
+    model = cfg.model.model_copy(update={"arch": seed.model.arch})
+    return cfg.model_copy(update={"model": model, "preprocess": seed.preprocess})
+
+
+def seed_pretraining(cfg: RunConfig) -> dict | None:
+    """What a fine-tuned run's weights saw before: the seed run's "pretrained_on" (data sets of
+    an imported model), so `evaluate` and `report` can warn about overlap; None otherwise."""
+    if not is_run_folder(cfg.model.pretrained):
+        return None
+    info = json.loads(RunDir(cfg.model.pretrained).model_json.read_text())
+    return info.get("pretrained_on")
+
+
+def _no_seed(model_cfg):
+    if is_run_folder(model_cfg.pretrained):
+        return model_cfg.model_copy(update={"pretrained": "none"})
+    return model_cfg
+
+
+def starting_model(cfg: RunConfig, findings: list[str]) -> nn.Module:
+    """The model training starts from: built per cfg.model, or a run's weights with a new head
+    whose rows for the findings the run also predicts (same canonical name) are the run's."""
+    model = build_model(_no_seed(cfg.model), len(findings), cfg.preprocess)
+    if is_run_folder(cfg.model.pretrained):
+        seed_from_run(model, cfg.model.pretrained, findings)
+    return model
+
+
+@torch.no_grad()
+def seed_from_run(model: nn.Module, run_dir: str, findings: list[str]) -> list[str]:
+    """Copy a finished run's backbone into `model`, and its head rows for the shared findings;
+    returns the findings that kept their row."""
+    from cxr.labelmap import canonical
+
+    seed = load_run(run_dir, "cpu")
+    own = model.state_dict()
+    head = {f"{model.head_name}.weight", f"{model.head_name}.bias"}
+    backbone = {
+        k: v
+        for k, v in seed.model.state_dict().items()
+        if k not in head and own[k].shape == v.shape
+    }
+    model.load_state_dict(backbone, strict=False)
+    index = {canonical(f): i for i, f in enumerate(seed.findings)}
+    kept = []
+    for j, name in enumerate(findings):
+        i = index.get(canonical(name))
+        if i is not None:
+            model.head.weight[j] = seed.model.head.weight[i]
+            model.head.bias[j] = seed.model.head.bias[i]
+            kept.append(name)
+    print(
+        f"pretrained run {run_dir}: backbone loaded; head rows kept for "
+        f"{', '.join(kept) if kept else 'no finding (none shared)'}, new for the rest"
+    )
+    return kept
 
 
 def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, on_epoch) -> TrainResult:
@@ -238,7 +317,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, on_epoch
         cfg = cfg.model_copy(update={"data": chosen})
         if world.is_main:
             save_config(cfg, files.config)
-    model = build_model(cfg.model, len(data.findings)).to(rt.device)
+    model = starting_model(cfg, data.findings).to(rt.device)
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)
     loss_fn = build_loss(cfg.train, data.task, data.train.table.labels)
@@ -401,7 +480,7 @@ def finish_run(
     from cxr.checkpoint import load_weights
     from cxr.plots import plot_pr, plot_roc, plot_training_curves
 
-    model = build_model(cfg.model, len(data.findings)).to(rt.device)
+    model = build_model(_no_seed(cfg.model), len(data.findings), cfg.preprocess).to(rt.device)
     load_weights(model, RunDir(run_dir).weights)
     metrics, scores = validation_metrics(model, data.val, data.task, rt)
     state["best"] = metrics["mean_auroc"]  # the saved model's (the SWA average's, with SWA)
@@ -424,6 +503,7 @@ def finish_run(
                 "val_source": data.val_source,
             },
             "best_epoch": state["best_epoch"],
+            "pretrained_on": seed_pretraining(cfg),
             "weight_averaging": averaging,
         },
     )

@@ -10,6 +10,7 @@ from cxr.cli.common import device_flag, model_flag, resolve_device
 from cxr.config import DataConfig
 from cxr.ensemble import make_ensemble
 from cxr.metrics import format_table
+from cxr.xrv import import_torchxrayvision
 
 
 def ensemble_arguments(p: argparse.ArgumentParser) -> None:
@@ -72,6 +73,33 @@ def run_adapt(args: argparse.Namespace) -> int:
     return 0
 
 
+def import_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", metavar="torchxrayvision:NAME", help="e.g. densenet121-res224-all")
+    p.add_argument("--out", required=True, help="the run folder to create")
+    p.add_argument(
+        "--weights-file",
+        help="a local state dict (.safetensors, or .pt/.pth read with weights_only) instead of "
+        "torchxrayvision's download",
+    )
+    p.add_argument(
+        "--cache-dir",
+        help="torchxrayvision's weights folder (default ~/.torchxrayvision/models_data)",
+    )
+
+
+def run_import(args: argparse.Namespace) -> int:
+    info = import_torchxrayvision(args.spec, args.out, args.weights_file, args.cache_dir)
+    dropped = info["imported_from"]["dropped_outputs"]
+    print(
+        f"{args.spec}: {len(info['findings'])} findings"
+        + (f" ({len(dropped)} unnamed outputs dropped)" if dropped else "")
+        + f", {info['image_size']} px, trained on {', '.join(info['training_data']['datasets'])}"
+    )
+    print(f"thresholds: {info['threshold_method']}")
+    print(f"run folder: {args.out} (serve, predict, evaluate, report, export; train --pretrained)")
+    return 0
+
+
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
@@ -89,5 +117,11 @@ COMMANDS = {
         adapt_arguments,
         run_adapt,
         [model_flag, device_flag],
+    ),
+    "import-weights": (
+        "turn a torchxrayvision chest X-ray model into a run folder",
+        import_arguments,
+        run_import,
+        [],
     ),
 }

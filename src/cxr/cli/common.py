@@ -27,7 +27,12 @@ TRAIN_FLAGS = {
     ),
     "image_size": ("preprocess", "image_size", int, "side of the square model input"),
     "arch": ("model", "arch", str, "resnet18..resnet152|densenet121|efficientnet_b0|convnext_tiny"),
-    "pretrained": ("model", "pretrained", str, "none|imagenet|PATH to weights"),
+    "pretrained": (
+        "model",
+        "pretrained",
+        str,
+        "none|imagenet|PATH to weights|RUN folder to fine-tune",
+    ),
     "epochs": ("train", "epochs", int, None),
     "batch_size": ("train", "batch_size", int, None),
     "lr": ("train", "lr", float, "learning rate"),

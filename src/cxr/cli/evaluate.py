@@ -43,6 +43,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         allow_overlap=args.allow_overlap,
     )
     print(format_table(metrics))
+    if "pretraining_warning" in metrics:
+        print(f"warning: {metrics['pretraining_warning']}")
     if "label_map" in metrics:
         left = metrics["label_map"]["model_only"]
         print(
@@ -131,8 +133,9 @@ def run_report(args: argparse.Namespace) -> int:
         f"{res['n_images']} images ({report['data']['split']}), mean AUROC "
         + ("not estimable" if mean is None else f"{mean:.3f}")
     )
-    for warning in report["warnings"]:
-        print(f"warning: {warning}")
+    for warning in [report.get("pretraining_warning")] + report["warnings"]:
+        if warning:
+            print(f"warning: {warning}")
     print(f"report: {report['paths']['html']} (and {report['paths']['json']})")
     print(NOT_A_MEDICAL_DEVICE)
     return 0

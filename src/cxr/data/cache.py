@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from cxr.config import PreprocessConfig, config_hash
+from cxr.config import NORMALIZATION_FIELDS, PreprocessConfig, config_hash
 from cxr.data import table as table_module
 from cxr.data.table import ImageTable
 from cxr.errors import DataError
@@ -60,7 +60,7 @@ def cache_key(table: ImageTable, cfg: PreprocessConfig) -> str:
     """sha256 of the config, the keys and the content: file size + mtime, or the array bytes."""
     digest = hashlib.sha256()
     digest.update(f"cxr-cache {CACHE_FORMAT} pipeline {PIPELINE_VERSION}\n".encode())
-    digest.update(f"{config_hash(cfg)}\n".encode())
+    digest.update(f"{config_hash(cfg, NORMALIZATION_FIELDS)}\n".encode())
     if table.arrays is not None:
         arrays = np.ascontiguousarray(table.arrays)
         digest.update(f"arrays {arrays.dtype.str} {arrays.shape}\n".encode())
@@ -186,7 +186,7 @@ def _build(
         meta = {
             "format": CACHE_FORMAT,
             "pipeline_version": PIPELINE_VERSION,
-            "config": cfg.model_dump(),
+            "config": cfg.model_dump(exclude=set(NORMALIZATION_FIELDS)),
             "n_images": n,
             "n_cached": kept,
             "skipped": [list(item) for item in skipped],

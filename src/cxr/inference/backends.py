@@ -131,13 +131,14 @@ def _calibrated(info: EngineInfo) -> EngineInfo:
     )
 
 
-def normalise_numpy(pixels: np.ndarray) -> np.ndarray:
-    """uint8 (N, S, S) -> float32 (N, 1, S, S), (x / 255 - MEAN) / STD: bit for bit what
-    cxr.preprocess.model_input computes in torch (the same float32 operations, same order)."""
+def normalise_numpy(pixels: np.ndarray, mean: float = MEAN, std: float = STD) -> np.ndarray:
+    """uint8 (N, S, S) -> float32 (N, 1, S, S), (x / 255 - mean) / std (the run's
+    preprocess.mean / std): bit for bit what cxr.preprocess.model_input computes in torch (the
+    same float32 operations, same order)."""
     x = pixels.astype(np.float32)[:, None]
     x /= np.float32(255.0)
-    x -= np.float32(MEAN)
-    x /= np.float32(STD)
+    x -= np.float32(mean)
+    x /= np.float32(std)
     return x
 
 
@@ -212,7 +213,7 @@ class TorchEngine(_Engine):
         x = torch.from_numpy(pixels)
         if self.device.type == "cuda":  # uint8 over the bus, pinned: a quarter of the bytes
             x = x.pin_memory().to(self.device, non_blocking=True)
-        x = model_input(x)
+        x = model_input(x, self.info.preprocess)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def _logits(self, pixels: np.ndarray) -> np.ndarray:
@@ -272,7 +273,7 @@ class OnnxEngine(_Engine):
         self.features_name = outputs[1] if len(outputs) > 1 else None
 
     def _logits(self, pixels: np.ndarray) -> np.ndarray:
-        x = normalise_numpy(pixels)
+        x = normalise_numpy(pixels, self.info.preprocess.mean, self.info.preprocess.std)
         return self.session.run([self.output_name], {self.input_name: x})[0]
 
     def predict_with_features(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -282,7 +283,12 @@ class OnnxEngine(_Engine):
         if len(pixels) == 0:
             return np.zeros((0, len(self.findings))), None
         logits, features = self.session.run(
-            [self.output_name, self.features_name], {self.input_name: normalise_numpy(pixels)}
+            [self.output_name, self.features_name],
+            {
+                self.input_name: normalise_numpy(
+                    pixels, self.info.preprocess.mean, self.info.preprocess.std
+                )
+            },
         )
         probs = probabilities_numpy(logits, self.info.task, self.info.temperature)
         return probs, features.astype(np.float64)

@@ -7,9 +7,10 @@ import hashlib
 import json
 from pathlib import Path
 
+from cxr.config import NORMALIZATION_FIELDS
 from cxr.errors import CxrError
 from cxr.inference.backends import EngineInfo
-from cxr.preprocess import MEAN, PIPELINE_VERSION, STD
+from cxr.preprocess import PIPELINE_VERSION
 
 CONTRACT_FORMAT = "cxr-onnx-contract"
 # 2: the "features" output; 3: "decision" and "temperature". Versions 1 and 2 still load.
@@ -52,17 +53,22 @@ def check_contract(info: EngineInfo, onnx_path: Path) -> dict:
 
     problems = []
     wanted_pre = info.preprocess.model_dump()
-    got_pre = contract.get("preprocess") or {}
+    got_pre = dict(contract.get("preprocess") or {})
+    norm = contract.get("normalization") or {}
+    for key in NORMALIZATION_FIELDS:  # exports before preprocess.mean/std: "normalization" only
+        got_pre.setdefault(key, norm.get(key))
     for key in sorted(set(wanted_pre) | set(got_pre)):
         if got_pre.get(key) != wanted_pre.get(key):
             problems.append(
                 f"preprocess.{key} is {got_pre.get(key)!r} in the contract but "
                 f"{wanted_pre.get(key)!r} in the run's config.json"
             )
-    norm = contract.get("normalization") or {}
-    for key, value in (("mean", MEAN), ("std", STD)):
+    for key in sorted(NORMALIZATION_FIELDS):
+        value = wanted_pre[key]
         if norm.get(key) != value:
-            problems.append(f"normalization.{key} is {norm.get(key)!r}, this cxr uses {value}")
+            problems.append(
+                f"normalization.{key} is {norm.get(key)!r}, the run's preprocess.{key} {value}"
+            )
     if contract.get("pipeline_version") != PIPELINE_VERSION:
         problems.append(
             f"pipeline_version is {contract.get('pipeline_version')!r}, this cxr preprocesses "

@@ -3,7 +3,8 @@
 Two files land in the run folder:
 
 - `model.onnx`: float32 input "image" (batch, 1, S, S), already normalised as in training
-  ((uint8 / 255 - MEAN) / STD), outputs "logits" (batch, K) and "features" (batch, F), the
+  ((uint8 / 255 - mean) / std, the run's preprocess.mean / std), outputs "logits" (batch, K)
+  and "features" (batch, F), the
   pooled layer4 that the OOD gate scores (so serving with ONNX Runtime needs no second pass
   for the gate; a consumer that wants logits only asks for them and the runtime skips the
   rest). The batch axis is dynamic.
@@ -13,7 +14,8 @@ Two files land in the run folder:
   GlobalAveragePool, Gemm). Weights are stored inside the file (no `.onnx.data` sidecar):
   even a ResNet-152 is far below protobuf's 2 GB limit, and one file cannot lose its half.
 - `model.onnx.json`: the contract a consumer needs to feed the graph the same pixels the model
-  was validated on: the PreprocessConfig and pipeline version, MEAN/STD, the input and output
+  was validated on: the PreprocessConfig (mean / std included) and pipeline version, the input
+  and output
   shapes, findings, task and thresholds, and sha256 fingerprints of both model.safetensors and
   model.onnx, so `cxr.inference.make_engine(..., backend="onnx")` refuses a stale or edited export.
 
@@ -46,7 +48,7 @@ from cxr.inference.contract import (
     OUTPUT_NAME,
     file_sha256,
 )
-from cxr.preprocess import MEAN, PIPELINE_VERSION, STD
+from cxr.preprocess import PIPELINE_VERSION
 from cxr.run import LoadedRun, RunDir, load_run
 
 OPSET = 18
@@ -149,7 +151,7 @@ def max_abs_difference(model: torch.nn.Module, onnx_path: str | Path, pixels: np
 
     from cxr.inference.backends import normalise_numpy
 
-    x = normalise_numpy(pixels)
+    x = normalise_numpy(pixels, model.input_mean, model.input_std)
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     logits, features = session.run([OUTPUT_NAME, FEATURES_NAME], {INPUT_NAME: x})
     with torch.no_grad():
@@ -204,8 +206,8 @@ def build_contract(
             "meaning": "the pooled features before the head, which the OOD gate (ood.json) scores",
         },
         "normalization": {
-            "mean": MEAN,
-            "std": STD,
+            "mean": run.config.preprocess.mean,
+            "std": run.config.preprocess.std,
             "formula": "x = (uint8_pixels / 255 - mean) / std, in float32",
         },
         "preprocess": run.config.preprocess.model_dump(),

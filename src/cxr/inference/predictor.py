@@ -106,7 +106,9 @@ class Predictor:
         return preprocess_with_geometry(image, self.run.config.preprocess)
 
     def input_tensor(self, preprocessed: np.ndarray) -> torch.Tensor:
-        return model_input(torch.from_numpy(preprocessed)[None]).to(self.device)
+        return model_input(torch.from_numpy(preprocessed)[None], self.run.config.preprocess).to(
+            self.device
+        )
 
     def predict(self, image: np.ndarray) -> Prediction:
         return self.predict_with_features(image)[0]

@@ -66,8 +66,15 @@ class Int8Result:
 class PixelsReader:
     """onnxruntime's CalibrationDataReader over preprocessed uint8 images, in small batches."""
 
-    def __init__(self, pixels: np.ndarray, input_name: str, batch: int = CALIBRATION_BATCH):
+    def __init__(
+        self,
+        pixels: np.ndarray,
+        input_name: str,
+        batch: int = CALIBRATION_BATCH,
+        normalization: tuple[float, float] = (0.5, 0.25),
+    ):
         self.pixels, self.input_name, self.batch = pixels, input_name, batch
+        self.normalization = normalization  # the run's preprocess (mean, std)
         self.start = 0
 
     def get_next(self) -> dict[str, np.ndarray] | None:
@@ -77,7 +84,7 @@ class PixelsReader:
             return None
         chunk = self.pixels[self.start : self.start + self.batch]
         self.start += self.batch
-        return {self.input_name: normalise_numpy(np.ascontiguousarray(chunk))}
+        return {self.input_name: normalise_numpy(np.ascontiguousarray(chunk), *self.normalization)}
 
     def rewind(self) -> None:
         self.start = 0
@@ -153,7 +160,13 @@ def quantize_run(
     out = int8_path(fp32_path)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".int8-") as tmp:
         candidate = Path(tmp) / out.name
-        quantize_onnx(fp32_path, candidate, calibration, quant_format)
+        quantize_onnx(
+            fp32_path,
+            candidate,
+            calibration,
+            quant_format,
+            (info.preprocess.mean, info.preprocess.std),
+        )
         fp32_scores = _scores(fp32_path, pixels, info)
         int8_scores = _scores(candidate, pixels, info)
         fp32_auroc = _auroc(labels, fp32_scores, info)
@@ -208,9 +221,14 @@ def int8_path(fp32_path: str | Path) -> Path:
 
 
 def quantize_onnx(
-    fp32_path: str | Path, out: str | Path, calibration: np.ndarray, quant_format: str
+    fp32_path: str | Path,
+    out: str | Path,
+    calibration: np.ndarray,
+    quant_format: str,
+    normalization: tuple[float, float] = (0.5, 0.25),
 ) -> None:
-    """onnxruntime static quantization of a float32 cxr export, calibrated on uint8 images."""
+    """onnxruntime static quantization of a float32 cxr export, calibrated on uint8 images
+    normalised with the run's (mean, std)."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -224,7 +242,7 @@ def quantize_onnx(
     quantize_static(
         str(prepared),
         str(out),
-        PixelsReader(calibration, input_name),
+        PixelsReader(calibration, input_name, normalization=normalization),
         quant_format=QuantFormat.QDQ if quant_format == "qdq" else QuantFormat.QOperator,
         per_channel=True,
         # Unsigned activations with signed weights in both layouts: ONNX Runtime's x86 integer
@@ -254,7 +272,11 @@ def _scores(onnx_path: Path, pixels: np.ndarray, info, batch: int = 64) -> np.nd
     output = session.get_outputs()[0].name
     logits = []
     for i in range(0, len(pixels), batch):
-        x = normalise_numpy(np.ascontiguousarray(pixels[i : i + batch]))
+        x = normalise_numpy(
+            np.ascontiguousarray(pixels[i : i + batch]),
+            info.preprocess.mean,
+            info.preprocess.std,
+        )
         logits.append(session.run([output], {name: x})[0])
     return probabilities_numpy(np.concatenate(logits), info.task, info.temperature)
 

@@ -1,7 +1,7 @@
 """Backbones behind one interface (`Classifier`), built by name from the registry."""
 
 # each module registers its architectures on import
-from cxr.models import convnext, densenet, efficientnet, ensemble, resnet  # noqa: F401
+from cxr.models import convnext, densenet, efficientnet, ensemble, resnet, xrv  # noqa: F401
 from cxr.models.registry import (
     ARCHITECTURES,
     COMPOSITES,

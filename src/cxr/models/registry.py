@@ -18,8 +18,9 @@ import torch
 from torch import nn
 from torchvision.models import WeightsEnum
 
-from cxr.config import ModelConfig
+from cxr.config import ModelConfig, PreprocessConfig
 from cxr.errors import ConfigError, OfflineError
+from cxr.preprocess import MEAN, STD
 
 
 class Classifier(nn.Module):
@@ -33,6 +34,10 @@ class Classifier(nn.Module):
     """
 
     head_name = "fc"
+    # The input scale the weights expect, (x - input_mean) / input_std on [0, 1] pixels: the
+    # run's preprocess.mean / std, set by `build_model` (cxr's defaults until then).
+    input_mean: float = MEAN
+    input_std: float = STD
 
     def __init__(self, net: nn.Module):
         super().__init__()
@@ -60,6 +65,10 @@ class Classifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.pooled_features(x))
+
+    def set_normalization(self, preprocess: PreprocessConfig) -> None:
+        """Take the run's input contract, so every forward pass normalises as it was trained."""
+        self.input_mean, self.input_std = float(preprocess.mean), float(preprocess.std)
 
 
 @dataclass(frozen=True)
@@ -97,12 +106,22 @@ def check_arch(name: str) -> Architecture:
     return ARCHITECTURES[name]
 
 
-def build_model(cfg: ModelConfig, num_outputs: int) -> Classifier:
+def build_model(
+    cfg: ModelConfig, num_outputs: int, preprocess: PreprocessConfig | None = None
+) -> Classifier:
     """A Classifier taking (N, 1, S, S) normalised grey images, returning (N, num_outputs) logits.
 
     The head is linear logits for both tasks: sigmoid (multi-label) or softmax (single-label)
     is applied by the loss and by `probabilities`, so one model class serves both.
+    `preprocess` gives the input normalisation (cxr's default when None).
     """
+    model = _build(cfg, num_outputs)
+    if preprocess is not None:
+        model.set_normalization(preprocess)
+    return model
+
+
+def _build(cfg: ModelConfig, num_outputs: int) -> Classifier:
     if cfg.arch in COMPOSITES:
         return COMPOSITES[cfg.arch](cfg, num_outputs)
     arch = check_arch(cfg.arch)

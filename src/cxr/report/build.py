@@ -54,6 +54,7 @@ from cxr.report.card import limitations, model_card, source_kind
 from cxr.report.figures import draw_figures, gallery_entries
 from cxr.run import LoadedRun, load_run, split_keys
 from cxr.runtime import forward, select_runtime
+from cxr.xrv import pretraining_overlap
 
 # ---------------------------------------------------------------------------------------------
 # Analysis: pure functions of validation and evaluation scores
@@ -360,6 +361,7 @@ def build_report(
             "validation images now (different validation images?); the report uses the latter."
         )
     report = {
+        "pretraining_warning": pretraining_overlap(run.info, data.path, data.format),
         "leakage": overlap.as_dict(),
         "title": f"Evaluation of {run_dir.name}",
         "notice": NOT_A_MEDICAL_DEVICE,
