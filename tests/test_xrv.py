@@ -40,9 +40,9 @@ def _file_name(name: str) -> str:
 
 
 def _randomise(net: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Seeded random weights with BatchNorm statistics that are not the identity, and a head
-    scaled so logits are of order 1 (a random DenseNet on [-1024, 1024] input otherwise gives
-    logits near 1000, whose sigmoids are all 0 or 1 and compare nothing)."""
+    """Seeded random weights with BatchNorm statistics that are not the identity, and a stem
+    scaled by 1/1024 as a trained model's maps [-1024, 1024] to activations of order 1 (a random
+    stem gives features and logits near 1000, whose sigmoids are all 0 or 1: nothing compared)."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, tensor in net.state_dict().items():
@@ -50,8 +50,9 @@ def _randomise(net: torch.nn.Module, seed: int) -> torch.nn.Module:
                 tensor.copy_(0.5 + torch.rand(tensor.shape, generator=gen))
             elif tensor.dtype.is_floating_point and "running_mean" in name:
                 tensor.copy_(0.1 * torch.randn(tensor.shape, generator=gen))
+        stem = net.features.conv0 if hasattr(net, "features") else net.conv1
+        stem.weight.mul_(1 / 1024)
         head = net.classifier if hasattr(net, "classifier") else net.fc
-        head.weight.mul_(1e-3)
         head.bias.copy_(0.1 * torch.randn(head.bias.shape, generator=gen))
     return net.eval()
 
