@@ -223,3 +223,52 @@ def test_adapt_moves_the_prevalence_toward_the_new_sites(site_run, kermany_train
         "NORMAL": 0.5,
         "PNEUMONIA": 0.5,
     }
+
+
+@pytest.mark.slow  # trains a model
+def test_report_of_an_adapted_run_shows_before_and_after(site_run, kermany_train, tmp_path):
+    """`cxr report` on an adapted run with the new site's labelled images (pneumonia 25% where
+    the run was validated at about 74%): AUROC unchanged, calibration better, the thresholds
+    and calls at both operating points, and the estimated against the observed prevalence."""
+    from cxr.report.build import build_report
+
+    used = _patients(site_run)
+    unlabelled = _site_folder(kermany_train, tmp_path / "site", used, 90, 30, labelled=False)
+    out = tmp_path / "adapted"
+    summary = adapt_run(site_run, unlabelled, out, device="cpu", progress=False)
+    labelled = _site_folder(kermany_train, tmp_path / "labelled", used, 90, 30, labelled=True)
+    report = build_report(
+        out,
+        DataConfig(path=str(labelled)),
+        tmp_path / "report",
+        n_boot=20,
+        gallery=False,
+        progress=False,
+        device="cpu",
+    )
+    a = report["adaptation"]
+    assert a["source_run"] == str(Path(site_run).resolve())
+    assert a["after"]["mean_auroc"] == pytest.approx(a["before"]["mean_auroc"], abs=1e-9)
+    assert a["after"]["nll"] < a["before"]["nll"]
+    f = a["findings"]["PNEUMONIA"]
+    assert f["prevalence_observed"] == pytest.approx(0.25)
+    assert f["prevalence_estimated"] == summary["prevalence_after"]["PNEUMONIA"]
+    assert f["prevalence_validation"] > 0.5
+    # "keep" thresholds: moved with the shift, so the calls and their rates are the same
+    assert f["after"]["threshold"] != f["before"]["threshold"]
+    assert f["after"]["sensitivity"] == f["before"]["sensitivity"]
+    assert f["after"]["specificity"] == f["before"]["specificity"]
+    assert abs(f["mean_probability_after"] - 0.25) < abs(f["mean_probability_before"] - 0.25)
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert 'id="adaptation"' in html and "observed" in html
+    # a run that was not adapted has no such section
+    plain = build_report(
+        site_run,
+        DataConfig(path=str(labelled)),
+        tmp_path / "plain",
+        n_boot=20,
+        gallery=False,
+        progress=False,
+        device="cpu",
+    )
+    assert plain["adaptation"] is None

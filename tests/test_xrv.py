@@ -108,9 +108,10 @@ def _xrv_logits(ref: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
 
 
 def _kermany_files(kermany_train: Path, n: int) -> list[Path]:
-    return sorted((kermany_train / "NORMAL").glob("*.jpeg"))[:n] + sorted(
-        (kermany_train / "PNEUMONIA").glob("*.jpeg")
-    )[:n]
+    return (
+        sorted((kermany_train / "NORMAL").glob("*.jpeg"))[:n]
+        + sorted((kermany_train / "PNEUMONIA").glob("*.jpeg"))[:n]
+    )
 
 
 # ---------------------------------------------------------------------- outputs match xrv's
@@ -309,8 +310,9 @@ def test_default_runs_keep_their_cache_key_and_normalisation():
         '{"image_size":224,"resize":"pad","clahe":true,"clahe_clip_limit":2.0,'
         '"clahe_tile_grid":8,"filter":"none","filter_size":3}'
     )
-    assert config_hash(default, NORMALIZATION_FIELDS) == (
-        hashlib.sha256(before.encode()).hexdigest()[:16]
+    assert (
+        config_hash(default, NORMALIZATION_FIELDS)
+        == (hashlib.sha256(before.encode()).hexdigest()[:16])
     )
     assert config_hash(default.model_copy(update={"std": 1 / 2048}), NORMALIZATION_FIELDS) == (
         config_hash(default, NORMALIZATION_FIELDS)
@@ -402,3 +404,13 @@ def test_train_pretrained_run_fine_tunes_with_its_contract_and_report_warns(
     body = html[html.index("<body>") :]
     assert body.index('id="pretraining"') < body.index("<h1>")
     assert not math.isnan(report["results"]["n_images"])
+
+
+def test_report_on_an_imported_run_says_what_it_needs(imported, nih_samples, tmp_path):
+    """An imported run has no validation images to choose operating points on: the report
+    refuses clearly, before any work, and says how to get them."""
+    from cxr.errors import DataError
+    from cxr.report.build import build_report
+
+    with pytest.raises(DataError, match="no validation images .*cxr evaluate.*--pretrained"):
+        build_report(imported[NIH], DataConfig(path=str(nih_samples)), tmp_path, progress=False)

@@ -57,7 +57,14 @@ from cxr.metrics import compute_metrics
 from cxr.run import RunDir, load_run
 from cxr.runtime import forward, select_runtime
 
-__all__ = ["THRESHOLD_MODES", "adapt_run", "compare_on_labelled", "em_priors", "prior_shift"]
+__all__ = [
+    "THRESHOLD_MODES",
+    "adaptation_before_after",
+    "adapt_run",
+    "compare_on_labelled",
+    "em_priors",
+    "prior_shift",
+]
 
 THRESHOLD_MODES = ("keep", "bayes")
 _PRIOR_CLIP = 1e-4  # a prior of exactly 0 or 1 cannot move
@@ -308,5 +315,54 @@ def compare_on_labelled(
             "prevalence": dict(zip(run.findings, map(float, np.nanmean(y, 0)), strict=True)),
             "accuracy": metrics["accuracy"],
             "mean_auroc": metrics["mean_auroc"],
+            "per_finding": {
+                f: {
+                    k: metrics["per_finding"][f].get(k)
+                    for k in ("auroc", "threshold", "sensitivity", "specificity")
+                }
+                for f in run.findings
+            },
         }
     return out
+
+
+def adaptation_before_after(
+    adapted: str | Path, data, device: str = "auto", progress: bool = True
+) -> dict:
+    """`cxr report` on an adapted run with the new site's labelled images: the source run
+    (adapt.json's source_run) against the adapted one on them. AUROC is unchanged by design
+    (a monotone shift per finding); calibration (NLL, ECE), the calls at each run's operating
+    points (sensitivity, specificity, accuracy) and the prevalence (validation, estimated by EM
+    from the unlabelled images, observed in the labels) are what moved."""
+    adapted = Path(adapted)
+    summary = json.loads((adapted / "adapt.json").read_text())
+    source = Path(summary["source_run"])
+    if not RunDir(source).is_finished():
+        raise CxrError(
+            f"{adapted}/adapt.json names the source run {source}, which is not there any more: "
+            "the before/after comparison needs it"
+        )
+    both = compare_on_labelled(source, adapted, data, device, progress)
+    findings = list(summary["prevalence_after"])
+    return {
+        "source_run": str(source),
+        "adapted_run": str(adapted),
+        "unlabelled_data": summary["unlabelled_data"],
+        "n_unlabelled": summary["n_images"],
+        "thresholds": summary["thresholds"],
+        "method": summary["method"],
+        "before": {k: both["before"][k] for k in ("nll", "ece", "accuracy", "mean_auroc")},
+        "after": {k: both["after"][k] for k in ("nll", "ece", "accuracy", "mean_auroc")},
+        "findings": {
+            f: {
+                "prevalence_validation": summary["prevalence_before"][f],
+                "prevalence_estimated": summary["prevalence_after"][f],
+                "prevalence_observed": both["after"]["prevalence"][f],
+                "mean_probability_before": both["before"]["mean_probability"][f],
+                "mean_probability_after": both["after"]["mean_probability"][f],
+                "before": both["before"]["per_finding"][f],
+                "after": both["after"]["per_finding"][f],
+            }
+            for f in findings
+        },
+    }

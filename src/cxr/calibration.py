@@ -296,6 +296,14 @@ def validation_images(run: LoadedRun, progress: bool = True) -> CachedImages:
     report evaluates.
     """
     cfg = run.config
+    if run.files.split.is_file() and not split_keys(run.run_dir, "val"):
+        raise DataError(
+            "the run has no validation images (an imported model: its thresholds are its "
+            "library's operating points, model.json). Measure it with `cxr evaluate`; for "
+            "operating points, calibration and the report, fine-tune or calibrate it on local "
+            "labelled data first (`cxr train --pretrained RUN`)",
+            path=str(run.files.split),
+        )
     try:
         table = resolve_table(cfg.data, cfg.train.cache_dir, progress)
     except DataError as exc:

@@ -136,6 +136,14 @@ def run_report(args: argparse.Namespace) -> int:
     for warning in [report.get("pretraining_warning")] + report["warnings"]:
         if warning:
             print(f"warning: {warning}")
+    if report.get("adaptation"):
+        a = report["adaptation"]
+        print(
+            f"site adaptation ({a['source_run']} -> {a['adapted_run']}): ECE "
+            f"{_num(a['before']['ece'])} -> {_num(a['after']['ece'])}, accuracy "
+            f"{_num(a['before']['accuracy'])} -> {_num(a['after']['accuracy'])}, AUROC "
+            f"{_num(a['before']['mean_auroc'])} -> {_num(a['after']['mean_auroc'])}"
+        )
     print(f"report: {report['paths']['html']} (and {report['paths']['json']})")
     print(NOT_A_MEDICAL_DEVICE)
     return 0
@@ -188,3 +196,7 @@ COMMANDS = {
         [model_flag, device_flag, overlap_flag],
     ),
 }
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from cxr import NOT_A_MEDICAL_DEVICE, __version__
+from cxr.adapt import adaptation_before_after
 from cxr.bootstrap import binary_statistics, bootstrap_intervals
 from cxr.calibration import (
     apply_temperature,
@@ -386,6 +387,9 @@ def build_report(
         report["tta"] = _measure_tta(
             run, images, test, rt, calibration.temperature, n_boot, seed, progress
         )
+    report["adaptation"] = None
+    if (run_dir / "adapt.json").is_file():  # `cxr adapt` made this run: before / after
+        report["adaptation"] = adaptation_before_after(run_dir, data, device, progress)
     kind = source_kind(run.config.data)
     report["model_card"] = model_card(run, data, kind)
     report["model_card"]["limitations"] = limitations(report)

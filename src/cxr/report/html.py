@@ -124,6 +124,28 @@ nav a{margin-right:12px}
 <td>{{ f.auprc|ci }}</td><td>{{ f.ece_before|num }}</td><td>{{ f.ece_after|num }}</td></tr>
 {% endfor %}</table></div>
 
+{% if r.adaptation %}{% set a = r.adaptation %}
+<h2 id="adaptation">Site adaptation (cxr adapt): before and after, on these images</h2>
+<p class="small">{{ a.adapted_run }} is {{ a.source_run }} adjusted to the prevalence estimated
+ from {{ a.n_unlabelled }} unlabelled images ({{ a.method }}; thresholds: {{ a.thresholds }}).
+ AUROC cannot change (a monotone shift per finding); calibration and the calls can.</p>
+<div class="wide"><table><tr><th></th><th>NLL</th><th>ECE</th><th>accuracy</th>
+<th>mean AUROC</th></tr>
+{% for name in ("before", "after") %}<tr><td>{{ name }}</td><td>{{ a[name].nll|num }}</td>
+<td>{{ a[name].ece|num }}</td><td>{{ a[name].accuracy|num }}</td>
+<td>{{ a[name].mean_auroc|num }}</td></tr>{% endfor %}</table></div>
+<div class="wide"><table><tr><th>finding</th><th>prevalence: validation</th><th>estimated</th>
+<th>observed</th><th>mean probability before / after</th><th>threshold before / after</th>
+<th>sensitivity before / after</th><th>specificity before / after</th></tr>
+{% for name, f in a.findings.items() %}<tr><td>{{ name }}</td>
+<td>{{ f.prevalence_validation|pct }}</td><td>{{ f.prevalence_estimated|pct }}</td>
+<td>{{ f.prevalence_observed|pct }}</td>
+<td>{{ f.mean_probability_before|num }} / {{ f.mean_probability_after|num }}</td>
+<td>{{ f.before.threshold|num }} / {{ f.after.threshold|num }}</td>
+<td>{{ f.before.sensitivity|num }} / {{ f.after.sensitivity|num }}</td>
+<td>{{ f.before.specificity|num }} / {{ f.after.specificity|num }}</td></tr>
+{% endfor %}</table></div>{% endif %}
+
 <h2 id="operating">Operating points (chosen on validation, applied here)</h2>
 {% for m, label in op_names.items() %}<h3>{{ label }}</h3>
 <div class="wide"><table><tr><th>finding</th><th>threshold</th>
