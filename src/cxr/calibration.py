@@ -289,6 +289,18 @@ def load_calibration(run_dir: str | Path) -> Calibration | None:
 # ---------------------------------------------------------------------------------------------
 
 
+def require_validation_split(run: LoadedRun) -> None:
+    """Before any work: the run has validation images (an imported model has none)."""
+    if run.files.split.is_file() and not split_keys(run.run_dir, "val"):
+        raise DataError(
+            "the run has no validation images (an imported model: its thresholds are its "
+            "library's operating points, model.json). Measure it with `cxr evaluate`; for "
+            "operating points, calibration and the report, fine-tune it on local labelled data "
+            "first (`cxr train --pretrained RUN`)",
+            path=str(run.files.split),
+        )
+
+
 def validation_images(run: LoadedRun, progress: bool = True) -> CachedImages:
     """The run's validation images (CachedImages), rebuilt from config.json and split.csv.
 
@@ -296,14 +308,7 @@ def validation_images(run: LoadedRun, progress: bool = True) -> CachedImages:
     report evaluates.
     """
     cfg = run.config
-    if run.files.split.is_file() and not split_keys(run.run_dir, "val"):
-        raise DataError(
-            "the run has no validation images (an imported model: its thresholds are its "
-            "library's operating points, model.json). Measure it with `cxr evaluate`; for "
-            "operating points, calibration and the report, fine-tune or calibrate it on local "
-            "labelled data first (`cxr train --pretrained RUN`)",
-            path=str(run.files.split),
-        )
+    require_validation_split(run)
     try:
         table = resolve_table(cfg.data, cfg.train.cache_dir, progress)
     except DataError as exc:

@@ -32,6 +32,7 @@ from cxr.calibration import (
     apply_temperature,
     calibration_summary,
     load_calibration,
+    require_validation_split,
     save_calibration,
     validation_images,
 )
@@ -334,6 +335,7 @@ def build_report(
     run_dir = Path(run_dir)
     rt = select_runtime(device)
     run = load_run(run_dir, rt.device)
+    require_validation_split(run)
     data = data_for_run(run.config, data)
     out_dir = Path(out_dir) if out_dir is not None else run.files.report
 
