@@ -414,3 +414,44 @@ def test_report_on_an_imported_run_says_what_it_needs(imported, nih_samples, tmp
 
     with pytest.raises(DataError, match="no validation images .*cxr evaluate.*--pretrained"):
         build_report(imported[NIH], DataConfig(path=str(nih_samples)), tmp_path, progress=False)
+
+
+def test_imported_run_is_served_and_explained(imported, kermany_train, tmp_path):
+    """The web API and folder prediction answer with the imported model's probabilities (its
+    [-1024, 1024] input contract applied), and Grad-CAM works through the family's cam_layers."""
+    import csv
+    import io
+
+    from cxr.explain.gradcam import heatmaps
+    from cxr.inference.analysis import Analyser
+    from cxr.serve import create_app
+
+    path = _kermany_files(kermany_train, 1)[0]
+    predictor = Predictor.from_run_dir(imported[ALL])
+    expected = predictor.predict(read_image(path).image)
+    engine = Analyser({"model": str(imported[ALL])})
+    client = create_app({"model": str(imported[ALL])}, engine=engine).test_client()
+    response = client.post(
+        "/api/predict?heatmaps=Pneumonia", data={"file": (io.BytesIO(path.read_bytes()), path.name)}
+    )
+    assert response.status_code == 200, response.get_json()
+    body = response.get_json()
+    by_name = {f["finding"]: f["probability"] for f in body["findings"]}
+    for name, p in zip(expected.findings, expected.probabilities, strict=True):
+        assert by_name[name] == pytest.approx(p, abs=1e-6)
+
+    # random weights: some findings have no positive evidence (an all-zero map), not all
+    maps = heatmaps(predictor, read_image(path).image)
+    assert all(m.shape == (224, 224) for m in maps.values())
+    assert any(float(m.std()) > 0 for m in maps.values())
+
+    out = tmp_path / "predictions.csv"
+    assert main(["predict", str(path), "--model", str(imported[ALL]), "--out", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 1
+    columns = [c for c in rows[0] if "Pneumonia" in c and "prob" in c.lower()] or [
+        c for c in rows[0] if c == "Pneumonia"
+    ]
+    assert columns, rows[0].keys()
+    p = expected.probabilities[expected.findings.index("Pneumonia")]
+    assert float(rows[0][columns[0]]) == pytest.approx(p, abs=1e-5)
