@@ -347,6 +347,7 @@ def test_evaluate_warns_when_the_model_was_pretrained_on_the_data(imported, nih_
     assert metrics["per_finding"]
 
 
+@pytest.mark.slow  # trains a model
 def test_train_pretrained_run_fine_tunes_with_its_contract_and_report_warns(
     imported, nih_1000, nih_samples, tmp_path
 ):
