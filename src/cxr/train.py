@@ -262,7 +262,7 @@ def seed_from_run(model: nn.Module, run_dir: str, findings: list[str]) -> list[s
     backbone = {
         k: v
         for k, v in seed.model.state_dict().items()
-        if k not in head and own[k].shape == v.shape
+        if k not in head and k in own and own[k].shape == v.shape
     }
     model.load_state_dict(backbone, strict=False)
     index = {canonical(f): i for i, f in enumerate(seed.findings)}
