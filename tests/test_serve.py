@@ -924,3 +924,85 @@ def test_display_images_expire_are_bounded_and_unguessable(client, kermany_jpeg)
     assert cache.put(b"w" * 1001) is None
     time.sleep(0.4)
     assert len(cache) == 0 and cache.get(tokens[-1]) is None
+
+
+# --- the model card: intervals, positives, and no server path (issue 15) -------------------------
+
+
+def _strings(value, where: str = ""):
+    """Every (JSON path, string) in a JSON value, keys included."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield f"{where}.{k} (key)", k
+            yield from _strings(v, f"{where}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _strings(v, f"{where}[{i}]")
+    elif isinstance(value, str):
+        yield where, value
+
+
+# an absolute POSIX or Windows path, or one from the home directory, anywhere in a string
+_ABSOLUTE = re.compile(r"(?:^|[\s\"'=(,:;])(?:/(?!api/)[\w.~-]+/|~/|[A-Za-z]:[\\/])")
+
+
+def test_model_info_has_no_server_path_anywhere(run_dir, tmp_path):
+    """A run with everything that records paths (data folder, cache dir, an OOD gate fitted from
+    it, calibration) served from a folder under the home directory's name: no path leaks."""
+    import shutil
+
+    from cxr.calibration import calibrate_run
+    from cxr.ood import gate as ood
+    from cxr.ood.fit import fit_ood_gate_for_run
+
+    run = tmp_path / "served-run"
+    shutil.copytree(run_dir, run)
+    fit_ood_gate_for_run(run, ood.OodConfig(action="warn"), progress=False)
+    calibrate_run(run, progress=False, device="cpu")
+    client = make_client(Engine({"model": str(run)}))
+    info = client.get("/api/model").get_json()
+    assert info["ood_gate"]["enabled"] and info["calibration"] is not None
+    text = json.dumps(info)
+    home = str(Path.home())
+    for secret in (str(run), str(tmp_path), str(run_dir.parent), home, "/tmp/", "/work/"):
+        assert secret not in text, secret
+    leaks = [(where, s) for where, s in _strings(info) if _ABSOLUTE.search(s)]
+    assert leaks == []
+    # the walker itself finds a path wherever one hides
+    planted = {"a": [{"b": f"fitted with cxr ood-fit --model {run}"}], "c": "C:\\runs\\x"}
+    assert [w for w, s in _strings(planted) if _ABSOLUTE.search(s)] == [".a[0].b", ".c"]
+    assert not _ABSOLUTE.search("mean/median, 1/2, see /api/model")
+
+
+def test_model_info_carries_validation_intervals_and_positives(client, run_dir):
+    """Training wrote patient-bootstrap intervals into val_metrics.json; /api/model shows them
+    with the positives per finding."""
+
+    written = json.loads((run_dir / "val_metrics.json").read_text())
+    assert written["intervals"]["n_boot"] == 300 and written["intervals"]["seconds"] >= 0
+    val = client.get("/api/model").get_json()["metrics"]["validation"]
+    assert val["intervals"] == {"method": "patient bootstrap", "n_boot": 300, "level": 0.95}
+    for name, m in val["per_finding"].items():
+        low, high = m["auroc_ci"]
+        assert 0 <= low <= m["auroc"] <= high <= 1, (name, m)
+        assert m["n_positive"] + m["n_negative"] == val["n_images"]
+        s_low, s_high = m["sensitivity_ci"]
+        assert s_low <= m["sensitivity"] <= s_high
+
+
+def test_model_info_says_not_computed_for_runs_trained_before_intervals(engine, run_dir, tmp_path):
+    import shutil
+
+    run = tmp_path / "old-run"
+    shutil.copytree(run_dir, run)
+    metrics = json.loads((run / "val_metrics.json").read_text())
+    del metrics["intervals"]
+    (run / "val_metrics.json").write_text(json.dumps(metrics))
+    client = make_client(Engine({"model": str(run)}))
+    response = client.get("/api/model")
+    assert response.status_code == 200
+    val = response.get_json()["metrics"]["validation"]
+    assert val["intervals"] is None
+    assert all(
+        m["auroc_ci"] is None and m["auroc"] is not None for m in val["per_finding"].values()
+    )

@@ -328,6 +328,27 @@ export interface components {
              * @default null
              */
             n_positive?: number | null;
+            /**
+             * N Negative
+             * @default null
+             */
+            n_negative?: number | null;
+            /**
+             * Auroc Ci
+             * @description [low, high] 95% interval; null: not computed or not estimable
+             * @default null
+             */
+            auroc_ci?: number[] | null;
+            /**
+             * Sensitivity Ci
+             * @default null
+             */
+            sensitivity_ci?: number[] | null;
+            /**
+             * Specificity Ci
+             * @default null
+             */
+            specificity_ci?: number[] | null;
         };
         /** Health */
         Health: {
@@ -398,6 +419,27 @@ export interface components {
              */
             display?: components["schemas"]["DisplayImage"] | null;
         };
+        /**
+         * IntervalsInfo
+         * @description How the intervals were made (null on runs trained before they were computed).
+         */
+        IntervalsInfo: {
+            /**
+             * Method
+             * @example patient bootstrap
+             */
+            method: string;
+            /**
+             * N Boot
+             * @default null
+             */
+            n_boot?: number | null;
+            /**
+             * Level
+             * @description coverage, e.g. 0.95
+             */
+            level: number;
+        };
         /** Metrics */
         Metrics: {
             /** @default null */
@@ -422,6 +464,11 @@ export interface components {
              * @default null
              */
             accuracy?: number | null;
+            /**
+             * @description null: intervals not computed
+             * @default null
+             */
+            intervals?: components["schemas"]["IntervalsInfo"] | null;
             /** Per Finding */
             per_finding: {
                 [key: string]: components["schemas"]["FindingMetrics"];

@@ -13,7 +13,7 @@ const display = (url: string) => ({ url, expires_s: 600, depth: 16 as const, wid
 
 describe("loadGrey", () => {
   it("fetches the display image and keeps its 16 bits", async () => {
-    const fetchFn = vi.fn().mockResolvedValue(new Response(png16(), { headers: { "Content-Type": "image/png" } }));
+    const fetchFn = vi.fn().mockResolvedValue(new Response(png16().slice().buffer as ArrayBuffer, { headers: { "Content-Type": "image/png" } }));
     const image = { ...prediction().image, display: display("/api/display/abc") };
     const loaded = await loadGrey(image, fetchFn);
     expect(fetchFn).toHaveBeenCalledWith("/api/display/abc");

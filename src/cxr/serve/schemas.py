@@ -48,17 +48,35 @@ class Health(_Shape):
     notice: str
 
 
+Interval = list[float]  # [low, high]
+
+
 class FindingMetrics(_Shape):
     auroc: float | None = None
     sensitivity: float | None = None
     specificity: float | None = None
     n_positive: int | None = None
+    n_negative: int | None = None
+    auroc_ci: Interval | None = Field(
+        None, description="[low, high] 95% interval; null: not computed or not estimable"
+    )
+    sensitivity_ci: Interval | None = None
+    specificity_ci: Interval | None = None
+
+
+class IntervalsInfo(_Shape):
+    """How the intervals were made (null on runs trained before they were computed)."""
+
+    method: str = Field(examples=["patient bootstrap"])
+    n_boot: int | None = None
+    level: float = Field(description="coverage, e.g. 0.95")
 
 
 class MetricsSummary(_Shape):
     n_images: int | None = None
     mean_auroc: float | None = None
     accuracy: float | None = None
+    intervals: IntervalsInfo | None = Field(None, description="null: intervals not computed")
     per_finding: dict[str, FindingMetrics]
 
 
