@@ -85,7 +85,7 @@ export function Viewer(props: Props) {
   const oneToOne = () => {
     const pane = root.current?.querySelector<HTMLElement>(".pane");
     if (!pane) return;
-    const scale = Math.max(1, result.image.display_width / pane.clientWidth);
+    const scale = Math.max(1, (grey?.width ?? result.image.display_width) / pane.clientWidth);
     setView(clampView({ scale, x: (1 - scale) / 2, y: (1 - scale) / 2 }));
   };
   const fullScreen = () => {
