@@ -198,6 +198,7 @@ def test_upload_in_a_real_browser(server, kermany_train, tmp_path):
         "error.png",
         "phone.png",
         "phone-top.png",
+        "model-card.png",
     ):
         shot = shots / name
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000

@@ -88,7 +88,9 @@ const watch = (page) => {
     if (url.pathname === "/api/predict" && r.status() === 200 && url.searchParams.get("images") !== "false") {
       predictSizes.push((await r.body()).length);
     } else if (url.pathname.startsWith("/api/display/")) {
-      displayFetches.push([r.status(), r.headers()["content-type"], (await r.body()).length]);
+      const entry = [r.status(), r.headers()["content-type"], null]; // recorded at once
+      displayFetches.push(entry);
+      entry[2] = (await r.body()).length;
     }
   });
   page.on("console", (msg) => msg.type() === "error" && consoleErrors.push(msg.text()));
@@ -112,6 +114,19 @@ try {
   );
   await axe(page, "empty (desktop)");
   await page.screenshot({ path: join(outDir, "empty.png") });
+
+  // --- the model card: positives and validation intervals per finding ---
+  await page.locator(".model-info summary").click();
+  const card = await page.locator(".model-info").innerText();
+  // ("n/a" is fine; an absolute or home path anywhere is not)
+  check(!/(^|[\s("'=:])(\/|~\/)[\w.-]+\//m.test(card), "the open model card shows no server path");
+  const caption = await page.getByTestId("metrics-caption").innerText();
+  check(caption.includes("95% intervals from 300 patient bootstrap resamples"), `the card states its intervals: ${caption}`);
+  const pneumonia = await page.locator(".model-info tbody tr", { hasText: "Pneumonia" }).innerText();
+  check(/\d+ of \d+/.test(pneumonia) && /\d\.\d{3} \(\d\.\d{3}–\d\.\d{3}\)/.test(pneumonia), `positives and AUROC interval per finding: ${pneumonia.replace(/\s+/g, " ")}`);
+  await axe(page, "model card open (desktop)");
+  await page.locator(".model-info").screenshot({ path: join(outDir, "model-card.png") });
+  await page.locator(".model-info summary").click();
 
   // --- a real X-ray: honest calls ---
   await page.setInputFiles("#file-input", xray);

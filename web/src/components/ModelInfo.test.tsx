@@ -30,7 +30,7 @@ describe("ModelInfo", () => {
     const caption = mount.container.querySelector("[data-testid=metrics-caption]")!.textContent;
     expect(caption).toContain("95% intervals from 300 patient bootstrap resamples");
     const normal = rows().find((r) => r[0].startsWith("Normal"))!;
-    expect(normal.slice(1, 5)).toEqual(["3 / 15", "0.861 (0.712–0.963)", "0.67 (0.20–1.00)", "1.00"]);
+    expect(normal.slice(1, 5)).toEqual(["3 of 15", "0.861 (0.712–0.963)", "0.67 (0.20–1.00)", "1.00"]);
   });
 
   it("says intervals were not computed for a run trained before them", () => {

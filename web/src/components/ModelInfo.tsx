@@ -74,13 +74,16 @@ export function ModelInfo({ info, error }: { info: Info | null; error: string | 
           <dt>Input checks</dt>
           <dd>{info.ood_gate?.enabled ? "on: images unlike the training X-rays are refused or flagged" : "off for this model"}</dd>
         </dl>
+        <p className="hint" data-testid="metrics-caption">
+          {caption}
+        </p>
         <div className="table-scroll" tabIndex={0} role="region" aria-label="Validation metrics per finding">
           <table className="metrics">
-            <caption data-testid="metrics-caption">{caption}</caption>
+            <caption className="sr-only">Validation metrics per finding</caption>
             <thead>
               <tr>
                 <th scope="col">finding</th>
-                <th scope="col">positives / images</th>
+                <th scope="col">positives of images</th>
                 <th scope="col">AUROC</th>
                 <th scope="col">sens.</th>
                 <th scope="col">spec.</th>
@@ -100,7 +103,7 @@ export function ModelInfo({ info, error }: { info: Info | null; error: string | 
                     </th>
                     <td>
                       {m?.n_positive ?? "n/a"}
-                      {m?.n_positive != null && m?.n_negative != null ? ` / ${m.n_positive + m.n_negative}` : ""}
+                      {m?.n_positive != null && m?.n_negative != null ? ` of ${m.n_positive + m.n_negative}` : ""}
                     </td>
                     <td>{withInterval(m?.auroc, m?.auroc_ci, 3)}</td>
                     <td>{withInterval(m?.sensitivity, m?.sensitivity_ci, 2)}</td>
