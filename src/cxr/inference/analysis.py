@@ -260,9 +260,7 @@ class Analyser:
             heatmap_layer=layer,
             heatmap_grid=grid,
             heatmap_notes=heatmap_notes(maps),
-            heatmaps={
-                f: png_data_url(heatmap_rgba(_resize(m, small)), 6) for f, m in maps.items()
-            },
+            heatmaps={f: png_data_url(heatmap_rgba(_resize(m, small)), 6) for f, m in maps.items()},
             dicom=decoded.dicom,
             ood=ood,
             warnings=warnings_,
