@@ -403,7 +403,7 @@ export interface components {
             preview_height?: number | null;
             /**
              * Preprocessed
-             * @description what the model saw (CLAHE), JPEG
+             * @description what the model saw (CLAHE): PNG up to 128 px a side, JPEG above
              * @default null
              */
             preprocessed?: string | null;

@@ -58,8 +58,9 @@ HEATMAP_LEVELS = 32
 # fetched separately (GET /api/display/<id>), so a predict answer stays near 100 KB even for a
 # 3000 px 16-bit upload.
 PREVIEW_SIZE = 768
-PREVIEW_QUALITY = 80
-MODEL_VIEW_QUALITY = 90  # "what the model saw": fine detail matters more there
+PREVIEW_QUALITY = 75  # a 768 px film ~36 KB
+MODEL_VIEW_QUALITY = 75  # CLAHE brings out grain: a 512 px model view is ~28 KB at 75
+MODEL_VIEW_LOSSLESS = 128  # model inputs up to this side go as PNG: exact, and about as small
 HEATMAP_SPEC_CHARS = 2048  # every finding's name, comma-separated, fits with room to spare
 # Grad-CAM target: "last" (the usual layer, S / 32 cells a side) or "finer" (S / 16); the
 # ResNet names layer4 / layer3 are accepted too.
@@ -273,8 +274,11 @@ class Analyser:
             answer["image"]["original"] = jpeg_data_url(preview)
             answer["image"]["preview_width"] = preview.shape[1]
             answer["image"]["preview_height"] = preview.shape[0]
-            answer["image"]["preprocessed"] = jpeg_data_url(
-                prediction.preprocessed, MODEL_VIEW_QUALITY
+            seen = prediction.preprocessed
+            answer["image"]["preprocessed"] = (
+                png_data_url(seen, 9)
+                if max(seen.shape) <= MODEL_VIEW_LOSSLESS
+                else jpeg_data_url(seen, MODEL_VIEW_QUALITY)
             )
             if keep_display is not None:
                 lossless = grey if depth == 8 else (unit * 65535 + 0.5).astype(np.uint16)

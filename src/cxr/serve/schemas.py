@@ -193,7 +193,9 @@ class ImageInfo(_Shape):
     )
     preview_width: int | None = Field(None, description="size of `original`")
     preview_height: int | None = None
-    preprocessed: DataUrl | None = Field(None, description="what the model saw (CLAHE), JPEG")
+    preprocessed: DataUrl | None = Field(
+        None, description="what the model saw (CLAHE): PNG up to 128 px a side, JPEG above"
+    )
     depth: Literal[8, 16] | None = Field(None, description="bits per pixel of `display`")
     display: DisplayImage | None = Field(
         None,
