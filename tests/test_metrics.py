@@ -370,3 +370,41 @@ def test_training_curves_plot_writes_png(tmp_path):
     assert_png(plot_training_curves(history, tmp_path / "curves.png"))
     with pytest.raises(ValueError, match="history"):
         plot_training_curves([], tmp_path / "empty.png")
+
+
+def test_metric_intervals_resample_patients_and_bracket_the_estimates():
+    from cxr.metrics import metric_intervals
+
+    rng = np.random.default_rng(0)
+    n = 200
+    y = np.zeros((n, 2))
+    y[:, 0] = rng.random(n) < 0.3
+    y[:, 1] = np.nan  # a finding nobody labelled: not estimable, never a crash
+    y[:5, 1] = 0
+    scores = np.clip(y[:, :1] * 0.3 + rng.random((n, 1)) * 0.7, 0, 1)
+    scores = np.hstack([scores, rng.random((n, 1))])
+    metrics = compute_metrics(y, scores, ["A", "B"], "multilabel", np.array([0.5, 0.5]))
+    patients = [str(i // 10) for i in range(n)]  # 20 patients of 10 images each
+    out = metric_intervals(metrics, y, scores, patients, n_boot=200, seed=1)
+    assert out["method"] == "patient bootstrap" and out["n_patients"] == 20
+    a = out["per_finding"]["A"]
+    assert a["auroc"]["estimate"] == pytest.approx(metrics["auroc"]["A"])
+    assert a["sensitivity"]["estimate"] == pytest.approx(metrics["per_finding"]["A"]["sensitivity"])
+    assert a["specificity"]["estimate"] == pytest.approx(metrics["per_finding"]["A"]["specificity"])
+    for stat in a.values():
+        assert stat["low"] <= stat["estimate"] <= stat["high"] and stat["n_boot"] == 200
+    assert a["auroc"]["high"] - a["auroc"]["low"] > 0.02
+    # without patient ids every image is its own patient
+    by_image = metric_intervals(metrics, y, scores, None, n_boot=200, seed=1)
+    assert by_image["method"] == "image bootstrap" and by_image["n_patients"] == n
+    assert by_image["per_finding"]["A"]["auroc"] != a["auroc"]  # other resamples
+    assert out["per_finding"]["B"]["auroc"] == {
+        "estimate": None,
+        "low": None,
+        "high": None,
+        "n_valid": 0,
+        "n_boot": 200,
+    }
+    json.dumps(out)  # JSON-ready for val_metrics.json
+    again = metric_intervals(metrics, y, scores, patients, n_boot=200, seed=1)
+    assert again == out  # seeded

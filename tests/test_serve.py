@@ -7,7 +7,9 @@ import base64
 import csv
 import io
 import json
+import re
 import struct
+import time
 import zlib
 from pathlib import Path
 
@@ -93,11 +95,24 @@ def png_header_only(side: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
 
 
-def decode_data_url(url: str) -> np.ndarray:
+def decode_data_url(url: str, kind: str = "png") -> np.ndarray:
     head, _, body = url.partition(",")
-    assert head == "data:image/png;base64"
+    assert head == f"data:image/{kind};base64"
     pixels = cv2.imdecode(np.frombuffer(base64.b64decode(body), np.uint8), cv2.IMREAD_UNCHANGED)
     assert pixels is not None
+    return pixels
+
+
+def fetch_display(client, body: dict) -> np.ndarray:
+    """The lossless display image a predict answer points to (GET image.display.url)."""
+    display = body["image"]["display"]
+    response = client.get(display["url"])
+    assert response.status_code == 200 and response.mimetype == "image/png"
+    assert "no-store" in response.headers["Cache-Control"]
+    assert len(response.data) == display["bytes"]
+    pixels = cv2.imdecode(np.frombuffer(response.data, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert pixels.shape == (display["height"], display["width"])
+    assert pixels.dtype == (np.uint16 if display["depth"] == 16 else np.uint8)
     return pixels
 
 
@@ -181,7 +196,7 @@ def test_openapi_spec_is_valid_and_names_every_route(engine, spec):
     validate(spec)
     app = create_app({"model": str(engine.run_dir)}, engine=engine)
     routes = {
-        (rule.rule, method.lower())
+        (re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule), method.lower())  # <x> -> {x}
         for rule in app.url_map.iter_rules()
         if rule.rule.startswith("/api/")
         for method in rule.methods - {"HEAD", "OPTIONS"}
@@ -201,8 +216,12 @@ def test_predict_real_kermany_jpeg(client, engine, spec, kermany_jpeg):
     assert_well_formed(body, engine, spec)
     assert body["file"] == kermany_jpeg.name
     assert (body["image"]["width"], body["image"]["height"]) == (224, 224)
-    assert decode_data_url(body["image"]["original"]).shape == (224, 224)
-    model_view = decode_data_url(body["image"]["preprocessed"])
+    preview = decode_data_url(body["image"]["original"], "jpeg")  # small, lossy, inline
+    shown = fetch_display(client, body)  # lossless, fetched separately
+    assert preview.shape == shown.shape == (224, 224) and body["image"]["display"]["depth"] == 8
+    np.testing.assert_array_equal(shown, cv2.imread(str(kermany_jpeg), cv2.IMREAD_GRAYSCALE))
+    assert np.abs(preview.astype(int) - shown).mean() < 3
+    model_view = decode_data_url(body["image"]["preprocessed"])  # small: lossless PNG
     assert model_view.shape == (48, 48)  # the run's image size: what the model saw
     expected = engine.predictor.predict(decode_image(kermany_jpeg))
     np.testing.assert_array_equal(model_view, expected.preprocessed)
@@ -217,7 +236,8 @@ def test_predict_real_nih_png_with_heatmaps_for_every_finding(client, engine, sp
     assert (body["image"]["width"], body["image"]["height"]) == (512, 512)
     assert sorted(body["heatmaps"]) == sorted(engine.findings)
     maps = [decode_data_url(url) for url in body["heatmaps"].values()]
-    assert all(m.shape == (256, 256, 4) for m in maps)  # stretched over the 512 px original
+    # 4 px per cell of the 2 x 2 Grad-CAM grid, at least 64: the browser stretches it
+    assert all(m.shape == (64, 64, 4) for m in maps)
     # Grad-CAM of a two-class softmax: positive evidence for one class is negative for the
     # other, whose map is then empty (all transparent); the most probable finding's map is not
     # (the called class, top_finding, can be the less probable one under the decision rule).
@@ -245,8 +265,9 @@ def test_predict_dicom_built_from_a_real_image(client, engine, spec, nih_pixels)
     assert_well_formed(body, engine, spec)
     assert (body["image"]["width"], body["image"]["height"]) == (512, 512)
     # the browser gets a PNG of the DICOM: no DICOM decoder is needed client-side
-    original = decode_data_url(body["image"]["original"]).astype(np.int16)
+    original = decode_data_url(body["image"]["original"], "jpeg").astype(np.int16)
     assert np.abs(original - nih_pixels).mean() < 3
+    np.testing.assert_array_equal(fetch_display(client, body), nih_pixels)
 
 
 def test_big_16_bit_image_is_shown_at_display_size(engine, nih_pixels):
@@ -254,7 +275,8 @@ def test_big_16_bit_image_is_shown_at_display_size(engine, nih_pixels):
     client = make_client(engine, display_size=1024)
     body = upload(client, png_bytes(big * 257), "big16.png", heatmaps="none").get_json()
     assert (body["image"]["width"], body["image"]["height"]) == (2048, 2048)
-    assert decode_data_url(body["image"]["original"]).shape == (1024, 1024)
+    assert decode_data_url(body["image"]["original"], "jpeg").shape == (768, 768)
+    assert fetch_display(client, body).shape == (1024, 1024)
 
 
 def test_raw_body_upload(client, kermany_jpeg):
@@ -792,8 +814,8 @@ def test_dicom_header_is_returned_without_identifiers_and_other_body_parts_warne
     assert header["transfer_syntax"] == "Explicit VR Little Endian"
     assert "SECRET-123" not in json.dumps(body) and "Doe^Jane" not in json.dumps(body)
     assert any("KNEE" in w for w in body["warnings"])
-    # depth=16: the preview keeps more than 256 grey levels
-    original = decode_data_url(body["image"]["original"])
+    # depth=16: the display image, fetched separately, keeps more than 256 grey levels
+    original = fetch_display(client, body)
     assert original.dtype == np.uint16 and body["image"]["depth"] == 16
     assert len(np.unique(original)) > 256
 
@@ -826,3 +848,161 @@ def test_heatmap_notes_name_empty_and_identical_maps():
         "B": "empty: Grad-CAM found no positive evidence for this finding",
         "C": "identical to the map for A",
     }
+
+
+# --- small answers: the lossless display image is fetched separately (issue 15) -----------------
+
+PREDICT_BUDGET = 150_000  # bytes of one predict answer, default heatmaps, whatever the image size
+
+
+@pytest.fixture(scope="module")
+def big_uploads(nih_pixels, tmp_path_factory) -> dict[str, Path]:
+    """3000 x 3000 uploads made from the real 512 px NIH film: a 16-bit PNG and a 12-bit DICOM
+    (with the film's noise kept, so they compress like a real large radiograph), and a real
+    1955 x 1841 15-bit chest CR DICOM from pydicom-data."""
+    from pydicom.data import get_testdata_file
+
+    real = get_testdata_file("RG1_UNCR.dcm", download=False)
+    if real is None:
+        pytest.skip("RG1_UNCR.dcm is not installed (pip install pydicom-data)")
+    real = Path(real)
+    folder = tmp_path_factory.mktemp("big")
+    up = cv2.resize(nih_pixels, (3000, 3000), interpolation=cv2.INTER_CUBIC).astype(np.float32)
+    grain = np.random.default_rng(0).normal(0.0, 0.15, up.shape)  # sub-grey-level detail
+    png16 = np.clip((up + grain) * 257, 0, 65535).astype(np.uint16)
+    (folder / "big16.png").write_bytes(png_bytes(png16))
+    dcm12 = np.clip((up + grain) * 16, 0, 4095).astype(np.uint16)
+    (folder / "big12.dcm").write_bytes(dicom_bytes(dcm12, BodyPartExamined="CHEST"))
+    return {
+        "big16.png": folder / "big16.png",
+        "big12.dcm": folder / "big12.dcm",
+        "RG1_UNCR.dcm": real,
+    }
+
+
+@pytest.mark.parametrize("name", ["big16.png", "big12.dcm", "RG1_UNCR.dcm"])
+def test_predict_answer_for_a_large_image_is_small_and_the_viewer_gets_full_depth(
+    client, engine, spec, big_uploads, name
+):
+    path = big_uploads[name]
+    response = upload(client, path.read_bytes(), name, depth="16")  # what the web page sends
+    assert response.status_code == 200, response.get_json()
+    print(f"{name}: predict answer {len(response.data)} bytes")
+    assert len(response.data) < PREDICT_BUDGET, f"{name}: {len(response.data)} bytes"
+    body = response.get_json()
+    assert_well_formed(body, engine, spec)
+    expected = {body["top_finding"]} | {f["finding"] for f in body["findings"] if f["positive"]}
+    assert set(body["heatmaps"]) == expected  # the default heatmaps are all there
+    image = body["image"]
+    assert max(image["width"], image["height"]) >= 1955
+    preview = decode_data_url(image["original"], "jpeg")
+    assert max(preview.shape) == 768  # the inline preview: first paint, list, history
+    shown = fetch_display(client, body)  # what the viewer windows: 16 bits at 1024 px
+    assert max(shown.shape) == 1024 and image["depth"] == 16
+    assert len(np.unique(shown)) > 1024, "window/level needs the file's depth, not 8 bits"
+    assert image["display_width"] == shown.shape[1]
+
+
+def test_display_images_expire_are_bounded_and_unguessable(client, kermany_jpeg):
+    from cxr.serve.display_cache import DisplayCache
+
+    body = upload(client, kermany_jpeg.read_bytes(), "a.jpeg", heatmaps="none").get_json()
+    again = upload(client, kermany_jpeg.read_bytes(), "a.jpeg", heatmaps="none").get_json()
+    url = body["image"]["display"]["url"]
+    assert url != again["image"]["display"]["url"]  # a fresh id for each answer
+    assert len(url.rsplit("/", 1)[1]) >= 32
+    unknown = client.get(url[:-4] + "AAAA")
+    assert unknown.status_code == 404 and unknown.get_json()["code"] == "display_expired"
+    assert "analyse the file again" in unknown.get_json()["error"]
+    # the cache itself: by time, by bytes, by entries; an image over the whole bound is not held
+    cache = DisplayCache(max_bytes=1000, max_entries=4, ttl_s=0.3)
+    a = cache.put(b"x" * 600)
+    b = cache.put(b"y" * 600)  # 1200 bytes > 1000: the older one goes
+    assert cache.get(a) is None and cache.get(b) == b"y" * 600
+    tokens = [cache.put(b"z") for _ in range(6)]  # each counts at least 1000 / 4 bytes
+    assert len(cache) == 4 and [cache.get(t) for t in tokens[:2]] == [None, None]
+    assert cache.put(b"w" * 1001) is None
+    time.sleep(0.4)
+    assert len(cache) == 0 and cache.get(tokens[-1]) is None
+
+
+# --- the model card: intervals, positives, and no server path (issue 15) -------------------------
+
+
+def _strings(value, where: str = ""):
+    """Every (JSON path, string) in a JSON value, keys included."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield f"{where}.{k} (key)", k
+            yield from _strings(v, f"{where}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _strings(v, f"{where}[{i}]")
+    elif isinstance(value, str):
+        yield where, value
+
+
+# an absolute POSIX or Windows path, or one from the home directory, anywhere in a string
+_ABSOLUTE = re.compile(r"(?:^|[\s\"'=(,:;])(?:/(?!api/)[\w.~-]+/|~/|[A-Za-z]:[\\/])")
+
+
+def test_model_info_has_no_server_path_anywhere(run_dir, tmp_path):
+    """A run with everything that records paths (data folder, cache dir, an OOD gate fitted from
+    it, calibration) served from a folder under the home directory's name: no path leaks."""
+    import shutil
+
+    from cxr.calibration import calibrate_run
+    from cxr.ood import gate as ood
+    from cxr.ood.fit import fit_ood_gate_for_run
+
+    run = tmp_path / "served-run"
+    shutil.copytree(run_dir, run)
+    fit_ood_gate_for_run(run, ood.OodConfig(action="warn"), progress=False)
+    calibrate_run(run, progress=False, device="cpu")
+    client = make_client(Engine({"model": str(run)}))
+    info = client.get("/api/model").get_json()
+    assert info["ood_gate"]["enabled"] and info["calibration"] is not None
+    text = json.dumps(info)
+    home = str(Path.home())
+    for secret in (str(run), str(tmp_path), str(run_dir.parent), home, "/tmp/", "/work/"):
+        assert secret not in text, secret
+    leaks = [(where, s) for where, s in _strings(info) if _ABSOLUTE.search(s)]
+    assert leaks == []
+    # the walker itself finds a path wherever one hides
+    planted = {"a": [{"b": f"fitted with cxr ood-fit --model {run}"}], "c": "C:\\runs\\x"}
+    assert [w for w, s in _strings(planted) if _ABSOLUTE.search(s)] == [".a[0].b", ".c"]
+    assert not _ABSOLUTE.search("mean/median, 1/2, see /api/model")
+
+
+def test_model_info_carries_validation_intervals_and_positives(client, run_dir):
+    """Training wrote patient-bootstrap intervals into val_metrics.json; /api/model shows them
+    with the positives per finding."""
+
+    written = json.loads((run_dir / "val_metrics.json").read_text())
+    assert written["intervals"]["n_boot"] == 300 and written["intervals"]["seconds"] >= 0
+    val = client.get("/api/model").get_json()["metrics"]["validation"]
+    assert val["intervals"] == {"method": "patient bootstrap", "n_boot": 300, "level": 0.95}
+    for name, m in val["per_finding"].items():
+        low, high = m["auroc_ci"]
+        assert 0 <= low <= m["auroc"] <= high <= 1, (name, m)
+        assert m["n_positive"] + m["n_negative"] == val["n_images"]
+        s_low, s_high = m["sensitivity_ci"]
+        assert s_low <= m["sensitivity"] <= s_high
+
+
+def test_model_info_says_not_computed_for_runs_trained_before_intervals(engine, run_dir, tmp_path):
+    import shutil
+
+    run = tmp_path / "old-run"
+    shutil.copytree(run_dir, run)
+    metrics = json.loads((run / "val_metrics.json").read_text())
+    del metrics["intervals"]
+    (run / "val_metrics.json").write_text(json.dumps(metrics))
+    client = make_client(Engine({"model": str(run)}))
+    response = client.get("/api/model")
+    assert response.status_code == 200
+    val = response.get_json()["metrics"]["validation"]
+    assert val["intervals"] is None
+    assert all(
+        m["auroc_ci"] is None and m["auroc"] is not None for m in val["per_finding"].values()
+    )

@@ -139,9 +139,12 @@ def _read(tmp_path: Path) -> str:
 
 def test_upload_in_a_real_browser(server, kermany_train, tmp_path):
     """web/e2e/upload.mjs checks every item of the viewer at 1440x900 and 390x844: honest calls,
-    zoom/pan, window/level on a 16-bit DICOM, keys, history after reload, a CT refused, phone
-    layout, and axe-core (WCAG 2.2 A/AA) with zero violations in each state."""
+    zoom/pan, window/level on a 16-bit DICOM (its display image fetched apart from the answer,
+    and the 8-bit fallback when it expired), a body-part warning, an identical-map note, keys,
+    history after reload, a CT refused, every predict answer under 150 KB, phone layout, and
+    axe-core (WCAG 2.2 A/AA) with zero violations in each state."""
     from dicom_files import write_dicom
+    from pydicom.data import get_testdata_file
 
     # A normal child's film: the tiny 1-epoch run calls it confidently (P(NORMAL) ~0.99), so the
     # most probable class has a Grad-CAM map at the 2x2 last layer and the other has none (on
@@ -161,9 +164,23 @@ def test_upload_in_a_real_browser(server, kermany_train, tmp_path):
         PatientID="SECRET-123",
     )
     ct = write_dicom(tmp_path / "ct.dcm", stored, Modality="CT")
+    # a real 1760 x 1760 10-bit CR of another body part (BodyPartExamined EXTREMITY)
+    other_part = get_testdata_file("RG3_UNCR.dcm", download=False)
+    if other_part is None:
+        pytest.skip("RG3_UNCR.dcm is not installed (pip install pydicom-data)")
     shots = SCREENSHOTS
     run = subprocess.run(
-        ["node", "e2e/upload.mjs", server, str(xray), str(text), str(dicom), str(ct), str(shots)],
+        [
+            "node",
+            "e2e/upload.mjs",
+            server,
+            str(xray),
+            str(text),
+            str(dicom),
+            str(ct),
+            str(other_part),
+            str(shots),
+        ],
         cwd=WEB,
         capture_output=True,
         text=True,
@@ -181,6 +198,7 @@ def test_upload_in_a_real_browser(server, kermany_train, tmp_path):
         "error.png",
         "phone.png",
         "phone-top.png",
+        "model-card.png",
     ):
         shot = shots / name
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000

@@ -174,6 +174,9 @@ class ModelConfig(StrictConfig):
 
 class TrainConfig(StrictConfig):
     epochs: int = Field(10, ge=1)
+    val_bootstrap: int = Field(
+        300, ge=0, description="patient-bootstrap resamples for validation CIs; 0: none"
+    )
     batch_size: int = Field(32, ge=1)
     optimizer: Literal["sgd", "adam", "adamw"] = "adamw"
     lr: float = Field(1e-3, gt=0.0)

@@ -106,6 +106,13 @@ class ClientGone(CxrError):
     code = "client_gone"
 
 
+class DisplayExpired(CxrError):
+    """A display image's id is unknown: it expired, was evicted, or the server restarted."""
+
+    http_status = 404
+    code = "display_expired"
+
+
 class DecodeWarning(UserWarning):
     """The decoder made a choice the user should know about (a fallback window, a bit depth)."""
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
+from cxr.bootstrap import binary_statistics, bootstrap_intervals
 from cxr.decision import decision_rule, positive_index
 
 TASKS = ("multilabel", "multiclass")
@@ -363,6 +364,50 @@ def compute_metrics(
     out["per_finding"] = per_finding
     out["decision"] = rule.to_json()
     return out
+
+
+def metric_intervals(
+    metrics: dict,
+    y_true: np.ndarray,
+    y_score: np.ndarray,
+    patients: list[str] | None,
+    n_boot: int = 300,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> dict:
+    """95% patient-bootstrap intervals (cxr.bootstrap) of each finding's AUROC and of the
+    sensitivity and specificity of the calls `metrics` made (its decision rule), for the model
+    card. JSON-ready: {"method", "n_boot", "alpha", "seed", "n_patients", "per_finding":
+    {finding: {"auroc"|"sensitivity"|"specificity": {estimate, low, high, n_valid, n_boot}}}};
+    all None where not estimable (e.g. no positives)."""
+    y_true, y_score = check_labels_scores(y_true, y_score, metrics["task"])
+    findings = metrics["findings"]
+    thresholds = [metrics["per_finding"][f]["threshold"] for f in findings]
+    rule = decision_rule(metrics["task"], findings, check_thresholds(thresholds, len(findings)))
+    calls = rule.calls(y_score).astype(np.float64)
+    statistics = {}
+    for j, name in enumerate(findings):
+        known = ~np.isnan(y_true[:, j])
+        labels = y_true[known, j].astype(np.int64)
+        statistics[name] = binary_statistics(labels, y_score[known, j], mask=known)
+        # the calls as 0/1 scores, called at 0.5: the rule's own sensitivity and specificity
+        statistics[f"{name}|call"] = binary_statistics(labels, calls[known, j], {"at": 0.5}, known)
+    intervals = bootstrap_intervals(statistics, len(y_true), patients, n_boot, alpha, seed)
+    return {
+        "method": "patient bootstrap" if patients is not None else "image bootstrap",
+        "n_boot": n_boot,
+        "alpha": alpha,
+        "seed": seed,
+        "n_patients": len(set(patients)) if patients is not None else len(y_true),
+        "per_finding": {
+            name: {
+                "auroc": intervals[f"{name}|auroc"].as_dict(),
+                "sensitivity": intervals[f"{name}|call|at|sensitivity"].as_dict(),
+                "specificity": intervals[f"{name}|call|at|specificity"].as_dict(),
+            }
+            for name in findings
+        },
+    }
 
 
 # ---------------------------------------------------------------------------------------------

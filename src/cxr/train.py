@@ -35,7 +35,7 @@ from cxr.data.leakage import HASH_FILE
 from cxr.data.prepare import PreparedData, prepare_data
 from cxr.errors import CxrError
 from cxr.losses import build_loss
-from cxr.metrics import choose_thresholds, compute_metrics
+from cxr.metrics import choose_thresholds, compute_metrics, metric_intervals
 from cxr.models import build_model, check_arch, check_pretrained, probabilities_numpy
 from cxr.optim import Schedule, build_optimizer
 from cxr.preprocess import normalize
@@ -507,6 +507,17 @@ def finish_run(
             "weight_averaging": averaging,
         },
     )
+    if cfg.train.val_bootstrap:  # the model card's intervals (web /api/model, cxr serve)
+        tick = time.perf_counter()
+        metrics["intervals"] = metric_intervals(
+            metrics,
+            data.val.table.labels,
+            scores,
+            data.val.table.patient_ids,
+            cfg.train.val_bootstrap,
+            cfg.train.seed,
+        )
+        metrics["intervals"]["seconds"] = round(time.perf_counter() - tick, 3)
     write_json(RunDir(run_dir).val_metrics, metrics)
     y = data.val.table.labels
     plot_roc(y, scores, data.findings, np.asarray(thresholds), run_dir / "val_roc.png")

@@ -1,8 +1,8 @@
 // End to end in a real headless Chromium, as a clinician would use the page: upload real X-rays
-// and a 16-bit DICOM, read honest calls, zoom, pan and window the image, move with the keyboard,
+// and 16-bit DICOMs (one of a knee-like body part), read honest calls, zoom, pan and window the image, move with the keyboard,
 // reload and find the history, use the phone layout; axe-core (WCAG 2.2 A/AA) on every state.
 //
-//   node e2e/upload.mjs BASE_URL XRAY_FILE TEXT_FILE DICOM16_FILE CT_DICOM_FILE OUT_DIR
+//   node e2e/upload.mjs BASE_URL XRAY_FILE TEXT_FILE DICOM16_FILE CT_DICOM_FILE OTHER_PART_DICOM OUT_DIR
 //
 // Driven by tests/test_web_e2e.py, which starts `cxr serve` first. Uses Debian's chromium
 // (CHROMIUM env to override) through playwright-core: no browser download. Screenshots of each
@@ -12,9 +12,9 @@ import { mkdirSync, readFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { basename, join } from "node:path";
 
-const [base, xray, text, dicom, ct, outDir] = process.argv.slice(2);
-if (!base || !xray || !text || !dicom || !ct || !outDir) {
-  console.error("usage: node e2e/upload.mjs BASE_URL XRAY_FILE TEXT_FILE DICOM16_FILE CT_DICOM_FILE OUT_DIR");
+const [base, xray, text, dicom, ct, otherPart, outDir] = process.argv.slice(2);
+if (!base || !xray || !text || !dicom || !ct || !otherPart || !outDir) {
+  console.error("usage: node e2e/upload.mjs BASE_URL XRAY_FILE TEXT_FILE DICOM16_FILE CT_DICOM_FILE OTHER_PART_DICOM OUT_DIR");
   process.exit(2);
 }
 mkdirSync(outDir, { recursive: true });
@@ -32,6 +32,7 @@ const FLAGS = [
   "--disable-dev-shm-usage",
 ];
 const TIMEOUT = 60_000;
+const PREDICT_BUDGET = 150_000; // bytes of one predict answer (the display image comes apart)
 
 function check(condition, message) {
   if (!condition) throw new Error(`check failed: ${message}`);
@@ -53,14 +54,18 @@ async function axe(page, state) {
 const zoomText = (page) => page.getByTestId("zoom").innerText();
 const transform = (page) => page.locator(".pane .content").first().evaluate((el) => el.style.transform);
 
-/** Distinct grey levels of the original's canvas, and the grey value at its centre. */
+/** Distinct grey levels of the original's canvas, the grey value at its centre, their sum. */
 const canvasStats = (page) =>
   page.locator("[data-testid=image-canvas]").first().evaluate((c) => {
     const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
     const levels = new Set();
-    for (let i = 0; i < d.length; i += 4) levels.add(d[i]);
+    let sum = 0;
+    for (let i = 0; i < d.length; i += 4) {
+      levels.add(d[i]);
+      sum += d[i];
+    }
     const mid = (Math.floor(c.height / 2) * c.width + Math.floor(c.width / 2)) * 4;
-    return { levels: levels.size, centre: d[mid], width: c.width };
+    return { levels: levels.size, centre: d[mid], width: c.width, sum };
   });
 
 async function waitForResult(page, name) {
@@ -74,8 +79,20 @@ const browser = await chromium.launch({
   timeout: TIMEOUT,
 });
 const consoleErrors = [];
+const predictSizes = []; // [file size class, bytes] of every predict answer
+const displayFetches = []; // [status, content type, bytes] of every display image fetched
 const watch = (page) => {
   page.setDefaultTimeout(TIMEOUT);
+  page.on("response", async (r) => {
+    const url = new URL(r.url());
+    if (url.pathname === "/api/predict" && r.status() === 200 && url.searchParams.get("images") !== "false") {
+      predictSizes.push((await r.body()).length);
+    } else if (url.pathname.startsWith("/api/display/")) {
+      const entry = [r.status(), r.headers()["content-type"], null]; // recorded at once
+      displayFetches.push(entry);
+      entry[2] = (await r.body()).length;
+    }
+  });
   page.on("console", (msg) => msg.type() === "error" && consoleErrors.push(msg.text()));
   page.on("pageerror", (err) => consoleErrors.push(String(err)));
 };
@@ -97,6 +114,19 @@ try {
   );
   await axe(page, "empty (desktop)");
   await page.screenshot({ path: join(outDir, "empty.png") });
+
+  // --- the model card: positives and validation intervals per finding ---
+  await page.locator(".model-info summary").click();
+  const card = await page.locator(".model-info").innerText();
+  // ("n/a" is fine; an absolute or home path anywhere is not)
+  check(!/(^|[\s("'=:])(\/|~\/)[\w.-]+\//m.test(card), "the open model card shows no server path");
+  const caption = await page.getByTestId("metrics-caption").innerText();
+  check(caption.includes("95% intervals from 300 patient bootstrap resamples"), `the card states its intervals: ${caption}`);
+  const pneumonia = await page.locator(".model-info tbody tr", { hasText: "Pneumonia" }).innerText();
+  check(/\d+ of \d+/.test(pneumonia) && /\d\.\d{3} \(\d\.\d{3}–\d\.\d{3}\)/.test(pneumonia), `positives and AUROC interval per finding: ${pneumonia.replace(/\s+/g, " ")}`);
+  await axe(page, "model card open (desktop)");
+  await page.locator(".model-info").screenshot({ path: join(outDir, "model-card.png") });
+  await page.locator(".model-info summary").click();
 
   // --- a real X-ray: honest calls ---
   await page.setInputFiles("#file-input", xray);
@@ -174,7 +204,7 @@ try {
   await page.getByRole("button", { name: "1:1" }).click();
   const expected = await page.evaluate(() => {
     const pane = document.querySelector("[data-testid=pane]");
-    const shown = Number(document.querySelector("[data-testid=viewer-status]").textContent.match(/preview (\d+)×/)[1]);
+    const shown = Number(document.querySelector("[data-testid=viewer-status]").textContent.match(/-bit \w+ (\d+)×/)[1]);
     return `zoom ${Math.round(100 * Math.max(1, shown / pane.clientWidth))}%`;
   });
   check((await zoomText(page)) === expected, `1:1 shows one preview pixel per screen pixel (${expected}; never below fit)`);
@@ -215,7 +245,12 @@ try {
   // --- a 16-bit DICOM: header panel, window/level at full depth ---
   await page.setInputFiles("#file-input", dicom);
   await waitForResult(page, basename(dicom));
-  check((await page.getByTestId("viewer-status").innerText()).includes("16-bit preview"), "the DICOM preview is 16-bit");
+  await page.waitForFunction(() => document.querySelector("[data-testid=depth]")?.textContent === "16-bit image");
+  const [status, type] = displayFetches.at(-1) ?? [];
+  check(
+    displayFetches.length >= 2 && status === 200 && type === "image/png",
+    `the 16-bit display image is fetched apart from the answer (${JSON.stringify(displayFetches)})`,
+  );
   await page.locator(".dicom summary").click();
   const header = await page.getByTestId("dicom-header").innerText();
   check(header.includes("CR") && header.includes("PA") && header.includes("Explicit VR Little Endian"), "DICOM header panel");
@@ -231,6 +266,7 @@ try {
   }
   const narrow = await canvasStats(page);
   const win = await page.getByTestId("window").innerText();
+  check(narrow.sum !== full.sum && win !== "50% ± 50%", `dragging changes the pixels under the viewer (window ${win})`);
   // A window ~1/20 of the range: an 8-bit source would leave at most ~13 grey levels on screen.
   check(narrow.levels > 60, `narrow window keeps ${narrow.levels} grey levels (full depth; window ${win})`);
   await page.keyboard.press("w");
@@ -243,6 +279,40 @@ try {
   check(full.levels > 200, `full window shows ${full.levels} levels`);
   await page.locator("#result-title").scrollIntoViewIfNeeded();
   await page.screenshot({ path: join(outDir, "dicom-window.png") });
+
+  // --- a real DICOM of another body part (pydicom-data's RG3, EXTREMITY): a warning ---
+  await page.setInputFiles("#file-input", otherPart);
+  await waitForResult(page, basename(otherPart));
+  const banners = await page.locator(".banner.warn").allInnerTexts();
+  check(banners.some((b) => b.includes("EXTREMITY")), `a body part other than chest is warned: ${banners.join(" / ")}`);
+
+  // --- a map identical to another finding's is named as such, not shown as its own ---
+  // The tiny two-class run's maps are never identical (one is always empty), so the server's
+  // answer is passed through with the second finding's map replaced by the first's and the note
+  // the server writes for that case (tests/test_serve.py checks the server side).
+  await page.route("**/api/predict?*", async (route) => {
+    const response = await route.fetch();
+    const body = await response.json();
+    const [a, b] = body.findings.map((f) => f.finding);
+    if (body.heatmaps[a]) {
+      body.heatmaps[b] = body.heatmaps[a];
+      body.heatmap_notes = { ...body.heatmap_notes, [b]: `identical to the map for ${a}` };
+    }
+    await route.fulfill({ response, json: body });
+  });
+  await page.setInputFiles("#file-input", { name: "same-maps.jpeg", mimeType: "image/jpeg", buffer: readFileSync(xray) });
+  await waitForResult(page, "same-maps.jpeg");
+  await page.unroute("**/api/predict?*");
+  const [firstName, secondName] = await page.locator(".findings .finding-name").allInnerTexts();
+  await page.locator(".findings .finding").nth(1).click();
+  await page.waitForFunction(() => document.querySelector("[data-testid=map-caption]").textContent.includes("identical"));
+  const same = await page.getByTestId("map-caption").innerText();
+  check(
+    same.includes(`Grad-CAM for ${secondName}: identical to the map for`) && (await page.getByTestId("heatmap").count()) === 0,
+    `an identical map is named as such and not overlaid: ${same} (${firstName})`,
+  );
+  await page.locator(".result-rows li").last().getByRole("button", { name: /Remove/ }).click();
+  await page.locator(".result-rows li").last().getByRole("button", { name: /Remove/ }).click();
 
   // --- refusals and errors in plain words, with Retry ---
   // dropped on the page outside the drop box
@@ -301,6 +371,20 @@ try {
   await page.locator(".result-rows .row-main").first().click();
   await waitForResult(page, basename(xray));
   check(true, "a stored result opens after the reload");
+  // the server no longer holds the display image (expired, restarted): the 8-bit preview is
+  // windowed, and the page says why
+  await page.route("**/api/display/**", (route) =>
+    route.fulfill({ status: 404, json: { error: "expired", code: "display_expired", status: 404 } }),
+  );
+  await page.locator(".result-rows .row-main").nth(1).click();
+  await waitForResult(page, basename(dicom));
+  await page.getByTestId("depth-note").waitFor();
+  check(
+    (await page.getByTestId("depth").innerText()) === "8-bit preview" &&
+      (await page.getByTestId("depth-note").innerText()).includes("no longer on the server"),
+    "an expired display image falls back to the 8-bit preview and says so",
+  );
+  await page.unroute("**/api/display/**");
   await page.getByRole("button", { name: "Forget all" }).click();
   await page.waitForFunction(() => document.querySelector("[data-testid=announcer]").textContent.includes("deleted"));
   await page.reload({ waitUntil: "networkidle" });
@@ -363,7 +447,11 @@ try {
   await phone.evaluate(() => window.scrollTo(0, 0));
   await phone.screenshot({ path: join(outDir, "phone-top.png") });
 
-  const unexpected = consoleErrors.filter((e) => !/\b(422|400)\b/.test(e));
+  check(
+    predictSizes.length >= 4 && Math.max(...predictSizes) < PREDICT_BUDGET,
+    `every predict answer is under ${PREDICT_BUDGET / 1000} KB (${predictSizes.join(", ")} bytes)`,
+  );
+  const unexpected = consoleErrors.filter((e) => !/\b(422|400|404)\b/.test(e));
   check(unexpected.length === 0, `no page errors (${unexpected.join(" | ")})`);
   console.log("e2e: all checks passed");
 } finally {

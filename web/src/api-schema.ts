@@ -72,6 +72,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/display/{token}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** A prediction's lossless display image (image.display.url) */
+        get: operations["display"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/predict/batch": {
         parameters: {
             query?: never;
@@ -199,6 +216,34 @@ export interface components {
              */
             transfer_syntax?: string | null;
         };
+        /**
+         * DisplayImage
+         * @description The lossless display image, fetched separately (GET url) so the answer stays small.
+         */
+        DisplayImage: {
+            /**
+             * Url
+             * @description /api/display/<id>: an unguessable id, held in memory only
+             */
+            url: string;
+            /**
+             * Expires S
+             * @description seconds the server keeps it; then 404 display_expired
+             */
+            expires_s: number;
+            /**
+             * Depth
+             * @description bits per pixel of the grey PNG
+             * @enum {integer}
+             */
+            depth: 8 | 16;
+            /** Width */
+            width: number;
+            /** Height */
+            height: number;
+            /** Bytes */
+            bytes: number;
+        };
         /** Error */
         Error: {
             /**
@@ -283,6 +328,27 @@ export interface components {
              * @default null
              */
             n_positive?: number | null;
+            /**
+             * N Negative
+             * @default null
+             */
+            n_negative?: number | null;
+            /**
+             * Auroc Ci
+             * @description [low, high] 95% interval; null: not computed or not estimable
+             * @default null
+             */
+            auroc_ci?: number[] | null;
+            /**
+             * Sensitivity Ci
+             * @default null
+             */
+            sensitivity_ci?: number[] | null;
+            /**
+             * Specificity Ci
+             * @default null
+             */
+            specificity_ci?: number[] | null;
         };
         /** Health */
         Health: {
@@ -311,28 +377,68 @@ export interface components {
             width: number;
             /** Height */
             height: number;
-            /** Display Width */
+            /**
+             * Display Width
+             * @description size of the display image (`display`)
+             */
             display_width: number;
             /** Display Height */
             display_height: number;
             /**
              * Original
-             * @description the upload, grey, display size (PNG)
+             * @description the upload, grey, 8-bit JPEG preview (at most 768 px a side)
              * @default null
              */
             original?: string | null;
             /**
+             * Preview Width
+             * @description size of `original`
+             * @default null
+             */
+            preview_width?: number | null;
+            /**
+             * Preview Height
+             * @default null
+             */
+            preview_height?: number | null;
+            /**
              * Preprocessed
-             * @description what the model saw (CLAHE), PNG
+             * @description what the model saw (CLAHE): PNG up to 128 px a side, JPEG above
              * @default null
              */
             preprocessed?: string | null;
             /**
              * Depth
-             * @description bits per pixel of `original`
+             * @description bits per pixel of `display`
              * @default null
              */
             depth?: (8 | 16) | null;
+            /**
+             * @description the lossless 8- or 16-bit PNG for window/level (query depth=16 keeps a DICOM's or 16-bit PNG's depth); null when too large to hold or for batch answers
+             * @default null
+             */
+            display?: components["schemas"]["DisplayImage"] | null;
+        };
+        /**
+         * IntervalsInfo
+         * @description How the intervals were made (null on runs trained before they were computed).
+         */
+        IntervalsInfo: {
+            /**
+             * Method
+             * @example patient bootstrap
+             */
+            method: string;
+            /**
+             * N Boot
+             * @default null
+             */
+            n_boot?: number | null;
+            /**
+             * Level
+             * @description coverage, e.g. 0.95
+             */
+            level: number;
         };
         /** Metrics */
         Metrics: {
@@ -358,6 +464,11 @@ export interface components {
              * @default null
              */
             accuracy?: number | null;
+            /**
+             * @description null: intervals not computed
+             * @default null
+             */
+            intervals?: components["schemas"]["IntervalsInfo"] | null;
             /** Per Finding */
             per_finding: {
                 [key: string]: components["schemas"]["FindingMetrics"];
@@ -557,7 +668,7 @@ export interface components {
             } | null;
             /**
              * Heatmaps
-             * @description finding -> RGBA PNG (Grad-CAM colours, opacity following the map) of the original's aspect ratio, at most 256 px a side: stretch it over `original`
+             * @description finding -> RGBA PNG (Grad-CAM colours, opacity following the map) of the original's aspect ratio, 4 px per Grad-CAM cell (64 to 256 px a side): stretch it over `original`
              */
             heatmaps: {
                 [key: string]: string;
@@ -773,6 +884,38 @@ export interface operations {
                 headers: {
                     /** @description seconds */
                     "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    display: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description the id in image.display.url */
+                token: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description grey PNG, 8 or 16 bits (image.display.depth) */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "image/png": unknown;
+                };
+            };
+            /** @description Expired, evicted or never issued: analyse the file again */
+            404: {
+                headers: {
                     [name: string]: unknown;
                 };
                 content: {

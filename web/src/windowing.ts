@@ -28,7 +28,12 @@ export function dataUrlBytes(url: string): Uint8Array {
 
 /** A grey (or grey+alpha, RGB) PNG data URL -> one grey value per pixel at the PNG's depth. */
 export function decodeGrey(url: string): GreyImage {
-  const png = decode(dataUrlBytes(url));
+  return decodeGreyPng(dataUrlBytes(url));
+}
+
+/** PNG bytes (e.g. the server's display image) -> one grey value per pixel at the PNG's depth. */
+export function decodeGreyPng(bytes: Uint8Array): GreyImage {
+  const png = decode(bytes);
   const channels = png.channels;
   const n = png.width * png.height;
   const src = png.data as Uint8Array | Uint16Array;

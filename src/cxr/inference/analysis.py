@@ -11,6 +11,7 @@ import base64
 import json
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -33,27 +34,64 @@ from cxr.inference.screening import (
     ood_warning,
 )
 
-__all__ = ["Analyser", "HEATMAP_CHOICES", "HEATMAP_SPEC_CHARS", "heatmap_rgba", "png_data_url"]
+__all__ = [
+    "Analyser",
+    "HEATMAP_CHOICES",
+    "HEATMAP_SPEC_CHARS",
+    "heatmap_rgba",
+    "jpeg_data_url",
+    "png_bytes",
+    "png_data_url",
+]
 
 HEATMAP_CHOICES = ("auto", "none", "top", "positive", "all")
-# Grad-CAM is a 7 x 7 grid at 224 px: a 256 px PNG carries all of it, and the browser stretches
-# it over the preview. At the preview's 1024 px an RGBA PNG cost ~10x more to encode and send.
-HEATMAP_SIZE = 256
+# Grad-CAM is a grid of S / 32 cells a side (7 at 224 px, 16 at 512; twice that on the finer
+# layer): 4 PNG pixels per cell carry all of it and the browser stretches the map smoothly over
+# the image. A 64 px RGBA map is ~4 KB, a 256 px one ~30 KB: seven of those broke the budget.
+HEATMAP_PIXELS_PER_CELL = 4
+HEATMAP_SIZE = (64, 256)  # smallest and largest long side of a heatmap PNG
+# Heat levels sent: 32 steps of the colour scale (the browser's smooth stretching blends them)
+# make a map ~1.4 KB instead of ~3.6 KB of PNG; a 14-finding answer carries up to 14 of them.
+HEATMAP_LEVELS = 32
+# The inline preview: an 8-bit JPEG for the first paint, the results list and the history. The
+# lossless display image the viewer windows (8 or 16 bits, up to ServeConfig.display_size) is
+# fetched separately (GET /api/display/<id>), so a predict answer stays near 100 KB even for a
+# 3000 px 16-bit upload.
+PREVIEW_SIZE = 768
+PREVIEW_QUALITY = 75  # a 768 px film ~36 KB
+MODEL_VIEW_QUALITY = 75  # CLAHE brings out grain: a 512 px model view is ~28 KB at 75
+MODEL_VIEW_LOSSLESS = 128  # model inputs up to this side go as PNG: exact, and about as small
 HEATMAP_SPEC_CHARS = 2048  # every finding's name, comma-separated, fits with room to spare
 # Grad-CAM target: "last" (the usual layer, S / 32 cells a side) or "finer" (S / 16); the
 # ResNet names layer4 / layer3 are accepted too.
 HEATMAP_LAYERS = {"last": "last", "finer": "finer", "layer4": "last", "layer3": "finer"}
 
 
-def png_data_url(pixels: np.ndarray) -> str:
-    """uint8 grey, RGB or RGBA pixels -> a PNG data URL (fast compression: latency matters)."""
+def _encode(ext: str, pixels: np.ndarray, params: list[int]) -> bytes:
     if pixels.ndim == 3:
         order = [2, 1, 0, 3][: pixels.shape[2]]  # RGB(A) -> OpenCV's BGR(A)
         pixels = pixels[..., order]
-    ok, buf = cv2.imencode(".png", np.ascontiguousarray(pixels), [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    ok, buf = cv2.imencode(ext, np.ascontiguousarray(pixels), params)
     if not ok:  # pragma: no cover - OpenCV fails only on shapes we never make
-        raise RuntimeError("PNG encoding failed")
-    return "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode("ascii")
+        raise RuntimeError(f"{ext} encoding failed")
+    return buf.tobytes()
+
+
+def png_bytes(pixels: np.ndarray, compression: int = 1) -> bytes:
+    """uint8 / uint16 grey, RGB or RGBA pixels -> PNG bytes (fast compression by default)."""
+    return _encode(".png", pixels, [cv2.IMWRITE_PNG_COMPRESSION, compression])
+
+
+def png_data_url(pixels: np.ndarray, compression: int = 1) -> str:
+    """uint8 grey, RGB or RGBA pixels -> a PNG data URL (fast compression: latency matters)."""
+    data = png_bytes(pixels, compression)
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def jpeg_data_url(pixels: np.ndarray, quality: int = PREVIEW_QUALITY) -> str:
+    """uint8 grey or RGB pixels -> a JPEG data URL: for previews, where lossless is not needed."""
+    data = _encode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return "data:image/jpeg;base64," + base64.b64encode(data).decode("ascii")
 
 
 def display_size(shape: tuple[int, int], limit: int) -> tuple[int, int]:
@@ -157,11 +195,14 @@ class Analyser:
         overlays: bool = False,
         depth: int = 8,
         layer: str = "last",
+        keep_display: Callable[[bytes], dict | None] | None = None,
     ) -> dict:
-        """One file's answer: findings, calls, heatmaps, preview PNGs, timings, notice.
+        """One file's answer: findings, calls, heatmaps, a JPEG preview, timings, notice.
 
-        depth 16 returns the preview as a 16-bit PNG, so the browser can window it at the
-        file's full bit depth; layer picks the Grad-CAM block (layer3: a grid twice as fine).
+        keep_display (the web API's display cache) takes the lossless display PNG, at `depth`
+        bits (16 keeps a DICOM's or 16-bit PNG's depth for window/level), and answers where the
+        browser fetches it: the PNG is never inline, so the answer stays small. layer picks the
+        Grad-CAM block (layer3: a grid twice as fine).
         """
         start = time.perf_counter()
         timing: dict[str, float] = {}
@@ -207,7 +248,9 @@ class Analyser:
         shown = display_size((h, w), self.cfg.display_size)
         unit = _resize(decoded.image, shown)
         grey = (unit * 255 + 0.5).astype(np.uint8)
-        small = display_size((h, w), min(HEATMAP_SIZE, self.cfg.display_size))
+        grid = self.heatmap_grid(layer)
+        side = int(np.clip((grid or 0) * HEATMAP_PIXELS_PER_CELL, *HEATMAP_SIZE))
+        small = display_size((h, w), min(side, self.cfg.display_size))
         answer.update(
             file=name,
             top_finding=prediction.top_finding,
@@ -219,19 +262,36 @@ class Analyser:
             },
             heatmap_method="gradcam",
             heatmap_layer=layer,
-            heatmap_grid=self.heatmap_grid(layer),
+            heatmap_grid=grid,
             heatmap_notes=heatmap_notes(maps),
-            heatmaps={f: png_data_url(heatmap_rgba(_resize(m, small))) for f, m in maps.items()},
+            heatmaps={f: _heatmap_url(_resize(m, small)) for f, m in maps.items()},
             dicom=decoded.dicom,
             ood=ood,
             warnings=warnings_,
         )
         if images:
-            answer["image"]["original"] = png_data_url(
-                grey if depth == 8 else (unit * 65535 + 0.5).astype(np.uint16)
+            preview = _resize(grey, display_size((h, w), min(PREVIEW_SIZE, self.cfg.display_size)))
+            answer["image"]["original"] = jpeg_data_url(preview)
+            answer["image"]["preview_width"] = preview.shape[1]
+            answer["image"]["preview_height"] = preview.shape[0]
+            seen = prediction.preprocessed
+            answer["image"]["preprocessed"] = (
+                png_data_url(seen, 9)
+                if max(seen.shape) <= MODEL_VIEW_LOSSLESS
+                else jpeg_data_url(seen, MODEL_VIEW_QUALITY)
             )
-            answer["image"]["depth"] = depth
-            answer["image"]["preprocessed"] = png_data_url(prediction.preprocessed)
+            if keep_display is not None:
+                lossless = grey if depth == 8 else (unit * 65535 + 0.5).astype(np.uint16)
+                data = png_bytes(lossless)
+                where = keep_display(data)
+                answer["image"]["depth"] = depth
+                answer["image"]["display"] = where and {
+                    **where,
+                    "depth": depth,
+                    "width": shown[1],
+                    "height": shown[0],
+                    "bytes": len(data),
+                }
         if overlays and maps:
             answer["overlays"] = self._overlays(grey, maps, shown)
         timing["encode"] = time.perf_counter() - tick
@@ -267,6 +327,12 @@ class Analyser:
 
     def _overlays(self, grey: np.ndarray, maps: dict, shown: tuple[int, int]) -> dict[str, str]:
         return {f: png_data_url(overlay(grey, _resize(m, shown))) for f, m in maps.items()}
+
+
+def _heatmap_url(level: np.ndarray) -> str:
+    """A map at PNG size -> its RGBA PNG data URL, in HEATMAP_LEVELS steps (small, see above)."""
+    steps = np.round(np.clip(level, 0.0, 1.0) * HEATMAP_LEVELS) / HEATMAP_LEVELS
+    return png_data_url(heatmap_rgba(steps), 9)
 
 
 def heatmap_notes(maps: dict[str, np.ndarray]) -> dict[str, str]:

@@ -21,21 +21,45 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
+def _interval(found: dict | None) -> list[float] | None:
+    """[low, high] of a cxr.bootstrap interval; None where it was not estimable."""
+    if not found or found.get("low") is None or found.get("high") is None:
+        return None
+    return [found["low"], found["high"]]
+
+
 def metrics_summary(metrics: dict | None) -> dict | None:
-    """The few numbers a person reads: AUROC, sensitivity and specificity at the threshold."""
+    """The few numbers a person reads: AUROC, sensitivity and specificity at the threshold,
+    positives per finding, and their 95% intervals when training computed them (runs trained
+    before that have `intervals` None: "not computed")."""
     if not metrics:
         return None
     per = metrics.get("per_finding", {})
+    intervals = metrics.get("intervals") or {}
+    ci = intervals.get("per_finding", {})
     return {
         "n_images": metrics.get("n_images"),
         "mean_auroc": metrics.get("mean_auroc"),
         "accuracy": metrics.get("accuracy"),
+        "intervals": (
+            {
+                "method": intervals.get("method", "patient bootstrap"),
+                "n_boot": intervals.get("n_boot"),
+                "level": 1 - intervals.get("alpha", 0.05),
+            }
+            if intervals
+            else None
+        ),
         "per_finding": {
             f: {
                 "auroc": metrics.get("auroc", {}).get(f),
                 "sensitivity": per.get(f, {}).get("sensitivity"),
                 "specificity": per.get(f, {}).get("specificity"),
                 "n_positive": per.get(f, {}).get("n_positive"),
+                "n_negative": per.get(f, {}).get("n_negative"),
+                "auroc_ci": _interval(ci.get(f, {}).get("auroc")),
+                "sensitivity_ci": _interval(ci.get(f, {}).get("sensitivity")),
+                "specificity_ci": _interval(ci.get(f, {}).get("specificity")),
             }
             for f in metrics.get("findings", list(per))
         },

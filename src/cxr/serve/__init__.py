@@ -21,6 +21,7 @@ from cxr.config import ServeConfig, serve_config
 from cxr.inference.analysis import Analyser
 from cxr.serve.access_log import AccessLog
 from cxr.serve.api import api, describe_error
+from cxr.serve.display_cache import DisplayCache
 from cxr.serve.queue import ModelQueue
 from cxr.serve.saved_uploads import UploadFolder
 from cxr.serve.security import AccessGuard, read_token
@@ -68,6 +69,7 @@ def create_app(config: ServeConfig | dict, engine: Analyser | None = None) -> Fl
     app.json.sort_keys = False
     app.extensions["cxr_engine"] = engine
     app.extensions["cxr_queue"] = ModelQueue(cfg.workers, cfg.queue, cfg.deadline_s)
+    app.extensions["cxr_display"] = DisplayCache()  # full-depth display images, in memory
     if cfg.save_uploads:
         app.extensions["cxr_upload_folder"] = UploadFolder(
             cfg.save_uploads, int(cfg.save_uploads_max_mb * 2**20)

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import time
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from cxr import NOT_A_MEDICAL_DEVICE, __version__
-from cxr.errors import BadRequest, ClientGone, CxrError, UploadTooLarge
+from cxr.errors import BadRequest, ClientGone, CxrError, DisplayExpired, UploadTooLarge
 from cxr.inference.analysis import Analyser
+from cxr.serve.display_cache import DisplayCache
 from cxr.serve.openapi import openapi_spec
 from cxr.serve.queue import ModelQueue
 from cxr.serve.saved_uploads import UploadFolder
@@ -181,6 +182,33 @@ def openapi():
     return jsonify(openapi_spec(engine().info))
 
 
+def display_cache() -> DisplayCache:
+    return current_app.extensions["cxr_display"]
+
+
+def _keep_display(data: bytes) -> dict | None:
+    """The display PNG into the in-memory cache; where the browser fetches it, and until when."""
+    cache = display_cache()
+    token = cache.put(data)
+    if token is None:
+        return None
+    return {"url": f"/api/display/{token}", "expires_s": int(cache.ttl_s)}
+
+
+@api.get("/display/<token>")
+def display(token: str):
+    """A display image by the id a predict answer gave: lossless PNG at the preview's depth."""
+    data = display_cache().get(token)
+    if data is None:
+        raise DisplayExpired(
+            "this display image is no longer held (images are kept in memory for "
+            f"{display_cache().ttl_s:g} s and never stored): analyse the file again"
+        )
+    response = Response(data, mimetype="image/png")
+    response.headers["Cache-Control"] = "private, no-store"
+    return response
+
+
 def _depth() -> int:
     raw = request.args.get("depth", request.form.get("depth", "8"))
     if raw.strip() not in ("8", "16"):
@@ -201,7 +229,9 @@ def predict():
     }
     engine().heatmap_findings(heatmaps, dict.fromkeys(engine().findings, 0.0), set())
     with _model_turn():
-        answer = engine().analyse(data, name, heatmaps=heatmaps, **options)
+        answer = engine().analyse(
+            data, name, heatmaps=heatmaps, keep_display=_keep_display, **options
+        )
     _save_if_asked(name, data)
     return jsonify(answer)
 

@@ -174,6 +174,28 @@ def openapi_spec(info: dict | None = None) -> dict:
                     "responses": {"200": _json("Prediction", "The prediction"), **_UPLOAD_ERRORS},
                 }
             },
+            "/api/display/{token}": {
+                "get": {
+                    "summary": "A prediction's lossless display image (image.display.url)",
+                    "operationId": "display",
+                    "parameters": [
+                        {
+                            "name": "token",
+                            "in": "path",
+                            "required": True,
+                            "description": "the id in image.display.url",
+                            "schema": {"type": "string", "maxLength": 64},
+                        }
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "grey PNG, 8 or 16 bits (image.display.depth)",
+                            "content": {"image/png": {}},
+                        },
+                        "404": _error("Expired, evicted or never issued: analyse the file again"),
+                    },
+                }
+            },
             "/api/predict/batch": {
                 "post": {
                     "summary": "Many images (form field `files`, repeated); per-file errors inline",

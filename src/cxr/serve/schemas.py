@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
 
-DataUrl = str  # "data:image/png;base64,..."
+DataUrl = str  # "data:image/png;base64,..." or "data:image/jpeg;base64,..."
 
 
 class _Shape(BaseModel):
@@ -48,17 +48,35 @@ class Health(_Shape):
     notice: str
 
 
+Interval = list[float]  # [low, high]
+
+
 class FindingMetrics(_Shape):
     auroc: float | None = None
     sensitivity: float | None = None
     specificity: float | None = None
     n_positive: int | None = None
+    n_negative: int | None = None
+    auroc_ci: Interval | None = Field(
+        None, description="[low, high] 95% interval; null: not computed or not estimable"
+    )
+    sensitivity_ci: Interval | None = None
+    specificity_ci: Interval | None = None
+
+
+class IntervalsInfo(_Shape):
+    """How the intervals were made (null on runs trained before they were computed)."""
+
+    method: str = Field(examples=["patient bootstrap"])
+    n_boot: int | None = None
+    level: float = Field(description="coverage, e.g. 0.95")
 
 
 class MetricsSummary(_Shape):
     n_images: int | None = None
     mean_auroc: float | None = None
     accuracy: float | None = None
+    intervals: IntervalsInfo | None = Field(None, description="null: intervals not computed")
     per_finding: dict[str, FindingMetrics]
 
 
@@ -154,14 +172,36 @@ class Finding(_Shape):
     reliable: bool | None = Field(None, description="validation AUROC > 0.6")
 
 
+class DisplayImage(_Shape):
+    """The lossless display image, fetched separately (GET url) so the answer stays small."""
+
+    url: str = Field(description="/api/display/<id>: an unguessable id, held in memory only")
+    expires_s: int = Field(description="seconds the server keeps it; then 404 display_expired")
+    depth: Literal[8, 16] = Field(description="bits per pixel of the grey PNG")
+    width: int
+    height: int
+    bytes: int
+
+
 class ImageInfo(_Shape):
     width: int
     height: int
-    display_width: int
+    display_width: int = Field(description="size of the display image (`display`)")
     display_height: int
-    original: DataUrl | None = Field(None, description="the upload, grey, display size (PNG)")
-    preprocessed: DataUrl | None = Field(None, description="what the model saw (CLAHE), PNG")
-    depth: Literal[8, 16] | None = Field(None, description="bits per pixel of `original`")
+    original: DataUrl | None = Field(
+        None, description="the upload, grey, 8-bit JPEG preview (at most 768 px a side)"
+    )
+    preview_width: int | None = Field(None, description="size of `original`")
+    preview_height: int | None = None
+    preprocessed: DataUrl | None = Field(
+        None, description="what the model saw (CLAHE): PNG up to 128 px a side, JPEG above"
+    )
+    depth: Literal[8, 16] | None = Field(None, description="bits per pixel of `display`")
+    display: DisplayImage | None = Field(
+        None,
+        description="the lossless 8- or 16-bit PNG for window/level (query depth=16 keeps a "
+        "DICOM's or 16-bit PNG's depth); null when too large to hold or for batch answers",
+    )
 
 
 class DicomHeader(_Shape):
@@ -200,7 +240,8 @@ class Prediction(_Shape):
     )
     heatmaps: dict[str, DataUrl] = Field(
         description="finding -> RGBA PNG (Grad-CAM colours, opacity following the map) of the "
-        "original's aspect ratio, at most 256 px a side: stretch it over `original`"
+        "original's aspect ratio, 4 px per Grad-CAM cell (64 to 256 px a side): stretch it "
+        "over `original`"
     )
     overlays: dict[str, DataUrl] | None = None
     dicom: DicomHeader | None = None

@@ -5,6 +5,12 @@ function fmt(value: number | null | undefined, digits = 3): string {
   return value === null || value === undefined ? "n/a" : value.toFixed(digits);
 }
 
+/** "0.812 (0.74–0.88)": a value with its interval, when training computed one. */
+export function withInterval(value: number | null | undefined, ci: number[] | null | undefined, digits: number): string {
+  if (value === null || value === undefined) return "n/a";
+  return ci && ci.length === 2 ? `${fmt(value, digits)} (${fmt(ci[0], digits)}–${fmt(ci[1], digits)})` : fmt(value, digits);
+}
+
 /** What the model is, what it was trained on (never a server path), how each finding did on
  * validation (with its positives and borderline band), and what it is for. */
 export function ModelInfo({ info, error }: { info: Info | null; error: string | null }) {
@@ -23,6 +29,12 @@ export function ModelInfo({ info, error }: { info: Info | null; error: string | 
   const data = info.training_data;
   const points = info.operating_points ?? {};
   const cut = info.reliable_auroc ?? 0.6;
+  const ci = val?.intervals;
+  const caption = ci
+    ? `Validation metrics per finding (at the threshold), with ${Math.round(ci.level * 100)}% intervals from ${
+        ci.n_boot ?? "?"
+      } ${ci.method} resamples in brackets`
+    : "Validation metrics per finding (at the threshold); confidence intervals: not computed for this run (trained before they were)";
   return (
     <section className="panel model-info" aria-labelledby="model-title">
       <details>
@@ -62,13 +74,16 @@ export function ModelInfo({ info, error }: { info: Info | null; error: string | 
           <dt>Input checks</dt>
           <dd>{info.ood_gate?.enabled ? "on: images unlike the training X-rays are refused or flagged" : "off for this model"}</dd>
         </dl>
+        <p className="hint" data-testid="metrics-caption">
+          {caption}
+        </p>
         <div className="table-scroll" tabIndex={0} role="region" aria-label="Validation metrics per finding">
           <table className="metrics">
-            <caption>Validation metrics per finding (at the threshold); no confidence intervals in this run</caption>
+            <caption className="sr-only">Validation metrics per finding</caption>
             <thead>
               <tr>
                 <th scope="col">finding</th>
-                <th scope="col">positives</th>
+                <th scope="col">positives of images</th>
                 <th scope="col">AUROC</th>
                 <th scope="col">sens.</th>
                 <th scope="col">spec.</th>
@@ -86,10 +101,13 @@ export function ModelInfo({ info, error }: { info: Info | null; error: string | 
                       {humanName(f)}
                       {b && !b.reliable ? " (unreliable)" : ""}
                     </th>
-                    <td>{m?.n_positive ?? "n/a"}</td>
-                    <td>{fmt(m?.auroc)}</td>
-                    <td>{fmt(m?.sensitivity, 2)}</td>
-                    <td>{fmt(m?.specificity, 2)}</td>
+                    <td>
+                      {m?.n_positive ?? "n/a"}
+                      {m?.n_positive != null && m?.n_negative != null ? ` of ${m.n_positive + m.n_negative}` : ""}
+                    </td>
+                    <td>{withInterval(m?.auroc, m?.auroc_ci, 3)}</td>
+                    <td>{withInterval(m?.sensitivity, m?.sensitivity_ci, 2)}</td>
+                    <td>{withInterval(m?.specificity, m?.specificity_ci, 2)}</td>
                     <td>{fmt(info.thresholds[f], 3)}</td>
                     <td>{b && b.high > b.low ? `${fmt(b.low, 3)}–${fmt(b.high, 3)}` : "none"}</td>
                   </tr>

@@ -1,9 +1,9 @@
-import { useCallback, useEffect, useMemo, useRef, useState } from "react";
+import { useCallback, useEffect, useRef, useState } from "react";
 import type { Prediction } from "../api";
 import { humanName } from "../calls";
+import { loadGrey, type LoadedGrey } from "../display";
 import {
   applyWindow,
-  decodeGrey,
   dragWindow,
   FULL_WINDOW,
   presetWindow,
@@ -63,13 +63,18 @@ export function Viewer(props: Props) {
   const [dragMode, setDragMode] = useState<"pan" | "window">("pan");
   const [sideBySide, setSideBySide] = useState(false);
   const root = useRef<HTMLDivElement>(null);
-  const grey = useMemo<GreyImage | null>(() => {
-    try {
-      return result.image.original ? decodeGrey(result.image.original) : null;
-    } catch {
-      return null;
-    }
-  }, [result.image.original]);
+  // The lossless display image is fetched separately (the answer carries a JPEG preview only);
+  // until it arrives, or when it has expired, the pane shows the preview.
+  const [loaded, setLoaded] = useState<LoadedGrey>({ grey: null, source: "none" });
+  useEffect(() => {
+    let live = true;
+    setLoaded({ grey: null, source: "none" });
+    void loadGrey(result.image).then((l) => live && setLoaded(l));
+    return () => {
+      live = false;
+    };
+  }, [result.image]);
+  const grey: GreyImage | null = loaded.grey;
 
   useEffect(() => {
     setView(FIT);
@@ -80,7 +85,7 @@ export function Viewer(props: Props) {
   const oneToOne = () => {
     const pane = root.current?.querySelector<HTMLElement>(".pane");
     if (!pane) return;
-    const scale = Math.max(1, result.image.display_width / pane.clientWidth);
+    const scale = Math.max(1, (grey?.width ?? result.image.display_width) / pane.clientWidth);
     setView(clampView({ scale, x: (1 - scale) / 2, y: (1 - scale) / 2 }));
   };
   const fullScreen = () => {
@@ -235,9 +240,18 @@ export function Viewer(props: Props) {
         <span data-testid="window">
           {Math.round(win.center * 100)}% ± {Math.round((win.width * 100) / 2)}%
         </span>
-        {win.invert && " · inverted"} · {grey ? `${grey.maxValue === 65535 ? 16 : 8}-bit preview` : "preview"}{" "}
-        {result.image.display_width}×{result.image.display_height} of {result.image.width}×{result.image.height}
+        {win.invert && " · inverted"} ·{" "}
+        <span data-testid="depth">
+          {grey ? `${grey.maxValue === 65535 ? 16 : 8}-bit ${loaded.source === "display" ? "image" : "preview"}` : "preview"}
+        </span>{" "}
+        {grey ? `${grey.width}×${grey.height}` : `${result.image.preview_width ?? result.image.display_width}×${result.image.preview_height ?? result.image.display_height}`} of{" "}
+        {result.image.width}×{result.image.height}
       </p>
+      {loaded.note && (
+        <p className="hint" data-testid="depth-note">
+          {loaded.note}
+        </p>
+      )}
       <div className="map-info">
         <p className="caption" data-testid="map-caption">
           {mapCaption ?? "Choose a finding to see where the model looked."}
