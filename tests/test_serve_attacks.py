@@ -208,19 +208,20 @@ def test_slowloris_from_one_client_leaves_the_server_to_everyone_else(engine):
 def slow_model(engine, monkeypatch):
     """The model takes `seconds["forward"]`; `calls` counts forward passes."""
     calls, seconds = [], {"forward": 1.5}
-    original = engine.predictor.predict_with_features
+    original = engine.predictor.engine.predict_with_features
 
-    def slow(image):
+    def slow(pixels):  # the engine's forward: under the micro-batcher and without it alike
         calls.append(time.monotonic())
         time.sleep(seconds["forward"])
-        return original(image)
+        return original(pixels)
 
-    monkeypatch.setattr(engine.predictor, "predict_with_features", slow)
+    monkeypatch.setattr(engine.predictor.engine, "predict_with_features", slow)
     return calls, seconds
 
 
+@pytest.mark.parametrize("max_batch", [1, 16])  # one model call per request, or shared calls
 def test_full_queue_and_passed_deadline_answer_503_while_health_stays_fast(
-    engine, kermany_bytes, slow_model
+    engine, kermany_bytes, slow_model, max_batch
 ):
     calls, seconds = slow_model
     seconds["forward"] = 1.5
@@ -232,12 +233,15 @@ def test_full_queue_and_passed_deadline_answer_503_while_health_stays_fast(
             request(port, "POST", "/api/predict?images=false", body, {"Content-Type": kind})
         )
 
-    with live_server(engine, workers=1, queue=1, deadline_s=1.0) as port:
+    # requests 0.25 s apart: the first one's model call has begun when the second arrives, so
+    # the second cannot join it (with batching it would be answered with it) and waits
+    limits = {"workers": 1, "queue": 1, "deadline_s": 1.0, "max_batch": max_batch}
+    with live_server(engine, batch_wait_ms=0, **limits) as port:
         threads = [threading.Thread(target=post) for _ in range(4)]
         for t in threads:
             t.start()
-            time.sleep(0.05)
-        time.sleep(0.3)
+            time.sleep(0.25)
+        time.sleep(0.05)
         assert_healthy(port)  # while one request runs and one waits
         for t in threads:
             t.join(10)
@@ -252,7 +256,8 @@ def test_full_queue_and_passed_deadline_answer_503_while_health_stays_fast(
         assert_healthy(port)
 
 
-def test_work_for_a_client_that_hung_up_is_dropped(engine, kermany_bytes, slow_model):
+@pytest.mark.parametrize("max_batch", [1, 16])
+def test_work_for_a_client_that_hung_up_is_dropped(engine, kermany_bytes, slow_model, max_batch):
     calls, seconds = slow_model
     seconds["forward"] = 1.0
     body, kind = multipart([("file", "x.jpeg", kermany_bytes)])
@@ -260,7 +265,7 @@ def test_work_for_a_client_that_hung_up_is_dropped(engine, kermany_bytes, slow_m
         f"POST /api/predict?images=false HTTP/1.1\r\nHost: localhost\r\nContent-Type: {kind}"
         f"\r\nContent-Length: {len(body)}\r\n\r\n"
     ).encode()
-    with live_server(engine, workers=1, queue=4, deadline_s=30) as port:
+    with live_server(engine, workers=1, queue=4, deadline_s=30, max_batch=max_batch) as port:
         first = threading.Thread(target=raw_exchange, args=(port, head + body))
         first.start()
         time.sleep(0.3)  # the first request is in the model now

@@ -250,6 +250,18 @@ def serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=4, help="requests in model work at once")
     p.add_argument("--queue", type=int, default=16, help="requests waiting (503 past it)")
     p.add_argument("--deadline-s", type=float, default=60.0, help="a request's time to its answer")
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=16,
+        help="concurrent requests answered by one model call (1: no batching)",
+    )
+    p.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=5.0,
+        help="how long a model call waits for more requests after the first",
+    )
     p.add_argument("--max-connections-per-client", type=int, default=16)
     p.add_argument(
         "--allowed-host",
@@ -305,6 +317,8 @@ def run_serve(args: argparse.Namespace) -> int:
             "workers": args.threads,
             "queue": args.queue,
             "deadline_s": args.deadline_s,
+            "max_batch": args.max_batch,
+            "batch_wait_ms": args.batch_wait_ms,
             "allowed_hosts": (*default_allowed_hosts(args.host), *args.allowed_host),
             "token_file": args.token_file,
             "save_uploads_max_mb": args.save_uploads_max_mb,

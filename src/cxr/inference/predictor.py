@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,9 @@ from cxr.inference.backends import (
 from cxr.inference.contract import check_contract
 from cxr.preprocess import Geometry, model_input, preprocess_with_geometry
 from cxr.run import LoadedRun, RunDir, load_run
+
+# uint8 (N, S, S) preprocessed images -> (probabilities (N, K), features (N, F) or None)
+Forward = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]
 
 
 @dataclass
@@ -112,12 +116,17 @@ class Predictor:
         return self.predict_with_features(image)[0]
 
     @torch.no_grad()
-    def predict_with_features(self, image: np.ndarray) -> tuple[Prediction, np.ndarray | None]:
+    def predict_with_features(
+        self, image: np.ndarray, forward: Forward | None = None
+    ) -> tuple[Prediction, np.ndarray | None]:
         """The prediction and, on the PyTorch backend, the pooled features of the same forward
-        pass ((1, F) float64, what the OOD gate scores); None on ONNX Runtime."""
+        pass ((1, F) float64, what the OOD gate scores); None on ONNX Runtime.
+
+        `forward` runs the model on the (1, S, S) input instead of the engine itself: the web
+        server's micro-batcher, which answers concurrent requests with one call."""
         start = time.perf_counter()
         pixels, geometry = self.prepare(image)
-        probs, features = self.engine.predict_with_features(pixels[None])
+        probs, features = (forward or self.engine.predict_with_features)(pixels[None])
         prediction = Prediction(
             self.findings,
             probs[0].astype(np.float64),
