@@ -23,8 +23,8 @@ from cxr.data.image_io import DecodeOptions
 from cxr.errors import BadRequest
 from cxr.explain.gradcam import overlay
 from cxr.inference.borderline import RELIABLE_AUROC, finding_bands, grade
-from cxr.inference.model_info import model_info
 from cxr.inference.microbatch import MicroBatcher, Waiter
+from cxr.inference.model_info import model_info
 from cxr.inference.predictor import Predictor
 from cxr.inference.screening import (
     Decoded,
