@@ -699,6 +699,74 @@ def test_no_second_model_copy_until_a_heatmap_is_asked_for(tiny_kermany_run, ker
     assert fresh.predictor.model in explain._TWINS
 
 
+_SERVE_ONNX_PROBE = """
+import json, sys
+import cxr.inference.predictor as predictor
+import cxr.serve.transport as transport
+from cxr.cli import main
+
+built = []
+real_load_run = predictor.load_run
+predictor.load_run = lambda *a, **k: built.append(1) or real_load_run(*a, **k)
+
+def report(server):  # instead of serving: what `cxr serve` holds once it is ready
+    heavy = ("sklearn", "matplotlib", "optuna", "mlflow", "cxr.report", "cxr.train")
+    print(json.dumps({"imported": [m for m in heavy if m in sys.modules],
+                      "torch_model_built": bool(built)}))
+
+transport.GuardedServer.run = report
+main(["serve", "--model", sys.argv[1], "--backend", "onnx", "--port", sys.argv[2]])
+"""
+
+
+def test_cli_serve_on_onnx_builds_no_torch_model_and_imports_no_training_code(
+    tiny_kermany_run, tmp_path
+):
+    """Idle footprint: `cxr serve --backend onnx` loads neither the PyTorch model (until a
+    heatmap is asked for) nor the training, evaluation and report stack."""
+    import shutil
+    import subprocess
+
+    from cxr.inference.export import export_run
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_kermany_run, run)
+    export_run(run)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    done = subprocess.run(
+        [sys.executable, "-c", _SERVE_ONNX_PROBE, str(run), str(port)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    held = json.loads(done.stdout.strip().splitlines()[-1])
+    assert held == {"imported": [], "torch_model_built": False}, held
+
+
+def test_onnx_server_builds_the_torch_model_only_for_a_heatmap(
+    tiny_kermany_run, kermany_bytes, tmp_path
+):
+    import shutil
+
+    from cxr.inference.export import export_run
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_kermany_run, run)
+    export_run(run)
+    fresh = Engine({"model": str(run), "backend": "onnx"})
+    client = make_client(fresh, backend="onnx")
+    upload = {"file": (io.BytesIO(kermany_bytes), "x.jpeg")}
+    answer = client.post("/api/predict?heatmaps=none&images=false", data=upload)
+    assert answer.status_code == 200 and fresh.predictor._model is None
+    upload = {"file": (io.BytesIO(kermany_bytes), "x.jpeg")}
+    answer = client.post("/api/predict?heatmaps=top&images=false", data=upload)
+    assert answer.status_code == 200 and answer.get_json()["heatmaps"]
+    assert fresh.predictor._model is not None
+
+
 def test_pydicom_chatter_is_logged_at_debug_only():
     import logging
 
