@@ -129,7 +129,7 @@ def test_csv_carries_the_body_part_caution_the_web_analyser_shows(tiny_kermany_r
 @pytest.mark.parametrize(("name", "modality"), [("rtdose.dcm", "RTDOSE"), ("liver.dcm", "SEG")])
 def test_one_modality_list_refuses_in_the_decoder_and_the_upload_screening(name, modality):
     """RTDOSE and SEG (outside the radiograph list) are refused by the upload screening from
-    the header, as by the decoder: one list, cxr.data.dicom_header.RADIOGRAPH_MODALITIES."""
+    the header, as by the decoder: one list, cxr.data.modality.RADIOGRAPH_MODALITIES."""
     from cxr.data.image_io import read_image
     from cxr.errors import DataError, NotAChestXray
     from cxr.inference.screening import decode_upload

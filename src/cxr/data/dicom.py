@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cxr.data.dicom_header import is_radiograph_modality
+from cxr.data.modality import is_radiograph_modality
 from cxr.data.sniff import check_pixel_count
 from cxr.errors import DataError, TooLarge
 
