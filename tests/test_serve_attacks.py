@@ -760,11 +760,12 @@ def test_onnx_server_builds_the_torch_model_only_for_a_heatmap(
     client = make_client(fresh, backend="onnx")
     upload = {"file": (io.BytesIO(kermany_bytes), "x.jpeg")}
     answer = client.post("/api/predict?heatmaps=none&images=false", data=upload)
-    assert answer.status_code == 200 and fresh.predictor._model is None
+    assert answer.status_code == 200 and not fresh.predictor.model_built
+    assert answer.get_json()["heatmap_grid"] is None  # measured on the torch model: not built
     upload = {"file": (io.BytesIO(kermany_bytes), "x.jpeg")}
     answer = client.post("/api/predict?heatmaps=top&images=false", data=upload)
     assert answer.status_code == 200 and answer.get_json()["heatmaps"]
-    assert fresh.predictor._model is not None
+    assert fresh.predictor.model_built and answer.get_json()["heatmap_grid"] == 2  # 48 px / 32
 
 
 def test_pydicom_chatter_is_logged_at_debug_only():

@@ -248,7 +248,8 @@ class Analyser:
             },
             heatmap_method="gradcam",
             heatmap_layer=layer,
-            heatmap_grid=self.heatmap_grid(layer),
+            # measured on the torch model: not built for it on ONNX when no map was asked for
+            heatmap_grid=self.heatmap_grid(layer) if maps or self.predictor.model_built else None,
             heatmap_notes=heatmap_notes(maps),
             heatmaps={f: png_data_url(heatmap_rgba(_resize(m, small))) for f, m in maps.items()},
             dicom=decoded.dicom,

@@ -111,6 +111,11 @@ class Predictor:
                 self.run = dataclasses.replace(self.run, model=self._model)
             return self._model
 
+    @property
+    def model_built(self) -> bool:
+        """False while an ONNX predictor has not needed its PyTorch model yet."""
+        return self._model is not None
+
     @classmethod
     def from_run_dir(
         cls, run_dir: str | Path, device: str = "cpu", backend: str = "torch"
