@@ -1,6 +1,7 @@
 """Load on `cxr serve`: requests/s, latency percentiles and errors for 1, 4 and 16 keep-alive
 clients, with and without a Grad-CAM heatmap, and the server's RSS before and after the load, on
-the PyTorch and the ONNX backends.
+the PyTorch and the ONNX backends, with micro-batching on (--max-batch 16: concurrent requests
+share one model call) and off (--max-batch 1), side by side.
 
 The server runs as its own process (`cxr serve`, waitress, every guard on), so its RSS is its
 own; clients are threads here, each holding one keep-alive connection. The image is a real
@@ -8,6 +9,7 @@ Kermany X-ray at 224 px. Without --model the run is an untrained ResNet-18 at 22
 14 NIH findings (speed does not depend on the weights), exported to ONNX here.
 
     .venv/bin/python benchmarks/serve_load.py [--model RUN] [--n 200] [--clients 1 4 16]
+        [--backends torch onnx] [--batching on off] [--rss-requests 1000]
 """
 
 from __future__ import annotations
@@ -36,7 +38,9 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def start_server(model: Path, backend: str, port: int, workers: int) -> subprocess.Popen:
+def start_server(
+    model: Path, backend: str, port: int, workers: int, max_batch: int
+) -> subprocess.Popen:
     cmd = [
         sys.executable,
         "-m",
@@ -50,6 +54,8 @@ def start_server(model: Path, backend: str, port: int, workers: int) -> subproce
         backend,
         "--threads",
         str(workers),
+        "--max-batch",
+        str(max_batch),
         "--log-level",
         "warning",
     ]
@@ -119,6 +125,15 @@ def main() -> None:
     ap.add_argument("--rss-requests", type=int, default=1000, help="requests for the RSS check")
     ap.add_argument("--workers", type=int, default=4, help="cxr serve --threads")
     ap.add_argument("--port", type=int, default=8791)
+    ap.add_argument(
+        "--batching",
+        nargs="+",
+        default=["on", "off"],
+        choices=["on", "off"],
+        help="on: cxr serve --max-batch MAX_BATCH (concurrent requests share a model call); "
+        "off: --max-batch 1",
+    )
+    ap.add_argument("--max-batch", type=int, default=16, help="cxr serve --max-batch when on")
     args = ap.parse_args()
 
     tmp = tempfile.TemporaryDirectory()
@@ -138,11 +153,15 @@ def main() -> None:
         f"{model if args.model else 'untrained ResNet-18, 224 px, 14 outputs'}"
     )
     print()
-    print("| backend | heatmap | clients | requests/s | p50 ms | p95 ms | p99 ms | errors |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        "| backend | batching | heatmap | clients | requests/s | p50 ms | p95 ms | p99 ms | "
+        "errors |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     rss_rows = []
-    for backend in args.backends:
-        proc = start_server(model, backend, args.port, args.workers)
+    for backend, batching in [(b, m) for b in args.backends for m in args.batching]:
+        max_batch = args.max_batch if batching == "on" else 1
+        proc = start_server(model, backend, args.port, args.workers, max_batch)
         try:
             load(args.port, body, ctype, "none", 2, 6)  # warm up
             for heatmaps in ("none", "top"):
@@ -150,15 +169,17 @@ def main() -> None:
                     lat, errors, wall = load(args.port, body, ctype, heatmaps, clients, args.n)
                     ms = np.percentile(np.asarray(lat) * 1000, [50, 95, 99])
                     print(
-                        f"| {backend} | {'no' if heatmaps == 'none' else 'top'} | {clients} | "
+                        f"| {backend} | {batching} | {'no' if heatmaps == 'none' else 'top'} | "
+                        f"{clients} | "
                         f"{len(lat) / wall:.1f} | {ms[0]:.0f} | {ms[1]:.0f} | {ms[2]:.0f} | "
                         f"{len(errors)} |",
                         flush=True,
                     )
             before = rss_mb(proc.pid)
             _, errors, _ = load(args.port, body, ctype, "none", 4, args.rss_requests)
-            rss_rows.append((backend, before, rss_mb(proc.pid), len(errors)))
-            print(f"({backend}: server RSS {before:.0f} -> {rss_rows[-1][2]:.0f} MB)", flush=True)
+            label = f"{backend}, batching {batching}"
+            rss_rows.append((label, before, rss_mb(proc.pid), len(errors)))
+            print(f"({label}: server RSS {before:.0f} -> {rss_rows[-1][2]:.0f} MB)", flush=True)
         finally:
             proc.terminate()
             proc.wait(10)

@@ -102,3 +102,40 @@ def test_api_refuses_other_modalities_and_colour_dicom(tiny_kermany_run):
     rg1 = post(real("RG1_UNCR.dcm").read_bytes(), "IM000000")
     assert rg1.status_code == 200
     assert "CompressedSamples" not in rg1.get_data(as_text=True)  # no patient name echoed
+
+
+def test_csv_carries_the_body_part_caution_the_web_analyser_shows(tiny_kermany_run, tmp_path):
+    """A real chest CR (RG1) whose header, in a tmp copy, says BodyPartExamined KNEE: its row
+    is predicted and its `caution` column says what the web Analyser says; the unedited copy's
+    caution is empty."""
+    from cxr.inference.screening import decode_upload
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rg1 = real("RG1_UNCR.dcm")
+    (folder / "chest.dcm").write_bytes(rg1.read_bytes())
+    ds = pydicom.dcmread(rg1)
+    ds.BodyPartExamined = "KNEE"
+    knee = saved(ds)
+    (folder / "knee.dcm").write_bytes(knee)
+    rows = predict(tiny_kermany_run, folder, tmp_path / "p.csv")
+    assert rows["knee.dcm"]["status"] == "ok" and rows["chest.dcm"]["status"] == "ok"
+    shown = decode_upload(knee, "knee.dcm", 40_000_000).caution  # what /api/predict warns
+    assert shown and "KNEE" in shown
+    assert rows["knee.dcm"]["caution"] == shown
+    assert rows["chest.dcm"]["caution"] == ""
+
+
+@pytest.mark.parametrize(("name", "modality"), [("rtdose.dcm", "RTDOSE"), ("liver.dcm", "SEG")])
+def test_one_modality_list_refuses_in_the_decoder_and_the_upload_screening(name, modality):
+    """RTDOSE and SEG (outside the radiograph list) are refused by the upload screening from
+    the header, as by the decoder: one list, cxr.data.modality.RADIOGRAPH_MODALITIES."""
+    from cxr.data.image_io import read_image
+    from cxr.errors import DataError, NotAChestXray
+    from cxr.inference.screening import decode_upload
+
+    data = real(name).read_bytes()
+    with pytest.raises(NotAChestXray, match=f"\\(Modality {modality}\\), not a chest radiograph"):
+        decode_upload(data, name, 40_000_000)
+    with pytest.raises(DataError, match=f"modality {modality} is not a radiograph"):
+        read_image(real(name))

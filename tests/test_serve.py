@@ -475,12 +475,12 @@ def test_unexpected_failure_is_a_500_json_and_the_server_recovers(
     engine, kermany_jpeg, monkeypatch
 ):
     client = make_client(engine)
-    real = engine.predictor.predict_with_features
-    monkeypatch.setattr(engine.predictor, "predict_with_features", lambda image: 1 / 0)
+    real = engine.predictor.engine.predict_with_features
+    monkeypatch.setattr(engine.predictor.engine, "predict_with_features", lambda pixels: 1 / 0)
     response = upload(client, kermany_jpeg.read_bytes(), "x.jpeg")
     assert response.status_code == 500
     assert response.get_json()["code"] == "internal_error"
-    monkeypatch.setattr(engine.predictor, "predict_with_features", real)
+    monkeypatch.setattr(engine.predictor.engine, "predict_with_features", real)
     assert upload(client, kermany_jpeg.read_bytes(), "x.jpeg").status_code == 200
 
 

@@ -208,19 +208,20 @@ def test_slowloris_from_one_client_leaves_the_server_to_everyone_else(engine):
 def slow_model(engine, monkeypatch):
     """The model takes `seconds["forward"]`; `calls` counts forward passes."""
     calls, seconds = [], {"forward": 1.5}
-    original = engine.predictor.predict_with_features
+    original = engine.predictor.engine.predict_with_features
 
-    def slow(image):
+    def slow(pixels):  # the engine's forward: under the micro-batcher and without it alike
         calls.append(time.monotonic())
         time.sleep(seconds["forward"])
-        return original(image)
+        return original(pixels)
 
-    monkeypatch.setattr(engine.predictor, "predict_with_features", slow)
+    monkeypatch.setattr(engine.predictor.engine, "predict_with_features", slow)
     return calls, seconds
 
 
+@pytest.mark.parametrize("max_batch", [1, 16])  # one model call per request, or shared calls
 def test_full_queue_and_passed_deadline_answer_503_while_health_stays_fast(
-    engine, kermany_bytes, slow_model
+    engine, kermany_bytes, slow_model, max_batch
 ):
     calls, seconds = slow_model
     seconds["forward"] = 1.5
@@ -232,12 +233,15 @@ def test_full_queue_and_passed_deadline_answer_503_while_health_stays_fast(
             request(port, "POST", "/api/predict?images=false", body, {"Content-Type": kind})
         )
 
-    with live_server(engine, workers=1, queue=1, deadline_s=1.0) as port:
+    # requests 0.25 s apart: the first one's model call has begun when the second arrives, so
+    # the second cannot join it (with batching it would be answered with it) and waits
+    limits = {"workers": 1, "queue": 1, "deadline_s": 1.0, "max_batch": max_batch}
+    with live_server(engine, batch_wait_ms=0, **limits) as port:
         threads = [threading.Thread(target=post) for _ in range(4)]
         for t in threads:
             t.start()
-            time.sleep(0.05)
-        time.sleep(0.3)
+            time.sleep(0.25)
+        time.sleep(0.05)
         assert_healthy(port)  # while one request runs and one waits
         for t in threads:
             t.join(10)
@@ -252,7 +256,8 @@ def test_full_queue_and_passed_deadline_answer_503_while_health_stays_fast(
         assert_healthy(port)
 
 
-def test_work_for_a_client_that_hung_up_is_dropped(engine, kermany_bytes, slow_model):
+@pytest.mark.parametrize("max_batch", [1, 16])
+def test_work_for_a_client_that_hung_up_is_dropped(engine, kermany_bytes, slow_model, max_batch):
     calls, seconds = slow_model
     seconds["forward"] = 1.0
     body, kind = multipart([("file", "x.jpeg", kermany_bytes)])
@@ -260,7 +265,7 @@ def test_work_for_a_client_that_hung_up_is_dropped(engine, kermany_bytes, slow_m
         f"POST /api/predict?images=false HTTP/1.1\r\nHost: localhost\r\nContent-Type: {kind}"
         f"\r\nContent-Length: {len(body)}\r\n\r\n"
     ).encode()
-    with live_server(engine, workers=1, queue=4, deadline_s=30) as port:
+    with live_server(engine, workers=1, queue=4, deadline_s=30, max_batch=max_batch) as port:
         first = threading.Thread(target=raw_exchange, args=(port, head + body))
         first.start()
         time.sleep(0.3)  # the first request is in the model now
@@ -692,6 +697,75 @@ def test_no_second_model_copy_until_a_heatmap_is_asked_for(tiny_kermany_run, ker
     upload = {"file": (io.BytesIO(kermany_bytes), "x.jpeg")}
     assert client.post("/api/predict?heatmaps=top&images=false", data=upload).status_code == 200
     assert fresh.predictor.model in explain._TWINS
+
+
+_SERVE_ONNX_PROBE = """
+import json, sys
+import cxr.inference.predictor as predictor
+import cxr.serve.transport as transport
+from cxr.cli import main
+
+built = []
+real_load_run = predictor.load_run
+predictor.load_run = lambda *a, **k: built.append(1) or real_load_run(*a, **k)
+
+def report(server):  # instead of serving: what `cxr serve` holds once it is ready
+    heavy = ("sklearn", "matplotlib", "optuna", "mlflow", "cxr.report", "cxr.train")
+    print(json.dumps({"imported": [m for m in heavy if m in sys.modules],
+                      "torch_model_built": bool(built)}))
+
+transport.GuardedServer.run = report
+main(["serve", "--model", sys.argv[1], "--backend", "onnx", "--port", sys.argv[2]])
+"""
+
+
+def test_cli_serve_on_onnx_builds_no_torch_model_and_imports_no_training_code(
+    tiny_kermany_run, tmp_path
+):
+    """Idle footprint: `cxr serve --backend onnx` loads neither the PyTorch model (until a
+    heatmap is asked for) nor the training, evaluation and report stack."""
+    import shutil
+    import subprocess
+
+    from cxr.inference.export import export_run
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_kermany_run, run)
+    export_run(run)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    done = subprocess.run(
+        [sys.executable, "-c", _SERVE_ONNX_PROBE, str(run), str(port)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    held = json.loads(done.stdout.strip().splitlines()[-1])
+    assert held == {"imported": [], "torch_model_built": False}, held
+
+
+def test_onnx_server_builds_the_torch_model_only_for_a_heatmap(
+    tiny_kermany_run, kermany_bytes, tmp_path
+):
+    import shutil
+
+    from cxr.inference.export import export_run
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_kermany_run, run)
+    export_run(run)
+    fresh = Engine({"model": str(run), "backend": "onnx"})
+    client = make_client(fresh, backend="onnx")
+    upload = {"file": (io.BytesIO(kermany_bytes), "x.jpeg")}
+    answer = client.post("/api/predict?heatmaps=none&images=false", data=upload)
+    assert answer.status_code == 200 and not fresh.predictor.model_built
+    assert answer.get_json()["heatmap_grid"] is None  # measured on the torch model: not built
+    upload = {"file": (io.BytesIO(kermany_bytes), "x.jpeg")}
+    answer = client.post("/api/predict?heatmaps=top&images=false", data=upload)
+    assert answer.status_code == 200 and answer.get_json()["heatmaps"]
+    assert fresh.predictor.model_built and answer.get_json()["heatmap_grid"] == 2  # 48 px / 32
 
 
 def test_pydicom_chatter_is_logged_at_debug_only():

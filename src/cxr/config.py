@@ -261,6 +261,12 @@ class ServeConfig(StrictConfig):
     workers: int = Field(4, ge=1, description="requests in model work at once")
     queue: int = Field(16, ge=0, description="requests waiting for model work; more get 503")
     deadline_s: float = Field(60.0, gt=0, description="a request's time from arrival to answer")
+    max_batch: int = Field(
+        16, ge=1, le=256, description="concurrent requests one model call answers; 1: no batching"
+    )
+    batch_wait_ms: float = Field(
+        5.0, ge=0, le=1000, description="how long a batch waits for more requests after its first"
+    )
     allowed_hosts: tuple[str, ...] = Field(
         ("localhost", "127.0.0.1", "::1"), description="Host headers answered; '*' for any"
     )

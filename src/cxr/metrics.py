@@ -12,7 +12,6 @@ Conventions (shared with `cxr.data.table`):
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from cxr.bootstrap import binary_statistics, bootstrap_intervals
 from cxr.decision import decision_rule, positive_index
@@ -178,6 +177,8 @@ def _tied_middle(thr: np.ndarray, tied: np.ndarray) -> float:
 def _threshold_for_column(labels: np.ndarray, scores: np.ndarray, kind: str, target) -> float:
     # drop_intermediate=False: every distinct score is a candidate, so the first point that
     # reaches a sensitivity target is never dropped from a vertical run of the curve.
+    from sklearn.metrics import roc_curve  # here: `cxr serve` reads thresholds, never fits
+
     fpr, tpr, thr = roc_curve(labels, scores, drop_intermediate=False)
     finite = np.isfinite(thr)  # the first point (nobody positive) has threshold inf
     fpr, tpr, thr = fpr[finite], tpr[finite], thr[finite]
@@ -313,6 +314,8 @@ def compute_metrics(
     multiclass -> share of images whose called class is the true one. Ratios with a zero
     denominator (e.g. PPV with no predicted positives) are None.
     """
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
     y_true, y_score = check_labels_scores(y_true, y_score, task)
     n, k = y_true.shape
     findings = [str(f) for f in findings]

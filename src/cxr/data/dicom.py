@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from cxr.data.modality import is_radiograph_modality
 from cxr.data.sniff import check_pixel_count
 from cxr.errors import DataError, TooLarge
 
 # Radiographs: CR/DX/DR (digital), RG (digitised film), OT (secondary capture of a radiograph).
-RADIOGRAPH_MODALITIES = frozenset({"CR", "DX", "DR", "RG", "OT"})
 FRONTAL_VIEWS = frozenset({"PA", "AP", ""})
 CHEST_BODY_PARTS = frozenset({"CHEST", "THORAX", "LUNG", ""})
 INSTALL_DECODERS = "pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg pylibjpeg-rle"
@@ -248,7 +248,7 @@ def _check_header(ds, name: str, max_pixels: int, frame: int, allow_modality: bo
             path=name,
         )
     modality = str(ds.get("Modality", "") or "").upper()
-    if modality and modality not in RADIOGRAPH_MODALITIES and not allow_modality:
+    if not is_radiograph_modality(modality) and not allow_modality:
         raise DataError(
             f"DICOM modality {modality} is not a radiograph (expected CR, DX, DR, RG or OT); "
             "pass --allow-modality (allow_modality: true) to read it anyway",

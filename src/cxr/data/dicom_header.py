@@ -7,18 +7,8 @@ shown in the browser without echoing a patient identifier.
 
 from __future__ import annotations
 
-# Cross-sectional and other non-radiograph modalities: a chest X-ray model's scores on them are
-# meaningless (an axial CT slice scored "Consolidation 88%"), so they are refused.
-REFUSED_MODALITIES = {
-    "CT": "a CT slice",
-    "MR": "an MR image",
-    "US": "an ultrasound image",
-    "NM": "a nuclear medicine image",
-    "PT": "a PET image",
-    "XA": "an angiogram",
-    "MG": "a mammogram",
-    "OT": None,  # "other": often a secondary capture of a radiograph; warned, not refused
-}
+from cxr.data.modality import NON_RADIOGRAPH_NAMES, PLAIN_RADIOGRAPHS, is_radiograph_modality
+
 CHEST_PARTS = {"CHEST", "THORAX", "LUNG", "LUNGS", "TORSO", ""}
 
 _FIELDS = {
@@ -63,9 +53,10 @@ def dicom_header(data: bytes, name: str = "upload", max_pixels: int = 100_000_00
 def chest_radiograph_problem(header: dict) -> tuple[str | None, str | None]:
     """(refusal, warning): why this DICOM is not a chest radiograph, or why it may not be."""
     modality = (header.get("modality") or "").upper()
-    if REFUSED_MODALITIES.get(modality):
+    if not is_radiograph_modality(modality):
+        kind = NON_RADIOGRAPH_NAMES.get(modality, f"a {modality} object")
         return (
-            f"this DICOM is {REFUSED_MODALITIES[modality]} (Modality {modality}), not a chest "
+            f"this DICOM is {kind} (Modality {modality}), not a chest "
             "radiograph; the model was trained on chest X-rays only and its scores on it would "
             "be meaningless",
             None,
@@ -76,7 +67,7 @@ def chest_radiograph_problem(header: dict) -> tuple[str | None, str | None]:
             f"the DICOM header says the body part examined is {part}, not the chest; the model "
             "was trained on chest X-rays only, so treat these scores with suspicion"
         )
-    if modality and modality not in ("CR", "DX", "DR"):
+    if modality and modality not in PLAIN_RADIOGRAPHS:
         return None, (
             f"the DICOM modality is {modality}, not CR or DX (a radiograph); check that this is "
             "a chest X-ray"

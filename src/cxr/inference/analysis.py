@@ -8,6 +8,7 @@ browser. Nothing here writes to disk.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import threading
 import time
@@ -23,6 +24,7 @@ from cxr.data.image_io import DecodeOptions
 from cxr.errors import BadRequest
 from cxr.explain.gradcam import overlay
 from cxr.inference.borderline import RELIABLE_AUROC, finding_bands, grade
+from cxr.inference.microbatch import MicroBatcher, Waiter
 from cxr.inference.model_info import model_info
 from cxr.inference.predictor import Predictor
 from cxr.inference.screening import (
@@ -137,6 +139,31 @@ class Analyser:
         # safe in parallel, but two at once only fight over the same cores).
         self._model_lock = threading.Lock()
         self._grids: dict[str, int] = {}
+        self._batchers: dict[tuple[int, float], MicroBatcher] = {}  # shared by copies
+        self._batchers_lock = threading.Lock()
+
+    def batcher(self) -> MicroBatcher | None:
+        """The micro-batcher for this config's --max-batch and --batch-wait-ms (None: 1)."""
+        if self.cfg.max_batch <= 1:
+            return None
+        key = (self.cfg.max_batch, self.cfg.batch_wait_ms)
+        with self._batchers_lock:  # not the model lock: a running model call holds that
+            if key not in self._batchers:
+                self._batchers[key] = MicroBatcher(
+                    self._locked_forward, self.cfg.max_batch, self.cfg.batch_wait_ms / 1000
+                )
+            return self._batchers[key]
+
+    def _locked_forward(self, pixels: np.ndarray):
+        with self._model_lock:
+            return self.predictor.engine.predict_with_features(pixels)
+
+    def _predict(self, image: np.ndarray, waiter: Waiter | None):
+        batcher = self.batcher()
+        if batcher is None:
+            return self.predictor.predict_with_features(image, self._locked_forward)
+        forward = functools.partial(batcher.forward, waiter=waiter)
+        return self.predictor.predict_with_features(image, forward)
 
     @property
     def findings(self) -> list[str]:
@@ -196,6 +223,7 @@ class Analyser:
         depth: int = 8,
         layer: str = "last",
         keep_display: Callable[[bytes], dict | None] | None = None,
+        waiter: Waiter | None = None,
     ) -> dict:
         """One file's answer: findings, calls, heatmaps, a JPEG preview, timings, notice.
 
@@ -203,6 +231,7 @@ class Analyser:
         bits (16 keeps a DICOM's or 16-bit PNG's depth for window/level), and answers where the
         browser fetches it: the PNG is never inline, so the answer stays small. layer picks the
         Grad-CAM block (layer3: a grid twice as fine).
+        `waiter`: the caller's deadline while its image waits for a batched model call.
         """
         start = time.perf_counter()
         timing: dict[str, float] = {}
@@ -220,9 +249,9 @@ class Analyser:
         warnings_ += decoded.warnings
         timing["decode"] = time.perf_counter() - start
         self.check_colour(decoded, name)
-        # One forward pass: the probabilities, and on PyTorch the features the OOD gate scores.
-        with self._model_lock:
-            prediction, features = self.predictor.predict_with_features(decoded.image)
+        # One forward pass: the probabilities, and on PyTorch the features the OOD gate scores;
+        # shared with concurrent requests when the server batches them (cfg.max_batch > 1).
+        prediction, features = self._predict(decoded.image, waiter)
         timing["predict"] = prediction.seconds
         tick = time.perf_counter()
         ood = self.check_gate(decoded, prediction.preprocessed, features, name)
@@ -248,7 +277,8 @@ class Analyser:
         shown = display_size((h, w), self.cfg.display_size)
         unit = _resize(decoded.image, shown)
         grey = (unit * 255 + 0.5).astype(np.uint8)
-        grid = self.heatmap_grid(layer)
+        # measured on the torch model: not built for it on ONNX when no map was asked for
+        grid = self.heatmap_grid(layer) if maps or self.predictor.model_built else None
         side = int(np.clip((grid or 0) * HEATMAP_PIXELS_PER_CELL, *HEATMAP_SIZE))
         small = display_size((h, w), min(side, self.cfg.display_size))
         answer.update(

@@ -73,7 +73,18 @@ def _folder_files(folder: str | Path) -> tuple[list[Path], list[tuple[Path, str]
 def csv_columns(findings: list[str], identifiers: bool = False) -> list[str]:
     per = [f"{f}_{part}" for f in findings for part in ("probability", "positive")]
     ids = list(IDENTIFIER_COLUMNS) if identifiers else []
-    return ["file", "status", "top_finding", *per, "ood_score", "seconds", "warning", "error", *ids]
+    return [
+        "file",
+        "status",
+        "top_finding",
+        *per,
+        "ood_score",
+        "seconds",
+        "warning",
+        "caution",
+        "error",
+        *ids,
+    ]
 
 
 def predict_folder(
@@ -125,6 +136,8 @@ def predict_folder(
     for r in results:
         row = {"file": r.path.relative_to(root).as_posix()}
         row |= r.extra.get("identifiers") or {}
+        # the DICOM header's doubt (e.g. BodyPartExamined KNEE), as the web Analyser shows it
+        row["caution"] = r.extra.get("caution", "")
         ood = r.extra.get("ood") or {}
         if ood.get("score") is not None:
             row["ood_score"] = ood["score"]
@@ -186,6 +199,8 @@ def _preparer(serve: _Checks):
         extra = {"path": str(path), "raw": decoded.colour}
         if decoded.warnings:
             extra["warning"] = "; ".join(decoded.warnings)
+        if decoded.caution:
+            extra["caution"] = decoded.caution
         if serve.decode.keep_identifiers:  # only when asked: never in a CSV otherwise
             extra["identifiers"] = {k: decoded.meta.get(k, "") for k in IDENTIFIER_COLUMNS}
         if serve.gate is not None:

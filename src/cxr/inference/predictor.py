@@ -7,7 +7,9 @@ image, so a served prediction sees the same pixels the model was validated on.
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +29,10 @@ from cxr.inference.backends import (
 )
 from cxr.inference.contract import check_contract
 from cxr.preprocess import Geometry, model_input, preprocess_with_geometry
-from cxr.run import LoadedRun, RunDir, load_run
+from cxr.run import LoadedRun, RunDir, load_run, read_run_files
+
+# uint8 (N, S, S) preprocessed images -> (probabilities (N, K), features (N, F) or None)
+Forward = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]
 
 
 @dataclass
@@ -89,12 +94,38 @@ class Predictor:
         info = self.engine.info
         self.temperature = info.temperature
         self.run = dataclasses.replace(run, thresholds=info.thresholds, info=info.model_info)
-        self.model = run.model.to(self.device).eval()  # kept for Grad-CAM on either backend
+        self._model_lock = threading.Lock()
+        self._model = run.model
+        if self._model is None and getattr(self.engine, "features_name", None) is None:
+            self.model.eval()  # an ONNX export without features: the OOD gate needs torch
+        elif self._model is not None:
+            self._model = self._model.to(self.device).eval()
+
+    @property
+    def model(self):
+        """The PyTorch model (Grad-CAM on either backend). On ONNX Runtime it is built on first
+        use: a server that is never asked for a heatmap keeps no torch copy of the weights."""
+        with self._model_lock:
+            if self._model is None:
+                self._model = load_run(self.run.run_dir, device=self.device).model.eval()
+                self.run = dataclasses.replace(self.run, model=self._model)
+            return self._model
+
+    @property
+    def model_built(self) -> bool:
+        """False while an ONNX predictor has not needed its PyTorch model yet."""
+        return self._model is not None
 
     @classmethod
     def from_run_dir(
         cls, run_dir: str | Path, device: str = "cpu", backend: str = "torch"
     ) -> Predictor:
+        if backend == "onnx":  # the engine needs the run's files only, not its torch model
+            cfg, info = read_run_files(run_dir)
+            findings = list(info["findings"])
+            thresholds = np.array([info["thresholds"][f] for f in findings], dtype=np.float64)
+            run = LoadedRun(Path(run_dir), cfg, None, findings, info["task"], thresholds, info)
+            return cls(run, device, backend)
         return cls(load_run(run_dir, device=device), device, backend)
 
     @property
@@ -114,12 +145,17 @@ class Predictor:
         return self.predict_with_features(image)[0]
 
     @torch.no_grad()
-    def predict_with_features(self, image: np.ndarray) -> tuple[Prediction, np.ndarray | None]:
+    def predict_with_features(
+        self, image: np.ndarray, forward: Forward | None = None
+    ) -> tuple[Prediction, np.ndarray | None]:
         """The prediction and, on the PyTorch backend, the pooled features of the same forward
-        pass ((1, F) float64, what the OOD gate scores); None on ONNX Runtime."""
+        pass ((1, F) float64, what the OOD gate scores); None on ONNX Runtime.
+
+        `forward` runs the model on the (1, S, S) input instead of the engine itself: the web
+        server's micro-batcher, which answers concurrent requests with one call."""
         start = time.perf_counter()
         pixels, geometry = self.prepare(image)
-        probs, features = self.engine.predict_with_features(pixels[None])
+        probs, features = (forward or self.engine.predict_with_features)(pixels[None])
         prediction = Prediction(
             self.findings,
             probs[0].astype(np.float64),

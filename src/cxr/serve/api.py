@@ -228,9 +228,9 @@ def predict():
         "layer": request.args.get("heatmap_layer", request.form.get("heatmap_layer", "last")),
     }
     engine().heatmap_findings(heatmaps, dict.fromkeys(engine().findings, 0.0), set())
-    with _model_turn():
+    with _model_turn() as turn:
         answer = engine().analyse(
-            data, name, heatmaps=heatmaps, keep_display=_keep_display, **options
+            data, name, heatmaps=heatmaps, waiter=turn, keep_display=_keep_display, **options
         )
     _save_if_asked(name, data)
     return jsonify(answer)
@@ -255,7 +255,9 @@ def predict_batch():
             try:
                 deadline.check(f"before {name}")
                 _check_size(name, data)
-                results.append(eng.analyse(data, name, heatmaps=heatmaps, images=images))
+                results.append(
+                    eng.analyse(data, name, heatmaps=heatmaps, images=images, waiter=deadline)
+                )
                 _save_if_asked(name, data)
             except ClientGone:
                 raise

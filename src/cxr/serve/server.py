@@ -80,6 +80,12 @@ def run_server(
         f"  model work: {cfg.workers} at once, {cfg.queue} waiting, {cfg.deadline_s:g} s "
         "deadline; health and the front end never wait behind it"
     )
+    print(
+        f"  batching: up to {cfg.max_batch} concurrent requests per model call, "
+        f"{cfg.batch_wait_ms:g} ms wait"
+        if cfg.max_batch > 1
+        else "  batching: off (--max-batch 1), one model call per request"
+    )
     print(f"  {NOT_A_MEDICAL_DEVICE}")
     if not is_loopback(host) and not cfg.token_file:
         print(
