@@ -23,7 +23,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 
 from cxr.config import TrainConfig
 from cxr.data.cache import CachedImages
-from cxr.preprocess import normalize
+from cxr.preprocess import MEAN, STD, normalize
 from cxr.runtime import Runtime, batches, to_model
 
 __all__ = ["WeightAverages"]
@@ -69,11 +69,13 @@ class WeightAverages:
         if self.swa is None or int(self.swa.n_averaged) == 0:
             return None
 
+        # A cxr Classifier carries its input scale; any other module gets cxr's default one.
+        module = self.swa.module
+        mean, std = getattr(module, "input_mean", MEAN), getattr(module, "input_std", STD)
+
         def inputs() -> Iterator[torch.Tensor]:
             for x, _ in batches(train_images, batch_size, None):
-                yield normalize(
-                    to_model(x, rt), self.swa.module.input_mean, self.swa.module.input_std
-                )
+                yield normalize(to_model(x, rt), mean, std)
 
         update_bn(inputs(), self.swa, device=rt.device)
         return self.swa.module
