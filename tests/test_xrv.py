@@ -399,11 +399,14 @@ def test_train_pretrained_run_fine_tunes_with_its_contract_and_report_warns(
         allow_overlap=True,
     )
     assert "NIH ChestX-ray14" in report["pretraining_warning"]
+    # these NIH samples overlap the run's own training images too: that stronger warning leads,
+    # the pretraining one comes right after it, in the JSON and in the HTML
     saved = json.loads((tmp_path / "report" / "report.json").read_text())
-    assert next(iter(saved)) == "pretraining_warning"
+    assert saved["leakage"]["n_overlapping_images"] > 0
+    assert list(saved)[:2] == ["leakage", "pretraining_warning"]
     html = (tmp_path / "report" / "report.html").read_text()
     body = html[html.index("<body>") :]
-    assert body.index('id="pretraining"') < body.index("<h1>")
+    assert body.index('id="leakage"') < body.index('id="pretraining"') < body.index("<h1>")
     assert not math.isnan(report["results"]["n_images"])
 
 

@@ -57,6 +57,16 @@ def guarded_cache(
     return images, check_overlap(overlap, allow_overlap, what)
 
 
+def warnings_first(overlap: Overlap, pretraining: str | None) -> dict:
+    """The first keys of an evaluation's JSON: the stronger warning leads. Images the run was
+    trained or validated on come first; else a pretraining overlap; else the (clean) leak check."""
+    leakage = {"leakage": overlap.as_dict()}
+    if pretraining is None:
+        return leakage
+    warning = {"pretraining_warning": pretraining}
+    return leakage | warning if overlap.n_images else warning | leakage
+
+
 def evaluate_run(
     run_dir: str | Path,
     data: DataConfig,
@@ -100,10 +110,7 @@ def evaluate_run(
     if mapping is not None:
         y, scores, thresholds = mapping.apply(y, scores, thresholds)
         findings, task = mapping.names, "multilabel"
-    metrics = {"leakage": overlap.as_dict()}
-    warning = pretraining_overlap(run.info, data.path, data.format)
-    if warning is not None:
-        metrics = {"pretraining_warning": warning} | metrics
+    metrics = warnings_first(overlap, pretraining_overlap(run.info, data.path, data.format))
     metrics |= compute_metrics(y, scores, findings, task, thresholds)
     if mapping is not None:
         metrics["label_map"] = mapping.as_dict()

@@ -41,6 +41,7 @@ from cxr.data.prepare import resolve_table
 from cxr.data.splits import SPLITS
 from cxr.decision import decision_rule
 from cxr.errors import CxrError, DataError
+from cxr.evaluate import warnings_first
 from cxr.metrics import choose_thresholds, compute_metrics
 from cxr.report.analysis import (
     OPERATING_POINTS,
@@ -364,8 +365,7 @@ def build_report(
             "validation images now (different validation images?); the report uses the latter."
         )
     report = {
-        "pretraining_warning": pretraining_overlap(run.info, data.path, data.format),
-        "leakage": overlap.as_dict(),
+        **warnings_first(overlap, pretraining_overlap(run.info, data.path, data.format)),
         "title": f"Evaluation of {run_dir.name}",
         "notice": NOT_A_MEDICAL_DEVICE,
         "created": dt.datetime.now().isoformat(timespec="seconds"),

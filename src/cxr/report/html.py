@@ -89,10 +89,10 @@ figcaption{font-size:.85em;color:#4a5568}
 nav a{margin-right:12px}
 </style></head>
 <body><main>
-{% if r.pretraining_warning %}<p class="warn" id="pretraining"><strong>Pretrained on this data?
-{{ r.pretraining_warning }}</strong></p>{% endif %}
 {% if r.leakage and r.leakage.warning %}<p class="warn" id="leakage"><strong>{{ r.leakage.warning
 }}</strong></p>{% endif %}
+{% if r.get('pretraining_warning') %}<p class="warn" id="pretraining"><strong>
+Pretrained on this data? {{ r.pretraining_warning }}</strong></p>{% endif %}
 <p class="notice" id="notice">{{ r.notice }}</p>
 <h1>{{ r.title }}</h1>
 <div class="wide"><table class="meta">
